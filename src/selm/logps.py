@@ -1,0 +1,130 @@
+"""Summed completion log-probs, and the reference log-probs computed once per iteration and cached.
+
+The reference of iteration t is the checkpoint the policy starts from, so its log-probs of chosen,
+rejected and y_ref are computed with the freshly loaded policy, under no_grad, before the first
+step: no second model is held in memory while training. They are cached on disk under a key that
+hashes exactly what changes them: the checkpoint's weights and config, the token ids (which cover
+data, chat template, tokenizer and lengths) and the precision. A rerun with the same inputs loads
+them instead of recomputing; any change gives a new key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from selm.data import PairCollator, PairDataset, TokenizedPair, pairs_fingerprint
+from selm.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+
+def completion_logps(model, input_ids, attention_mask, completion_mask) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: the summed log-prob of the completion tokens, and the mean logit over them.
+
+    Goes through `model.forward` (so DDP/DeepSpeed hooks fire) but asks only for the logits from
+    the first completion position on (`logits_to_keep`), which spares the prompt's logits.
+    """
+    # Position t predicts token t+1: the first logit needed is one before the first completion token.
+    first = int(completion_mask.float().argmax(dim=1).min())
+    keep = input_ids.shape[1] - max(first - 1, 0)  # >= 2: every prompt has at least one token
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=keep).logits
+    logits = logits[:, :-1].float()  # the last position predicts past the sequence
+    labels = input_ids[:, -keep + 1 :]
+    mask = completion_mask[:, -keep + 1 :].bool()
+    token_logps = torch.gather(logits, 2, labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    logps = (token_logps * mask).sum(dim=1)
+    n_tokens = mask.sum(dim=1).clamp(min=1)
+    mean_logits = (logits.detach().mean(dim=-1) * mask).sum(dim=1) / n_tokens
+    return logps, mean_logits
+
+
+def model_fingerprint(model_dir: str | os.PathLike) -> str:
+    """sha256 over the checkpoint's weight and config files (content, not names or dates).
+
+    Hashing a 7B checkpoint takes a while, so the digest is memoised beside it, keyed by each
+    file's size and modification time.
+    """
+    model_dir = Path(model_dir)
+    files = sorted(
+        p for p in model_dir.iterdir() if p.suffix in {".safetensors", ".bin", ".json"} and p.name != "tiny.json"
+    )
+    if not any(p.suffix in {".safetensors", ".bin"} for p in files):
+        raise FileNotFoundError(f"{model_dir}: no model weights (*.safetensors or *.bin) in this checkpoint folder")
+    stamp = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    memo = model_dir / ".selm_fingerprint.json"
+    if memo.exists():
+        saved = json.loads(memo.read_text())
+        if saved.get("stamp") == [list(s) for s in stamp]:
+            return saved["sha256"]
+    h = hashlib.sha256()
+    for p in files:
+        h.update(p.name.encode())
+        with p.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 24), b""):
+                h.update(chunk)
+    digest = h.hexdigest()
+    try:
+        memo.write_text(json.dumps({"stamp": stamp, "sha256": digest}))
+    except OSError as e:  # a read-only checkpoint folder is fine: we just hash again next time
+        log.info("could not memoise fingerprint in %s: %s", model_dir, e)
+    return digest
+
+
+def reference_cache_key(model_dir, pairs: list[TokenizedPair], precision: str) -> str:
+    h = hashlib.sha256()
+    for part in (model_fingerprint(model_dir), pairs_fingerprint(pairs), precision, "completion_logps/v1"):
+        h.update(part.encode())
+        h.update(b"\0")
+    return h.hexdigest()[:32]
+
+
+@torch.no_grad()
+def compute_reference_logps(
+    model, pairs: list[TokenizedPair], *, pad_token_id: int, batch_size: int, autocast_dtype=None
+) -> torch.Tensor:
+    """(N, K) reference log-probs, K = 2 (chosen, rejected) or 3 (+ y_ref), in pair order."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    collate = PairCollator(pad_token_id)
+    n_kinds = len(pairs[0].completions())
+    dataset = PairDataset(pairs)
+    out = []
+    for start in range(0, len(pairs), batch_size):
+        batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(pairs)))])
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            logps, _ = completion_logps(
+                model, batch["input_ids"].to(device), batch["attention_mask"].to(device),
+                batch["completion_mask"].to(device),
+            )
+        # rows are [chosen_1..B, rejected_1..B(, response_1..B)]: regroup to one row per pair
+        out.append(logps.float().cpu().view(n_kinds, -1).T)
+    model.train(was_training)
+    return torch.cat(out)
+
+
+def cached_reference_logps(
+    model, model_dir, pairs: list[TokenizedPair], *, cache_dir, pad_token_id: int, batch_size: int,
+    precision: str = "fp32", autocast_dtype=None,
+) -> tuple[torch.Tensor, str, bool]:
+    """Load the reference log-probs from `cache_dir`, or compute and store them.
+
+    Returns (logps, key, hit).
+    """
+    key = reference_cache_key(model_dir, pairs, precision)
+    path = Path(cache_dir) / f"{key}.safetensors"
+    if path.exists():
+        return load_file(path)["ref_logps"], key, True
+    logps = compute_reference_logps(
+        model, pairs, pad_token_id=pad_token_id, batch_size=batch_size, autocast_dtype=autocast_dtype
+    )
+    with atomic_path(path) as tmp:
+        save_file({"ref_logps": logps.contiguous()}, str(tmp), metadata={"model_dir": str(model_dir), "n": str(len(pairs))})
+    return logps, key, False

@@ -1,0 +1,201 @@
+"""Recipe: train ONE online iteration of SELM (or DPO at alpha = 0) from files.
+
+    init checkpoint (policy = reference = pi_{t-1})  +  pairs JSONL  ->  checkpoint pi_t
+
+Steps: validate inputs; tokenise the pairs; compute (or load from cache) the reference log-probs
+of chosen, rejected and y_ref with the freshly loaded policy; train with SELMTrainer; save the
+final model into `<output_dir>.partial/` and rename it to `output_dir` only once complete, so an
+interrupted run never leaves an output that looks finished. Checkpoints live in the partial folder
+and a rerun resumes from the newest one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from selm.data import PairCollator, PairDataset, load_pairs
+from selm.io import write_json_atomic
+from selm.logps import cached_reference_logps
+from selm.provenance import provenance
+from selm.trainer import SELMTrainer
+
+log = logging.getLogger(__name__)
+
+
+def check_checkpoint(path: str | os.PathLike, key: str) -> Path:
+    """A checkpoint folder must exist and hold a config; the error names the config key."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{key}={path}: not a model checkpoint (no config.json there)")
+    return path
+
+
+def learning_rate_for(train_cfg: DictConfig, iteration: int) -> float:
+    lrs = train_cfg.learning_rates
+    if iteration not in lrs:
+        raise KeyError(
+            f"train.learning_rates has no entry for iteration {iteration} (it has {sorted(lrs.keys())})"
+        )
+    return float(lrs[iteration])
+
+
+def gradient_accumulation_steps(train_cfg: DictConfig, world_size: int) -> int:
+    per_step = train_cfg.per_device_batch_size * world_size
+    if train_cfg.global_batch_size % per_step:
+        raise ValueError(
+            f"train.global_batch_size={train_cfg.global_batch_size} is not a multiple of "
+            f"train.per_device_batch_size x devices = {train_cfg.per_device_batch_size} x {world_size}"
+        )
+    return train_cfg.global_batch_size // per_step
+
+
+def resolve_precision(name: str) -> str:
+    if name == "auto":
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    if name not in ("bf16", "fp32"):
+        raise ValueError(f"train.precision must be auto, bf16 or fp32, got {name!r}")
+    return name
+
+
+def training_arguments(cfg: DictConfig, output_dir: Path, precision: str, report_to: list[str]) -> TrainingArguments:
+    t = cfg.train
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=t.per_device_batch_size,
+        gradient_accumulation_steps=gradient_accumulation_steps(t, world_size),
+        learning_rate=learning_rate_for(t, cfg.iteration),
+        num_train_epochs=t.epochs,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_ratio,  # a float below 1 is a ratio of the total steps
+        weight_decay=t.weight_decay,
+        adam_beta1=t.adam_beta1,
+        adam_beta2=t.adam_beta2,
+        adam_epsilon=t.adam_epsilon,
+        max_grad_norm=t.max_grad_norm,
+        optim="adamw_torch",
+        bf16=precision == "bf16",
+        activation_checkpointing=t.gradient_checkpointing,
+        logging_steps=t.logging_steps,
+        save_strategy="steps" if t.save_steps else "no",
+        save_steps=t.save_steps or 500,
+        save_total_limit=2,
+        seed=t.seed,
+        data_seed=t.seed,
+        report_to=report_to,
+        run_name=cfg.logger.name,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=False,
+        disable_tqdm=not t.progress_bar,
+        use_cpu=not torch.cuda.is_available(),
+    )
+
+
+def init_wandb(cfg: DictConfig):
+    """Open the W&B run ourselves so it carries the whole composed config, group and name."""
+    if not cfg.logger.wandb:
+        return None
+    import wandb
+
+    os.environ.setdefault("WANDB_MODE", cfg.logger.mode)
+    return wandb.init(
+        project=cfg.logger.project,
+        group=cfg.logger.group,
+        name=cfg.logger.name,
+        dir=cfg.logger.dir,
+        config=OmegaConf.to_container(cfg, resolve=True),
+        reinit="finish_previous",
+    )
+
+
+def train_iteration(cfg: DictConfig) -> Path:
+    """Run one iteration as configured; return the folder of the trained checkpoint."""
+    init_dir = check_checkpoint(cfg.init_checkpoint, "init_checkpoint")
+    pairs_path = Path(cfg.pairs)
+    output_dir = Path(cfg.output_dir)
+    partial_dir = output_dir.with_name(output_dir.name + ".partial")
+    if output_dir.exists():
+        if not cfg.overwrite:
+            raise FileExistsError(f"output_dir={output_dir} already holds a trained model; set overwrite=true")
+        shutil.rmtree(output_dir)
+    t = cfg.train
+    set_seed(t.seed)
+    precision = resolve_precision(t.precision)
+    learning_rate_for(t, cfg.iteration)  # fail on a missing learning rate before any work
+
+    tokenizer = AutoTokenizer.from_pretrained(init_dir)
+    pairs, trunc = load_pairs(
+        pairs_path, tokenizer, max_length=t.max_length, max_prompt_length=t.max_prompt_length,
+        system_prompt=cfg.model.system_prompt,
+    )
+    if t.alpha != 0 and pairs[0].response_ids is None:
+        raise ValueError(f"{pairs_path}: train.alpha={t.alpha} needs y_ref, but the pairs have no 'response' field")
+    model = AutoModelForCausalLM.from_pretrained(init_dir, dtype=torch.float32)
+
+    t0 = time.perf_counter()
+    ref_logps, cache_key, cache_hit = cached_reference_logps(
+        model, init_dir, pairs, cache_dir=cfg.paths.ref_cache_dir, pad_token_id=tokenizer.pad_token_id,
+        batch_size=t.ref_batch_size, precision=precision,
+        autocast_dtype=torch.bfloat16 if precision == "bf16" else None,
+    )
+    ref_seconds = time.perf_counter() - t0
+    log.info("reference log-probs %s (key %s, %.1f s)", "loaded" if cache_hit else "computed", cache_key, ref_seconds)
+
+    run = init_wandb(cfg)
+    trainer = SELMTrainer(
+        model=model,
+        args=training_arguments(cfg, partial_dir, precision, ["wandb"] if run is not None else []),
+        train_dataset=PairDataset(pairs, ref_logps),
+        data_collator=PairCollator(tokenizer.pad_token_id),
+        beta=t.beta,
+        alpha=t.alpha,
+    )
+    resume = get_last_checkpoint(str(partial_dir)) if t.resume and partial_dir.is_dir() else None
+    if resume:
+        log.info("resuming from %s", resume)
+    t0 = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=resume)
+    train_seconds = time.perf_counter() - t0
+
+    final_tmp = partial_dir / "final"
+    trainer.save_model(str(final_tmp))
+    tokenizer.save_pretrained(final_tmp)
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    config = OmegaConf.to_container(cfg, resolve=True)
+    write_json_atomic(
+        final_tmp / "train_metrics.json",
+        {
+            "iteration": cfg.iteration,
+            "pairs": str(pairs_path),
+            "n_pairs": len(pairs),
+            "with_y_ref": pairs[0].response_ids is not None,
+            "init_checkpoint": str(init_dir),
+            "learning_rate": learning_rate_for(t, cfg.iteration),
+            "precision": precision,
+            "ref_cache_key": cache_key,
+            "ref_cache_hit": cache_hit,
+            "ref_seconds": ref_seconds,
+            "train_seconds": train_seconds,
+            "train_loss": result.training_loss,
+            "global_steps": trainer.state.global_step,
+            "truncated": {"prompts": trunc.prompts_truncated, "answers": trunc.answers_truncated},
+            "log_history": history,
+            "config": config,
+            "provenance": provenance(config),
+        },
+    )
+    os.replace(final_tmp, output_dir)
+    shutil.rmtree(partial_dir)
+    if run is not None:
+        run.finish()
+    return output_dir
