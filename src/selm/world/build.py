@@ -86,8 +86,9 @@ def build_world(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     fams = sorted(families) if families is not None else sorted(FAMILIES)
-    for name in fams:
-        FAMILIES[name]  # unknown names fail here, with the list of known ones
+    unknown = [name for name in fams if name not in FAMILIES]
+    if unknown:
+        raise KeyError(f"unknown families {unknown}; known families: {sorted(FAMILIES)}")
     annotators = resolve_mix(annotator_mix if annotator_mix is not None else ANNOTATOR_MIX)
 
     def rng(name: str) -> random.Random:

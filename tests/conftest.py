@@ -1,0 +1,64 @@
+"""Shared fixtures. Everything is local: no hub, no W&B service, no network."""
+
+import json
+import os
+import random
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+from selm.config import compose_config  # noqa: E402
+from selm.tiny import build_tiny_model  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """A randomly initialised tiny Llama + char tokenizer, built once per test session."""
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny", size="small", seed=0)
+
+
+def make_pairs(n: int, seed: int = 0, with_response: bool = True) -> list[dict]:
+    """Reverse-a-string pairs: chosen is right, rejected copies the input, y_ref is half right."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        word = "".join(rng.choice("abcdefgh") for _ in range(rng.randint(3, 8)))
+        row = {"prompt": f"reverse: {word}", "chosen": word[::-1], "rejected": word, "prompt_id": f"p{i}"}
+        if with_response:
+            row["response"] = word[::-1][: len(word) // 2] + "x"
+        rows.append(row)
+    return rows
+
+
+def write_jsonl(path, rows) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+@pytest.fixture
+def pairs_file(tmp_path):
+    return write_jsonl(tmp_path / "pairs.jsonl", make_pairs(16))
+
+
+def train_cfg(tiny_model, pairs, tmp_path, *overrides):
+    """A composed `selm-train` config shrunk to the tiny model, with outputs under tmp_path."""
+    return compose_config(
+        "train",
+        [
+            f"init_checkpoint={tiny_model}",
+            f"pairs={pairs}",
+            f"output_dir={tmp_path}/out",
+            f"paths.ref_cache_dir={tmp_path}/cache",
+            "logger=none",
+            "train.global_batch_size=4",
+            "train.per_device_batch_size=4",
+            "train.learning_rates.1=1e-3",
+            *overrides,
+        ],
+    )
