@@ -53,7 +53,9 @@ def model_fingerprint(model_dir: str | os.PathLike) -> str:
     """
     model_dir = Path(model_dir)
     files = sorted(
-        p for p in model_dir.iterdir() if p.suffix in {".safetensors", ".bin", ".json"} and p.name != "tiny.json"
+        p for p in model_dir.iterdir()
+        if p.suffix in {".safetensors", ".bin", ".json"} and not p.name.startswith(".")  # not our memo
+        and p.name not in {"tiny.json", "train_metrics.json"}  # descriptions, not weights
     )
     if not any(p.suffix in {".safetensors", ".bin"} for p in files):
         raise FileNotFoundError(f"{model_dir}: no model weights (*.safetensors or *.bin) in this checkpoint folder")

@@ -40,11 +40,10 @@ def check_checkpoint(path: str | os.PathLike, key: str) -> Path:
 
 
 def learning_rate_for(train_cfg: DictConfig, iteration: int) -> float:
-    lrs = train_cfg.learning_rates
-    if iteration not in lrs:
-        raise KeyError(
-            f"train.learning_rates has no entry for iteration {iteration} (it has {sorted(lrs.keys())})"
-        )
+    lrs = train_cfg.learning_rates  # indexed by iteration; null where this base runs no such iteration
+    if not 0 <= iteration < len(lrs) or lrs[iteration] is None:
+        defined = [i for i, lr in enumerate(lrs) if lr is not None]
+        raise KeyError(f"train.learning_rates has no entry for iteration {iteration} (it has {defined})")
     return float(lrs[iteration])
 
 
@@ -118,8 +117,11 @@ def init_wandb(cfg: DictConfig):
     )
 
 
-def train_iteration(cfg: DictConfig) -> Path:
-    """Run one iteration as configured; return the folder of the trained checkpoint."""
+def train_iteration(cfg: DictConfig, callbacks: list | None = None) -> Path:
+    """Run one iteration as configured; return the folder of the trained checkpoint.
+
+    `callbacks` are transformers TrainerCallbacks (tests use one to interrupt a run).
+    """
     init_dir = check_checkpoint(cfg.init_checkpoint, "init_checkpoint")
     pairs_path = Path(cfg.pairs)
     output_dir = Path(cfg.output_dir)
@@ -159,6 +161,7 @@ def train_iteration(cfg: DictConfig) -> Path:
         data_collator=PairCollator(tokenizer.pad_token_id),
         beta=t.beta,
         alpha=t.alpha,
+        callbacks=callbacks,
     )
     resume = get_last_checkpoint(str(partial_dir)) if t.resume and partial_dir.is_dir() else None
     if resume:

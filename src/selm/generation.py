@@ -1,0 +1,231 @@
+"""Answer generation behind one interface, so the loop does not care what produces y_ref.
+
+Two backends, chosen by name from config (`get_backend`):
+- `hf`: transformers' `generate`, batched and left-padded; the CPU path (toy and small scales, tests).
+- `vllm`: vLLM's `LLM` (CUDA only, the paper scale); vllm is imported only when this backend is
+  constructed, so the package imports and its tests run where vllm is absent.
+
+Both template every prompt with `selm.data.render_prompt` and tokenise it WITHOUT the tokenizer's own
+special tokens (the template already writes BOS), so generation sees exactly the prompt ids that
+training sees. Answers come back as text without EOS or any other special token.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from abc import ABC, abstractmethod
+
+import torch
+from tqdm.auto import tqdm
+
+from selm.data import render_prompt
+
+
+class GenerationBackend(ABC):
+    """Produces `n` answers per prompt; returns them as `answers[i][k]` for prompt i, sample k."""
+
+    @abstractmethod
+    def generate(
+        self,
+        prompts: list[str],
+        *,
+        n: int = 1,
+        do_sample: bool,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        max_new_tokens: int,
+        seed: int,
+    ) -> list[list[str]]: ...
+
+
+def _check_settings(n: int, do_sample: bool, temperature: float, top_p: float, max_new_tokens: int) -> None:
+    if n < 1 or max_new_tokens < 1:
+        raise ValueError(f"n ({n}) and max_new_tokens ({max_new_tokens}) must be >= 1")
+    if do_sample and (temperature <= 0 or not 0 < top_p <= 1):
+        raise ValueError(f"sampling needs temperature > 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
+
+
+class HFBackend(GenerationBackend):
+    """transformers' `generate` on batches of similar-length prompts, left-padded by hand.
+
+    `model` is a checkpoint folder or a loaded model (then `tokenizer` is required). `batch_size`
+    counts generated sequences (prompts x n), which bounds memory whatever n is. Padding is done
+    here rather than by the tokenizer so the caller's tokenizer is never mutated (padding_side).
+    After each call `last_stats` holds the generated token count and seconds, for throughput.
+    """
+
+    def __init__(
+        self,
+        model,
+        tokenizer=None,
+        *,
+        batch_size: int = 64,
+        system_prompt: str | None = None,
+        progress: bool = True,
+        device: str | None = None,
+    ):
+        if isinstance(model, (str, os.PathLike)):
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            tokenizer = tokenizer or AutoTokenizer.from_pretrained(model)
+            model = AutoModelForCausalLM.from_pretrained(model)
+            model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        elif tokenizer is None:
+            raise ValueError("HFBackend given a model object needs its tokenizer too")
+        elif device is not None:
+            model.to(device)
+        if tokenizer.eos_token_id is None:
+            raise ValueError("the tokenizer has no EOS token: generation could not stop")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.model, self.tokenizer = model, tokenizer
+        self.batch_size, self.system_prompt, self.progress = batch_size, system_prompt, progress
+        # Pad with the pad token if there is one; any id works since padded positions are masked.
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.last_stats: dict[str, float] = {}
+
+    def encode(self, prompt: str) -> list[int]:
+        _, text = render_prompt(self.tokenizer, prompt, self.system_prompt)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _left_pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(r) for r in rows)
+        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            input_ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
+            attention_mask[i, width - len(r) :] = 1
+        device = self.model.device
+        return input_ids.to(device), attention_mask.to(device)
+
+    def _decode(self, ids: list[int]) -> tuple[str, int]:
+        """Text before the first EOS (special tokens dropped) and the number of tokens generated."""
+        eos = self.tokenizer.eos_token_id
+        n_tokens = ids.index(eos) + 1 if eos in ids else len(ids)
+        text = self.tokenizer.decode(ids[: n_tokens], skip_special_tokens=True)
+        return text, n_tokens
+
+    def generate(self, prompts, *, n=1, do_sample, temperature=1.0, top_p=1.0, max_new_tokens, seed):
+        _check_settings(n, do_sample, temperature, top_p, max_new_tokens)
+        encoded = [self.encode(p) for p in prompts]
+        order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+        # Greedy answers are identical across samples: generate one and repeat it.
+        per_prompt = n if do_sample else 1
+        prompts_per_batch = max(1, self.batch_size // per_prompt)
+        batches = [order[i : i + prompts_per_batch] for i in range(0, len(order), prompts_per_batch)]
+        sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if do_sample else dict(do_sample=False)
+        answers: list[list[str]] = [[] for _ in prompts]
+        n_tokens, start = 0, time.perf_counter()
+        was_training = self.model.training
+        self.model.eval()
+        torch.manual_seed(seed)
+        try:
+            with torch.no_grad():
+                for batch in tqdm(batches, desc="generate", unit="batch", disable=not self.progress):
+                    input_ids, attention_mask = self._left_pad([encoded[i] for i in batch])
+                    out = self.model.generate(
+                        input_ids=input_ids,
+                        attention_mask=attention_mask,
+                        max_new_tokens=max_new_tokens,
+                        num_return_sequences=per_prompt,
+                        eos_token_id=self.tokenizer.eos_token_id,
+                        pad_token_id=self.pad_id,
+                        **sampling,
+                    )
+                    new = out[:, input_ids.shape[1] :].tolist()
+                    for row, ids in enumerate(new):
+                        text, count = self._decode(ids)
+                        n_tokens += count
+                        answers[batch[row // per_prompt]].append(text)
+        finally:
+            self.model.train(was_training)
+        if not do_sample:
+            answers = [a * n for a in answers]
+        self.last_stats = {"tokens": n_tokens, "seconds": time.perf_counter() - start}
+        return answers
+
+
+def sampling_params_kwargs(
+    *,
+    n: int = 1,
+    do_sample: bool,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    max_new_tokens: int,
+    seed: int,
+    eos_token_id: int | None = None,
+) -> dict:
+    """The arguments of vllm.SamplingParams for one request; pure, so testable without vllm.
+
+    Greedy is temperature 0 with ONE sequence (vLLM rejects several greedy sequences in some
+    versions; the backend repeats the answer). EOS stops generation and is not returned.
+    """
+    _check_settings(n, do_sample, temperature, top_p, max_new_tokens)
+    kwargs = {
+        "n": n if do_sample else 1,
+        "temperature": temperature if do_sample else 0.0,
+        "top_p": top_p if do_sample else 1.0,
+        "max_tokens": max_new_tokens,
+        "seed": seed,
+        "skip_special_tokens": True,
+    }
+    if eos_token_id is not None:
+        kwargs["stop_token_ids"] = [eos_token_id]
+    return kwargs
+
+
+class VLLMBackend(GenerationBackend):
+    """vLLM generation for the paper scale (CUDA only). Prompts go in as token ids so vLLM does
+    not add a second BOS; request i is seeded `seed + i` so repeated prompts still get distinct,
+    reproducible samples."""
+
+    def __init__(
+        self,
+        model_dir,
+        *,
+        tensor_parallel_size: int = 1,
+        system_prompt: str | None = None,
+        progress: bool = True,
+        dtype: str = "auto",
+        gpu_memory_utilization: float = 0.9,
+        **llm_kwargs,
+    ):
+        try:
+            import vllm
+        except ImportError as e:
+            raise ImportError(
+                "the vllm generation backend needs vllm (CUDA only): pip install selm[gpu] "
+                "on a GPU machine, or use the 'hf' backend"
+            ) from e
+        self._vllm = vllm
+        self.llm = vllm.LLM(
+            model=str(model_dir),
+            tensor_parallel_size=tensor_parallel_size,
+            dtype=dtype,
+            gpu_memory_utilization=gpu_memory_utilization,
+            **llm_kwargs,
+        )
+        self.tokenizer = self.llm.get_tokenizer()
+        self.system_prompt, self.progress = system_prompt, progress
+
+    def generate(self, prompts, *, n=1, do_sample, temperature=1.0, top_p=1.0, max_new_tokens, seed):
+        settings = dict(n=n, do_sample=do_sample, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
+        requests, params = [], []
+        for i, prompt in enumerate(prompts):
+            _, text = render_prompt(self.tokenizer, prompt, self.system_prompt)
+            requests.append({"prompt_token_ids": self.tokenizer(text, add_special_tokens=False)["input_ids"]})
+            kwargs = sampling_params_kwargs(**settings, seed=seed + i, eos_token_id=self.tokenizer.eos_token_id)
+            params.append(self._vllm.SamplingParams(**kwargs))
+        outputs = self.llm.generate(requests, params, use_tqdm=self.progress)
+        answers = [[c.text for c in out.outputs] for out in outputs]
+        return answers if do_sample else [a * n for a in answers]
+
+
+BACKENDS: dict[str, type[GenerationBackend]] = {"hf": HFBackend, "vllm": VLLMBackend}
+
+
+def get_backend(name: str, *args, **kwargs) -> GenerationBackend:
+    if name not in BACKENDS:
+        raise KeyError(f"unknown generation backend '{name}'; known: {sorted(BACKENDS)}")
+    return BACKENDS[name](*args, **kwargs)
