@@ -24,6 +24,9 @@ class SELMTrainer(Trainer):
 
     def __init__(self, *args, beta: float, alpha: float, **kwargs):
         super().__init__(*args, **kwargs)
+        # Batches carry `ref_logps` and `completion_mask`, which the model's forward does not take:
+        # Trainer must not strip them as "unused columns".
+        self.args.remove_unused_columns = False
         self.beta = beta
         self.alpha = alpha
         self._pending_metrics: dict[str, list[float]] = defaultdict(list)

@@ -1,0 +1,79 @@
+"""DVC stage commands. They read params.yaml (DVC's Hydra composition of conf/loop.yaml, which
+`dvc exp run -S key=value` rewrites), so an experiment's overrides reach every stage.
+
+    python -m selm.cli.stage sft tiny-sft
+    python -m selm.cli.stage loop tiny-sft 0.01 42
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from selm.config import compose_config
+
+# Sections of params.yaml that apply to every run of the grid; the grid item sets model, alpha, seed.
+SHARED_SECTIONS = ("train", "generation", "ranker", "data", "eval", "sft", "scale", "paths")
+
+
+def run_config(params_file: Path, base: str, alpha: float | None = None, seed: int | None = None) -> DictConfig:
+    """conf/loop.yaml composed for one grid item, with the shared values taken from params.yaml."""
+    overrides = [f"model={base}"]
+    if alpha is not None:
+        overrides.append(f"train.alpha={alpha}")
+    if seed is not None:
+        overrides.append(f"train.seed={seed}")
+    cfg = compose_config("loop", overrides)
+    if params_file.exists():
+        params = OmegaConf.load(params_file)
+        for section in SHARED_SECTIONS:
+            if section in params:
+                cfg[section] = OmegaConf.merge(cfg[section], params[section])
+    if alpha is not None:
+        cfg.train.alpha = alpha
+    if seed is not None:
+        cfg.train.seed = seed
+    return cfg
+
+
+def sft(cfg: DictConfig) -> None:
+    from selm.io import read_jsonl, write_json_atomic
+    from selm.sft import EVAL_SCHEMA, greedy_and_best_of_n, train_sft
+    from selm.tiny import build_tiny_model
+
+    out = Path(cfg.model.path)
+    s = cfg.sft
+    init = build_tiny_model(out.with_name(out.name + ".init"), size=s.size, seed=s.init_seed)
+    metrics = train_sft(init, cfg.model.sft_data, out, epochs=s.epochs, lr=s.lr, batch_size=s.batch_size,
+                        warmup_ratio=s.warmup_ratio, max_length=s.max_length, seed=s.seed)
+    records = read_jsonl(cfg.data.test_prefs, EVAL_SCHEMA)[: s.headroom_prompts]
+    headroom = greedy_and_best_of_n(out, records, n=s.headroom_n, seed=s.seed,
+                                    max_new_tokens=cfg.scale.max_new_tokens)
+    write_json_atomic(out / "headroom.json", headroom)
+    print(f"{cfg.model.name}: SFT {metrics['seconds']} s; greedy r* {headroom['greedy']['mean']:.3f}, "
+          f"best-of-{s.headroom_n} r* {headroom[f'best_of_{s.headroom_n}']['mean']:.3f}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    sub = parser.add_subparsers(dest="stage", required=True)
+    p_sft = sub.add_parser("sft", help="train a toy base by SFT and report its headroom")
+    p_sft.add_argument("base")
+    p_loop = sub.add_parser("loop", help="every iteration of one base x alpha x seed")
+    p_loop.add_argument("base")
+    p_loop.add_argument("alpha", type=float)
+    p_loop.add_argument("seed", type=int)
+    args = parser.parse_args(argv)
+    if args.stage == "sft":
+        sft(run_config(args.params, args.base))
+    else:
+        from selm.loop import run_loop
+
+        run_loop(run_config(args.params, args.base, args.alpha, args.seed))
+
+
+if __name__ == "__main__":
+    main()
