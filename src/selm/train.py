@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments, set_seed
+from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from selm.data import PairCollator, PairDataset, load_pairs
@@ -163,6 +164,8 @@ def train_iteration(cfg: DictConfig, callbacks: list | None = None) -> Path:
         alpha=t.alpha,
         callbacks=callbacks,
     )
+    if not t.progress_bar:
+        trainer.remove_callback(PrinterCallback)  # metrics still reach log_history, W&B and train_metrics.json
     resume = get_last_checkpoint(str(partial_dir)) if t.resume and partial_dir.is_dir() else None
     if resume:
         log.info("resuming from %s", resume)

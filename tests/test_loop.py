@@ -1,0 +1,135 @@
+"""The online loop: slicing, ranking into pairs, and a whole run on a handful of prompts."""
+
+import json
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import write_jsonl
+from selm.config import compose_config
+from selm.io import DataError
+from selm.loop import prefs_slice, rank_pairs, run_loop, slice_index
+from selm.rankers import get_ranker
+
+
+class TableRanker:
+    """Scores by a fixed table answer -> score; ties keep input order (as the real rankers)."""
+
+    def __init__(self, scores):
+        self.scores = scores
+
+    def rank(self, record, candidates):
+        return sorted(range(len(candidates)), key=lambda i: (-self.scores[candidates[i]], i))
+
+
+def uf_row(pid, prompt, chosen, rejected, **extra):
+    return {"prompt": prompt, "prompt_id": pid,
+            "chosen": [{"role": "user", "content": prompt}, {"role": "assistant", "content": chosen}],
+            "rejected": [{"role": "user", "content": prompt}, {"role": "assistant", "content": rejected}], **extra}
+
+
+def test_rank_best_and_worst_with_ties_to_y_ref():
+    rows = [uf_row("a", "p1", "good", "bad"), uf_row("b", "p2", "good", "bad"), uf_row("c", "p3", "good", "bad"),
+            uf_row("d", "p4", "same", "same")]
+    responses = [{"prompt_id": "a", "prompt": "p1", "response": "great"},   # y_ref best
+                 {"prompt_id": "b", "prompt": "p2", "response": "awful"},   # y_ref worst
+                 {"prompt_id": "c", "prompt": "p3", "response": "tie"},     # y_ref ties with y_w at the top
+                 {"prompt_id": "d", "prompt": "p4", "response": "same"}]    # all equal texts: dropped
+    ranker = TableRanker({"great": 3, "good": 2, "bad": 1, "awful": 0, "tie": 2, "same": 1})
+    pairs, stats = rank_pairs(rows, responses, ranker)
+    assert [(p["chosen"], p["rejected"]) for p in pairs] == [("great", "bad"), ("good", "awful"), ("tie", "bad")]
+    assert all(p["response"] == r["response"] for p, r in zip(pairs, responses))
+    assert stats == {"pairs": 3, "dropped_equal": 1, "label_flipped": 0, "y_ref_chosen": 2, "y_ref_rejected": 1}
+
+
+def test_labels_can_flip():
+    rows = [uf_row("a", "p", "said-good", "said-bad")]
+    pairs, stats = rank_pairs(rows, [{"prompt_id": "a", "prompt": "p", "response": "mid"}],
+                              TableRanker({"said-good": 0, "said-bad": 2, "mid": 1}))
+    assert (pairs[0]["chosen"], pairs[0]["rejected"], stats["label_flipped"]) == ("said-bad", "said-good", 1)
+
+
+def test_missing_y_ref_is_named():
+    with pytest.raises(DataError, match="no y_ref for prompt_id a"):
+        rank_pairs([uf_row("a", "p", "x", "y")], [], TableRanker({}))
+
+
+def test_slices_are_contiguous_and_never_reused():
+    rows = [{"prompt_id": str(i)} for i in range(10)]
+    seen = set()
+    for t in (0, 1, 2, 3):  # Zephyr-like: offline step + 3 online iterations
+        ids = [r["prompt_id"] for r in prefs_slice(rows, slice_index(t, True), 2)]
+        assert ids == [str(2 * t), str(2 * t + 1)]
+        assert not seen & set(ids)
+        seen |= set(ids)
+    assert slice_index(1, False) == 0  # a base without the offline step starts at slice 0
+    with pytest.raises(DataError, match="slice 5 needs rows 10..11 but there are only 10"):
+        prefs_slice(rows, 5, 2)
+
+
+def test_unknown_ranker_lists_known_names():
+    with pytest.raises(KeyError, match=r"ranker.name='pairm' is not a known ranker; known: \['oracle'\]"):
+        get_ranker(OmegaConf.create({"name": "pairm"}))
+
+
+@pytest.fixture(scope="module")
+def tiny_world(tmp_path_factory):
+    from selm.world.build import build_world
+
+    out = tmp_path_factory.mktemp("world")
+    build_world(out, seed=0, n_sft=10, n_train_prefs=40, n_test_prefs=8, n_eval=4, n_mt_bench=2, n_lmeval=4)
+    return out
+
+
+def loop_cfg(tiny_model, world, run_dir, *overrides):
+    return compose_config("loop", [
+        f"model.path={tiny_model}", f"data.train_prefs={world}/train_prefs.jsonl",
+        f"data.test_prefs={world}/test_prefs.jsonl", "data.slice_size=8", "eval.n_prompts=6",
+        "logger=none", f"run_dir={run_dir}", f"paths.ref_cache_dir={run_dir}/cache",
+        "train.global_batch_size=4", "train.per_device_batch_size=4", "scale.max_new_tokens=8", *overrides,
+    ])
+
+
+def test_loop_end_to_end_chains_checkpoints(tiny_model, tiny_world, tmp_path):
+    run = run_loop(loop_cfg(tiny_model, tiny_world, tmp_path / "run", "train.alpha=0.01"))
+    summary = json.loads((run / "summary.json").read_text())
+    assert list(summary) == ["base", "iter0", "iter1", "iter2", "iter3"]
+    previous = str(tiny_model)
+    prompts_seen = set()
+    for t in range(4):
+        it = run / f"iter{t}"
+        metrics = json.loads((it / "model" / "train_metrics.json").read_text())
+        assert metrics["init_checkpoint"] == previous  # trained from, and against, checkpoint t-1
+        assert metrics["iteration"] == t
+        assert metrics["with_y_ref"] is (t > 0)  # iteration 0 is offline DPO on the original pairs
+        assert metrics["config"]["train"]["alpha"] == (0.0 if t == 0 else 0.01)
+        ids = {json.loads(line)["prompt_id"] for line in (it / "pairs.jsonl").read_text().splitlines()}
+        assert not ids & prompts_seen
+        prompts_seen |= ids
+        previous = str(it / "model")
+    # y_ref of iteration t comes from pi_{t-1}: the responses file exists for every online iteration
+    assert all((run / f"iter{t}" / "responses.jsonl").exists() for t in (1, 2, 3))
+
+
+def test_loop_resumes_without_redoing_finished_stages(tiny_model, tiny_world, tmp_path):
+    cfg = loop_cfg(tiny_model, tiny_world, tmp_path / "run", "model.offline_dpo_iteration=false",
+                   "model.iterations=[1,2]")
+    run = run_loop(cfg)
+    model_file = run / "iter1" / "model" / "model.safetensors"
+    stamp = model_file.stat().st_mtime_ns
+    (run / "iter2" / "eval.json").unlink()
+    run_loop(cfg)
+    assert model_file.stat().st_mtime_ns == stamp  # finished iteration reused
+    assert (run / "iter2" / "eval.json").exists()  # missing output recomputed
+
+
+def test_bad_prefs_line_is_named(tiny_model, tmp_path):
+    bad = tmp_path / "prefs.jsonl"
+    write_jsonl(bad, [uf_row("a", "p", "x", "y")])
+    with bad.open("a") as f:
+        f.write('{"prompt": "q", "prompt_id": "b", "chosen": []}\n')
+    cfg = loop_cfg(tiny_model, tmp_path, tmp_path / "run")
+    cfg.data.train_prefs = str(bad)
+    with pytest.raises(DataError, match=f"{bad}:2: missing required key 'rejected'"):
+        run_loop(cfg)
