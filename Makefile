@@ -10,7 +10,7 @@ export WANDB_MODE ?= offline
 export DVC_NO_ANALYTICS := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup test test-all repro bench clean
+.PHONY: setup test repro bench params clean
 
 setup: .venv/.installed
 
@@ -29,6 +29,10 @@ bench: setup
 
 repro: setup
 	$(PY) -m dvc repro
+
+# params.yaml = what DVC's Hydra composition writes from conf/loop.yaml (a test checks they agree)
+params: setup
+	$(PY) -c "from omegaconf import OmegaConf; from selm.config import compose_config; c = compose_config('loop'); OmegaConf.resolve(c); open('params.yaml', 'w').write(OmegaConf.to_yaml(c))"
 
 clean:
 	rm -rf outputs multirun cache runs .pytest_cache

@@ -1,0 +1,40 @@
+"""The DVC pipeline's wiring: params.yaml is the Hydra composition DVC would write, stages read it."""
+
+from pathlib import Path
+
+import yaml
+from omegaconf import OmegaConf
+
+from selm.cli.stage import run_config
+from selm.config import compose_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_params_yaml_is_the_composed_loop_config():
+    # DVC's Hydra composition writes exactly this on `dvc exp run`; a stale params.yaml would make
+    # `dvc repro` track values that the stages do not use. Regenerate with `make params`.
+    cfg = compose_config("loop")
+    OmegaConf.resolve(cfg)
+    assert yaml.safe_load((ROOT / "params.yaml").read_text()) == OmegaConf.to_container(cfg)
+
+
+def test_dvc_config_enables_hydra_on_loop():
+    text = (ROOT / ".dvc" / "config").read_text()
+    assert "[hydra]" in text and "enabled = true" in text and "config_name = loop" in text
+
+
+def test_stage_config_takes_shared_values_from_params_and_grid_item(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"train": {"beta": 0.2, "alpha": 0.5}, "eval": {"n_prompts": 7}}))
+    cfg = run_config(params, "tiny-instruct", alpha=0.01, seed=3)
+    assert cfg.model.name == "tiny-instruct"
+    assert (cfg.train.beta, cfg.train.alpha, cfg.train.seed, cfg.eval.n_prompts) == (0.2, 0.01, 3, 7)
+    assert cfg.run_dir == "runs/tiny-instruct/alpha0.01/seed3"
+
+
+def test_dvc_outs_match_the_loop_run_dirs():
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert stages["loop"]["outs"] == ["runs/${item.base}/alpha${item.alpha}/seed${item.seed}"]
+    assert compose_config("loop", ["model=tiny-sft", "train.alpha=0.0", "train.seed=42"]).run_dir == \
+        "runs/tiny-sft/alpha0.0/seed42"
