@@ -16,11 +16,12 @@ import hashlib
 import json
 import os
 import random
-import secrets
 import sys
 import time
 from pathlib import Path
 from typing import Iterable, Mapping
+
+from selm.io import write_bytes_atomic
 
 from .evalsets import alpaca_eval_rows, lmeval_gen_rows, lmeval_mc_rows, mt_bench_rows
 from .families import FAMILIES, sample_records, true_reward
@@ -28,22 +29,6 @@ from .policies import ANNOTATOR_MIX, demonstrations, policy_stats, resolve_mix
 from .prefs import preference_pairs, preference_stats
 
 WORLD_FORMAT = "selm-toy-world/1"
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same directory + os.replace, so readers never see a partial file.
-    Private on purpose: to be swapped for the package's shared writer (selm.io) later."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # mode honours the umask
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _jsonl_bytes(rows: Iterable[dict]) -> bytes:
@@ -117,7 +102,7 @@ def build_world(
     for name, rows in files.items():
         data = _jsonl_bytes(rows)
         hashes[name] = hashlib.sha256(data).hexdigest()
-        _write_atomic(out / name, data)
+        write_bytes_atomic(out / name, data)
 
     manifest = {
         "format": WORLD_FORMAT,
@@ -140,7 +125,7 @@ def build_world(
         },
         "sha256": hashes,
     }
-    _write_atomic(out / "world.json", (json.dumps(manifest, indent=2) + "\n").encode("utf-8"))
+    write_bytes_atomic(out / "world.json", (json.dumps(manifest, indent=2) + "\n").encode("utf-8"))
     return manifest
 
 
