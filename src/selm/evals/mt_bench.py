@@ -1,0 +1,151 @@
+"""MT-Bench: two-turn answers in FastChat's answer format, single-answer grading, averaged over runs.
+
+Generation: turn 2 is asked in the same conversation, after the model's OWN turn-1 answer, as
+FastChat's gen_model_answer does. The conversation is rendered with the tokenizer's chat template
+over the whole message list (`hf_chat_generator`), not with the single-turn prompt helper. Decoding
+settings are the caller's and are written beside the answers (the paper does not give them).
+
+Grading: each answer turn is graded by the judge (turn 2 with the multi-turn prompt, which shows the
+judge both turns); a reference answer is passed only for FastChat's NEED_REF_CATS categories (math,
+reasoning, coding), from FastChat's reference-answer file. Repeated judge runs (the paper: 3) are
+separate judgments (separate cache entries). `summarize` gives, per run, FastChat's show_result
+numbers (average over all scored turns, turn 1, turn 2), then their mean over runs and the spread
+(sample standard deviation, min, max). Unreadable judgments are counted and left out, never scored.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+
+from selm.generation import HFBackend
+from selm.io import read_jsonl, write_jsonl_atomic
+from selm.judges import Judge, SingleItem
+from selm.judges.mt_bench_prompt import needs_reference
+
+QUESTION_SCHEMA = {"question_id": (int, True), "turns": (list, True), "category": (str, False)}
+ANSWER_SCHEMA = {"question_id": (int, True), "model_id": (str, True), "choices": (list, True)}
+
+ChatGenerate = Callable[[list[list[dict]]], list[str]]  # conversations -> one answer each
+
+
+def load_questions(path: str | os.PathLike) -> list[dict]:
+    return read_jsonl(path, QUESTION_SCHEMA)
+
+
+def conversation(turns: Sequence[str], answers: Sequence[str], system_prompt: str | None = None) -> list[dict]:
+    """Messages up to the next user turn: user/assistant alternating, ending on turns[len(answers)]."""
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    for question, answer in zip(turns, answers):
+        messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+    return messages + [{"role": "user", "content": turns[len(answers)]}]
+
+
+class _ChatHF(HFBackend):
+    """HFBackend whose 'prompts' are message lists rendered by the chat template (batching, padding
+    and decoding are HFBackend's)."""
+
+    def encode(self, messages: list[dict]) -> list[int]:
+        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        self.rendered.append(text)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def hf_chat_generator(backend: HFBackend, *, max_new_tokens: int, do_sample: bool = False,
+                      temperature: float = 1.0, top_p: float = 1.0, seed: int = 0) -> ChatGenerate:
+    """A ChatGenerate over an HFBackend's model; `.rendered` keeps the rendered prompts (for audit)."""
+    chat = _ChatHF(backend.model, backend.tokenizer, batch_size=backend.batch_size, progress=backend.progress)
+    chat.rendered = []
+
+    def generate(conversations: list[list[dict]]) -> list[str]:
+        out = chat.generate(conversations, n=1, do_sample=do_sample, temperature=temperature,
+                            top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
+        return [a[0] for a in out]
+
+    generate.rendered = chat.rendered
+    generate.settings = dict(max_new_tokens=max_new_tokens, do_sample=do_sample,
+                             temperature=temperature, top_p=top_p, seed=seed)
+    return generate
+
+
+def generate_answers(generate: ChatGenerate, questions: Sequence[dict], *, model_id: str,
+                     system_prompt: str | None = None, tstamp: float | None = None) -> list[dict]:
+    """FastChat answer rows (question_id, answer_id, model_id, choices[0].turns, tstamp). answer_id
+    is a uuid5 of the content, so a rerun with the same answers writes the same ids."""
+    first = generate([conversation(q["turns"], [], system_prompt) for q in questions])
+    second = generate([conversation(q["turns"], [a], system_prompt) for q, a in zip(questions, first)])
+    stamp = time.time() if tstamp is None else tstamp
+    rows = []
+    for q, a1, a2 in zip(questions, first, second):
+        answer_id = uuid.uuid5(uuid.NAMESPACE_URL, f"{model_id}|{q['question_id']}|{a1}|{a2}").hex
+        rows.append({"question_id": q["question_id"], "answer_id": answer_id, "model_id": model_id,
+                     "choices": [{"index": 0, "turns": [a1, a2]}], "tstamp": stamp})
+    return rows
+
+
+def write_answers(path: str | os.PathLike, rows: Sequence[dict]) -> None:
+    write_jsonl_atomic(path, rows)
+
+
+def load_answers(path: str | os.PathLike) -> dict[int, dict]:
+    """question_id -> answer row (FastChat's model_answer/<model>.jsonl; also its reference files)."""
+    return {row["question_id"]: row for row in read_jsonl(path, ANSWER_SCHEMA)}
+
+
+def grade(questions: Sequence[dict], answers: Mapping[int, dict], judge: Judge, *, n_runs: int = 3,
+          references: Mapping[int, dict] | None = None) -> list[dict]:
+    """FastChat-style judgment rows, one per (run, question, turn), with score None + error when
+    the judgment was unreadable."""
+    if n_runs < 1:
+        raise ValueError(f"n_runs must be >= 1, got {n_runs}")
+    items, keys = [], []
+    for q in questions:
+        if q["question_id"] not in answers:
+            raise KeyError(f"no answer for question {q['question_id']}")
+        answer = answers[q["question_id"]]
+        reference = None
+        if needs_reference(q.get("category")):
+            if references is None or q["question_id"] not in references:
+                raise KeyError(f"question {q['question_id']} ({q['category']}) needs a reference answer")
+            reference = references[q["question_id"]]["choices"][0]["turns"]
+        for run in range(n_runs):
+            for turn in (1, 2):
+                items.append(SingleItem(q["turns"], answer["choices"][0]["turns"], reference, turn, run))
+                keys.append((q["question_id"], answer["model_id"], turn, run))
+    ratings = judge.single_many(items)
+    return [
+        {"question_id": qid, "model": model, "judge": judge.identity("single"), "turn": turn, "run": run,
+         "score": r.score, "judgment": r.raw, "error": r.error, **r.meta}
+        for (qid, model, turn, run), r in zip(keys, ratings)
+    ]
+
+
+def _spread(values: list[float]) -> dict:
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "min": min(values), "max": max(values)}
+
+
+def summarize(judgments: Sequence[dict]) -> dict:
+    """Per run: average (all scored turns), turn_1, turn_2; over runs: mean, std, min, max of each."""
+    runs = sorted({j["run"] for j in judgments})
+    per_run = []
+    for run in runs:
+        rows = [j for j in judgments if j["run"] == run]
+        scored = [j for j in rows if j["score"] is not None]
+        if not scored:
+            raise ValueError(f"judge run {run}: every judgment was unreadable")
+        entry = {"run": run, "average": statistics.fmean(j["score"] for j in scored),
+                 "n_scored": len(scored), "n_errors": len(rows) - len(scored)}
+        for turn in (1, 2):
+            turn_scores = [j["score"] for j in scored if j["turn"] == turn]
+            entry[f"turn_{turn}"] = statistics.fmean(turn_scores) if turn_scores else None
+        per_run.append(entry)
+    summary = {"n_runs": len(runs), "per_run": per_run,
+               "n_errors": sum(r["n_errors"] for r in per_run)}
+    for key in ("average", "turn_1", "turn_2"):
+        values = [r[key] for r in per_run if r[key] is not None]
+        summary[key] = _spread(values) if values else None
+    return summary
