@@ -99,14 +99,20 @@ class HFBackend(GenerationBackend):
         device = self.model.device
         return input_ids.to(device), attention_mask.to(device)
 
-    def _decode(self, ids: list[int]) -> tuple[str, int]:
-        """Text before the first EOS (special tokens dropped) and the number of tokens generated."""
+    def _cut_at_eos(self, ids: list[int]) -> tuple[list[int], int]:
+        """The ids before the first EOS, and how many tokens were generated (EOS included)."""
         eos = self.tokenizer.eos_token_id
-        n_tokens = ids.index(eos) + 1 if eos in ids else len(ids)
-        text = self.tokenizer.decode(ids[: n_tokens], skip_special_tokens=True)
-        return text, n_tokens
+        return (ids[: ids.index(eos)], ids.index(eos) + 1) if eos in ids else (ids, len(ids))
 
     def generate(self, prompts, *, n=1, do_sample, temperature=1.0, top_p=1.0, max_new_tokens, seed):
+        ids = self.generate_ids(
+            prompts, n=n, do_sample=do_sample, temperature=temperature, top_p=top_p,
+            max_new_tokens=max_new_tokens, seed=seed,
+        )
+        return [[self.tokenizer.decode(a, skip_special_tokens=True) for a in per_prompt] for per_prompt in ids]
+
+    def generate_ids(self, prompts, *, n=1, do_sample, temperature=1.0, top_p=1.0, max_new_tokens, seed):
+        """Like `generate`, but the answers' token ids (cut before EOS; other special tokens kept)."""
         _check_settings(n, do_sample, temperature, top_p, max_new_tokens)
         encoded = [self.encode(p) for p in prompts]
         order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
@@ -114,8 +120,9 @@ class HFBackend(GenerationBackend):
         per_prompt = n if do_sample else 1
         prompts_per_batch = max(1, self.batch_size // per_prompt)
         batches = [order[i : i + prompts_per_batch] for i in range(0, len(order), prompts_per_batch)]
+        # top_k=0: transformers would otherwise apply its default top-k of 50 (vLLM applies none).
         sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if do_sample else dict(do_sample=False)
-        answers: list[list[str]] = [[] for _ in prompts]
+        answers: list[list[list[int]]] = [[] for _ in prompts]
         n_tokens, start = 0, time.perf_counter()
         was_training = self.model.training
         self.model.eval()
@@ -133,17 +140,14 @@ class HFBackend(GenerationBackend):
                         pad_token_id=self.pad_id,
                         **sampling,
                     )
-                    new = out[:, input_ids.shape[1] :].tolist()
-                    for row, ids in enumerate(new):
-                        text, count = self._decode(ids)
+                    for row, ids in enumerate(out[:, input_ids.shape[1] :].tolist()):
+                        answer, count = self._cut_at_eos(ids)
                         n_tokens += count
-                        answers[batch[row // per_prompt]].append(text)
+                        answers[batch[row // per_prompt]].append(answer)
         finally:
             self.model.train(was_training)
-        if not do_sample:
-            answers = [a * n for a in answers]
         self.last_stats = {"tokens": n_tokens, "seconds": time.perf_counter() - start}
-        return answers
+        return answers if do_sample else [[list(a[0]) for _ in range(n)] for a in answers]
 
 
 def sampling_params_kwargs(
