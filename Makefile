@@ -2,6 +2,8 @@
 SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 PY := .venv/bin/python
+# dvc.yaml's stage commands say `python`: the venv's.
+export PATH := $(CURDIR)/.venv/bin:$(PATH)
 # Offline by construction: nothing is ever loaded from the Hugging Face hub, W&B never phones home.
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
