@@ -133,3 +133,19 @@ def test_bad_prefs_line_is_named(tiny_model, tmp_path):
     cfg.data.train_prefs = str(bad)
     with pytest.raises(DataError, match=f"{bad}:2: missing required key 'rejected'"):
         run_loop(cfg)
+
+
+def test_a_run_with_another_config_starts_afresh(tiny_model, tiny_world, tmp_path):
+    overrides = ("model.offline_dpo_iteration=false", "model.iterations=[1]")
+    run = run_loop(loop_cfg(tiny_model, tiny_world, tmp_path / "run", *overrides))
+    first = json.loads((run / "iter1" / "model" / "train_metrics.json").read_text())
+    run_loop(loop_cfg(tiny_model, tiny_world, tmp_path / "run", *overrides, "train.beta=0.5"))
+    second = json.loads((run / "iter1" / "model" / "train_metrics.json").read_text())
+    assert (first["config"]["train"]["beta"], second["config"]["train"]["beta"]) == (0.1, 0.5)
+
+
+def test_loop_writes_nothing_into_the_base_checkpoint(tiny_model, tiny_world, tmp_path):
+    before = sorted(p.name for p in Path(tiny_model).iterdir())
+    run_loop(loop_cfg(tiny_model, tiny_world, tmp_path / "run", "model.offline_dpo_iteration=false",
+                      "model.iterations=[1]"))
+    assert sorted(p.name for p in Path(tiny_model).iterdir()) == before  # it may be a DVC-tracked output

@@ -35,6 +35,7 @@ def test_stage_config_takes_shared_values_from_params_and_grid_item(tmp_path):
 
 def test_dvc_outs_match_the_loop_run_dirs():
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    assert stages["loop"]["outs"] == ["runs/${item.base}/alpha${item.alpha}/seed${item.seed}"]
+    # persist: DVC must not delete a crashed run's finished iterations before rerunning the stage
+    assert stages["loop"]["outs"] == [{"runs/${item.base}/alpha${item.alpha}/seed${item.seed}": {"persist": True}}]
     assert compose_config("loop", ["model=tiny-sft", "train.alpha=0.0", "train.seed=42"]).run_dir == \
         "runs/tiny-sft/alpha0.0/seed42"

@@ -11,7 +11,6 @@ them instead of recomputing; any change gives a new key.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from pathlib import Path
@@ -48,35 +47,24 @@ def completion_logps(model, input_ids, attention_mask, completion_mask) -> tuple
 def model_fingerprint(model_dir: str | os.PathLike) -> str:
     """sha256 over the checkpoint's weight and config files (content, not names or dates).
 
-    Hashing a 7B checkpoint takes a while, so the digest is memoised beside it, keyed by each
-    file's size and modification time.
+    Nothing is written into the checkpoint folder: it may be a DVC-tracked output. Hashing costs
+    about a minute for a 7B checkpoint, small beside the iteration it keys.
     """
     model_dir = Path(model_dir)
     files = sorted(
         p for p in model_dir.iterdir()
-        if p.suffix in {".safetensors", ".bin", ".json"} and not p.name.startswith(".")  # not our memo
-        and p.name not in {"tiny.json", "train_metrics.json"}  # descriptions, not weights
+        if p.suffix in {".safetensors", ".bin", ".json"} and not p.name.startswith(".")
+        and p.name not in {"tiny.json", "train_metrics.json", "headroom.json", "sft_metrics.json"}  # descriptions
     )
     if not any(p.suffix in {".safetensors", ".bin"} for p in files):
         raise FileNotFoundError(f"{model_dir}: no model weights (*.safetensors or *.bin) in this checkpoint folder")
-    stamp = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
-    memo = model_dir / ".selm_fingerprint.json"
-    if memo.exists():
-        saved = json.loads(memo.read_text())
-        if saved.get("stamp") == [list(s) for s in stamp]:
-            return saved["sha256"]
     h = hashlib.sha256()
     for p in files:
         h.update(p.name.encode())
         with p.open("rb") as f:
             for chunk in iter(lambda: f.read(1 << 24), b""):
                 h.update(chunk)
-    digest = h.hexdigest()
-    try:
-        memo.write_text(json.dumps({"stamp": stamp, "sha256": digest}))
-    except OSError as e:  # a read-only checkpoint folder is fine: we just hash again next time
-        log.info("could not memoise fingerprint in %s: %s", model_dir, e)
-    return digest
+    return h.hexdigest()
 
 
 def reference_cache_key(model_dir, pairs: list[TokenizedPair], precision: str) -> str:

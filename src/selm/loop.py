@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -140,6 +141,19 @@ def iteration_config(cfg: DictConfig, t: int, init: Path, pairs: Path, out: Path
     return tcfg
 
 
+def start_or_resume(run_dir: Path, config: dict) -> None:
+    """Resume a run only if it was started with the same config; otherwise start it afresh.
+
+    Stages skip outputs that exist, so outputs of another config must never be reused.
+    """
+    path = run_dir / "config.json"
+    if path.exists() and json.loads(path.read_text()) != config:
+        log.warning("%s was made with another config: starting this run afresh", run_dir)
+        shutil.rmtree(run_dir)
+    if not path.exists():
+        write_json_atomic(path, config)
+
+
 def run_loop(cfg: DictConfig) -> Path:
     """Run (or resume) every iteration of one base x method x seed; return the run folder."""
     from selm.train import check_checkpoint, train_iteration
@@ -150,7 +164,7 @@ def run_loop(cfg: DictConfig) -> Path:
     test = read_jsonl(cfg.data.test_prefs, PREFS_SCHEMA)[: cfg.eval.n_prompts]
     ranker = None
     iterations = ([0] if cfg.model.offline_dpo_iteration else []) + list(cfg.model.iterations)
-    write_json_atomic(run_dir / "config.json", OmegaConf.to_container(cfg, resolve=True))
+    start_or_resume(run_dir, OmegaConf.to_container(cfg, resolve=True))
 
     summary = {"base": _evaluate(cfg, base, test, run_dir / "base")}
     previous = base
