@@ -141,6 +141,17 @@ def iteration_config(cfg: DictConfig, t: int, init: Path, pairs: Path, out: Path
     return tcfg
 
 
+# What the loop's outputs depend on; changing anything else (judges, evaluation sets, W&B
+# names) must not throw finished iterations away.
+LOOP_SECTIONS = ("model", "train", "data", "generation", "ranker", "scale")
+
+
+def run_identity(cfg: DictConfig) -> dict:
+    config = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in LOOP_SECTIONS}
+    config["eval"] = {"n_prompts": cfg.eval.n_prompts}
+    return config
+
+
 def start_or_resume(run_dir: Path, config: dict) -> None:
     """Resume a run only if it was started with the same config; otherwise start it afresh.
 
@@ -164,7 +175,7 @@ def run_loop(cfg: DictConfig) -> Path:
     test = read_jsonl(cfg.data.test_prefs, PREFS_SCHEMA)[: cfg.eval.n_prompts]
     ranker = None
     iterations = ([0] if cfg.model.offline_dpo_iteration else []) + list(cfg.model.iterations)
-    start_or_resume(run_dir, OmegaConf.to_container(cfg, resolve=True))
+    start_or_resume(run_dir, run_identity(cfg))
 
     summary = {"base": _evaluate(cfg, base, test, run_dir / "base")}
     previous = base

@@ -3,6 +3,8 @@
 
     python -m selm.cli.stage sft tiny-sft
     python -m selm.cli.stage loop tiny-sft 0.01 42
+    python -m selm.cli.stage eval-base tiny-sft          # AlpacaEval + MT-Bench of the SFT base
+    python -m selm.cli.stage eval tiny-sft 0.01 42       # ... of every checkpoint of one run
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from selm.config import compose_config
 
 # Sections of params.yaml that apply to every run of the grid; the grid item sets model, alpha, seed.
-SHARED_SECTIONS = ("train", "generation", "ranker", "data", "eval", "sft", "scale", "paths")
+SHARED_SECTIONS = ("train", "generation", "ranker", "data", "eval", "judge", "sft", "scale", "paths")
 
 
 def run_config(params_file: Path, base: str, alpha: float | None = None, seed: int | None = None) -> DictConfig:
@@ -56,6 +58,22 @@ def sft(cfg: DictConfig) -> None:
           f"best-of-{s.headroom_n} r* {headroom[f'best_of_{s.headroom_n}']['mean']:.3f}")
 
 
+def eval_run(cfg: DictConfig, out_root: Path) -> None:
+    """Evaluate every checkpoint of the run folder, in iteration order, into out_root/iter<t>/."""
+    from selm.evaluate import evaluate_checkpoint
+
+    run = Path(cfg.run_dir)
+    iterations = sorted((p for p in run.glob("iter*") if (p / "model" / "config.json").exists()),
+                        key=lambda p: int(p.name.removeprefix("iter")))
+    if not iterations:
+        raise FileNotFoundError(f"{run}: no trained iteration (iter*/model) to evaluate")
+    for it in iterations:
+        model_id = f"{cfg.model.name}/alpha{cfg.train.alpha}/{it.name}/seed{cfg.train.seed}"
+        metrics = evaluate_checkpoint(cfg, it / "model", out_root / it.name, model_id)
+        print(f"{model_id}: AlpacaEval LC {metrics['alpaca_lc_win_rate']:.1f} WR {metrics['alpaca_win_rate']:.1f}, "
+              f"MT-Bench {metrics['mt_bench_average']:.2f}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
@@ -66,13 +84,27 @@ def main(argv: list[str] | None = None) -> None:
     p_loop.add_argument("base")
     p_loop.add_argument("alpha", type=float)
     p_loop.add_argument("seed", type=int)
+    p_eval_base = sub.add_parser("eval-base", help="AlpacaEval and MT-Bench of an SFT base")
+    p_eval_base.add_argument("base")
+    p_eval = sub.add_parser("eval", help="AlpacaEval and MT-Bench of every checkpoint of one run")
+    p_eval.add_argument("base")
+    p_eval.add_argument("alpha", type=float)
+    p_eval.add_argument("seed", type=int)
     args = parser.parse_args(argv)
     if args.stage == "sft":
         sft(run_config(args.params, args.base))
-    else:
+    elif args.stage == "loop":
         from selm.loop import run_loop
 
         run_loop(run_config(args.params, args.base, args.alpha, args.seed))
+    elif args.stage == "eval-base":
+        from selm.evaluate import evaluate_checkpoint
+
+        cfg = run_config(args.params, args.base)
+        evaluate_checkpoint(cfg, cfg.model.path, Path("evals") / args.base / "base", f"{args.base}/base")
+    else:
+        cfg = run_config(args.params, args.base, args.alpha, args.seed)
+        eval_run(cfg, Path("evals") / args.base / f"alpha{args.alpha}" / f"seed{args.seed}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,104 @@
+"""Recipe: evaluate one checkpoint the paper's way: AlpacaEval 2.0, MT-Bench (and lm-eval).
+
+    checkpoint -> <out>/alpaca_outputs.json, alpaca_annotations.json, alpaca.json
+               -> <out>/mt_bench_answers.jsonl, mt_bench_judgments.jsonl, mt_bench.json
+               -> <out>/metrics.json (everything above, flat, for tables and W&B)
+
+The judge is chosen by config (`judge.name`): the toy oracle at toy/small scale, an
+OpenAI-compatible API at the paper scale. Judgments go through the judge's cache, so a rerun after a
+crash re-judges nothing. Each finished part is skipped on rerun.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from selm.io import read_jsonl, write_json_atomic, write_jsonl_atomic
+
+log = logging.getLogger(__name__)
+
+
+def make_judge(cfg: DictConfig, cache: Path):
+    from selm.judges import get_judge
+
+    params = OmegaConf.to_container(cfg.judge, resolve=True)
+    return get_judge(params.pop("name"), cache=str(cache), **params)
+
+
+def alpaca_eval(cfg: DictConfig, backend, judge, model_id: str, out: Path) -> dict:
+    from selm.evals.alpaca import annotate, compute_metrics, generate_outputs, write_annotations, write_outputs
+
+    path = out / "alpaca.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    a = cfg.eval.alpaca_eval
+    reference = read_jsonl(a.data)[: a.limit]
+    outputs_path = out / "alpaca_outputs.json"
+    if outputs_path.exists():
+        outputs = json.loads(outputs_path.read_text())
+    else:
+        outputs = generate_outputs(backend, reference, generator=model_id, **cfg.eval.decoding)
+        write_outputs(outputs_path, outputs)
+    table = annotate(outputs, reference, judge)
+    metrics = compute_metrics(table)
+    write_annotations(out / "alpaca_annotations.json", table)
+    write_json_atomic(path, metrics)
+    return metrics
+
+
+def mt_bench(cfg: DictConfig, backend, judge, model_id: str, out: Path) -> dict:
+    from selm.evals.mt_bench import generate_answers, grade, hf_chat_generator, load_answers, load_questions, summarize
+
+    path = out / "mt_bench.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    m = cfg.eval.mt_bench
+    questions = load_questions(m.questions)[: m.limit]
+    answers_path = out / "mt_bench_answers.jsonl"
+    if not answers_path.exists():
+        generate = hf_chat_generator(backend, **cfg.eval.decoding)
+        write_jsonl_atomic(answers_path, generate_answers(generate, questions, model_id=model_id, tstamp=0.0))
+    references = load_answers(m.references) if m.references else None
+    judgments = grade(questions, load_answers(answers_path), judge, n_runs=m.judge_runs, references=references)
+    write_jsonl_atomic(out / "mt_bench_judgments.jsonl", judgments)
+    summary = summarize(judgments)
+    write_json_atomic(path, summary)
+    return summary
+
+
+def flat_metrics(alpaca: dict, mt: dict) -> dict:
+    """The numbers of the paper's Table 1 for one checkpoint."""
+    return {
+        "alpaca_lc_win_rate": alpaca["length_controlled_winrate"],
+        "alpaca_win_rate": alpaca["win_rate"],
+        "alpaca_avg_length": alpaca["avg_length"],
+        "alpaca_n_errors": alpaca["n_errors"],
+        "mt_bench_average": mt["average"]["mean"],
+        "mt_bench_average_std": mt["average"]["std"],
+        "mt_bench_turn_1": mt["turn_1"]["mean"],
+        "mt_bench_turn_2": mt["turn_2"]["mean"],
+        "mt_bench_runs": mt["n_runs"],
+    }
+
+
+def evaluate_checkpoint(cfg: DictConfig, model_dir: str | Path, out: str | Path, model_id: str) -> dict:
+    from selm.generation import get_backend
+    from selm.train import check_checkpoint
+
+    model_dir, out = check_checkpoint(model_dir, "model_dir"), Path(out)
+    path = out / "metrics.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    backend = get_backend(cfg.scale.generation_backend, str(model_dir), batch_size=cfg.generation.batch_size,
+                          system_prompt=cfg.model.system_prompt, progress=False)
+    judge = make_judge(cfg, out / "judge_cache.jsonl")
+    metrics = flat_metrics(alpaca_eval(cfg, backend, judge, model_id, out), mt_bench(cfg, backend, judge, model_id, out))
+    metrics["model"] = model_id
+    metrics["decoding"] = OmegaConf.to_container(cfg.eval.decoding, resolve=True)
+    metrics["judge"] = judge.identity("pairwise")
+    write_json_atomic(path, metrics)
+    return metrics
