@@ -1,0 +1,66 @@
+"""Per-checkpoint evaluation (AlpacaEval + MT-Bench with the toy judge) and the result tables."""
+
+import json
+import math
+
+import pytest
+
+from selm.config import compose_config
+from selm.evaluate import evaluate_checkpoint
+from selm.report.eval_tables import collect, table1_markdown
+from selm.report.toy_table import mean_ci
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    from selm.world.build import build_world
+
+    out = tmp_path_factory.mktemp("world")
+    build_world(out, seed=0, n_sft=10, n_train_prefs=10, n_test_prefs=4, n_eval=12, n_mt_bench=4, n_lmeval=4)
+    return out
+
+
+def test_evaluate_checkpoint_end_to_end_and_skips_when_done(tiny_model, world, tmp_path):
+    cfg = compose_config("loop", [
+        f"eval.alpaca_eval.data={world}/alpaca_eval.jsonl", f"eval.mt_bench.questions={world}/mt_bench.jsonl",
+        "scale.max_new_tokens=6", "logger=none",
+    ])
+    metrics = evaluate_checkpoint(cfg, tiny_model, tmp_path / "ev", "tiny/base")
+    assert 0 <= metrics["alpaca_win_rate"] <= 100 and 0 <= metrics["alpaca_lc_win_rate"] <= 100
+    assert 1 <= metrics["mt_bench_average"] <= 10 and metrics["mt_bench_runs"] == 3
+    assert metrics["decoding"]["do_sample"] is False
+    outputs = json.loads((tmp_path / "ev" / "alpaca_outputs.json").read_text())
+    assert len(outputs) == 12 and all(o["generator"] == "tiny/base" for o in outputs)
+    judgments = (tmp_path / "ev" / "mt_bench_judgments.jsonl").read_text().splitlines()
+    assert len(judgments) == 4 * 2 * 3  # questions x turns x judge runs
+    # a finished evaluation is read back, not recomputed
+    (tmp_path / "ev" / "alpaca_outputs.json").unlink()
+    assert evaluate_checkpoint(cfg, tiny_model, tmp_path / "ev", "tiny/base") == metrics
+
+
+def test_mean_ci_by_hand():
+    mean, half = mean_ci([1.0, 2.0, 3.0])
+    assert mean == 2.0
+    assert half == pytest.approx(4.303 * 1.0 / math.sqrt(3))  # t(0.975, df=2) * sd / sqrt(n)
+    assert mean_ci([5.0]) == (5.0, 0.0)
+
+
+def test_table1_groups_seeds(tmp_path):
+    def put(rel, lc, mt):
+        path = tmp_path / rel / "metrics.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({"alpaca_lc_win_rate": lc, "alpaca_win_rate": lc, "alpaca_avg_length": 5,
+                                    "mt_bench_average": mt, "mt_bench_turn_1": mt, "mt_bench_turn_2": mt,
+                                    "judge": "j", "model": rel}))
+
+    put("b/base", 30.0, 4.0)
+    put("b/alpha0.0/seed1/iter1", 40.0, 5.0)
+    put("b/alpha0.0/seed2/iter1", 42.0, 5.0)
+    rows = collect(tmp_path)
+    assert [(r["method"], r["iteration"], r["seed"]) for r in rows] == [
+        ("SFT base", "base", None), ("iterative DPO", "iter1", 1), ("iterative DPO", "iter1", 2)]
+    text = table1_markdown(rows)
+    lines = text.splitlines()[2:]
+    assert lines[0].startswith("| b | SFT base | base | 30.00 |")
+    half = 12.706 * math.sqrt(2.0) / math.sqrt(2)  # sd of (40, 42) is sqrt(2); t(0.975, df=1)
+    assert f"41.00 ± {half:.2f}" in lines[1] and lines[1].endswith("| 2 |")
