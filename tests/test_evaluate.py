@@ -23,12 +23,16 @@ def world(tmp_path_factory):
 def test_evaluate_checkpoint_end_to_end_and_skips_when_done(tiny_model, world, tmp_path):
     cfg = compose_config("loop", [
         f"eval.alpaca_eval.data={world}/alpaca_eval.jsonl", f"eval.mt_bench.questions={world}/mt_bench.jsonl",
+        f"eval.lmeval.world={world}",
         "scale.max_new_tokens=6", "logger=none",
     ])
     metrics = evaluate_checkpoint(cfg, tiny_model, tmp_path / "ev", "tiny/base")
     assert 0 <= metrics["alpaca_win_rate"] <= 100 and 0 <= metrics["alpaca_lc_win_rate"] <= 100
     assert 1 <= metrics["mt_bench_average"] <= 10 and metrics["mt_bench_runs"] == 3
     assert metrics["decoding"]["do_sample"] is False
+    assert set(metrics) >= {"lmeval_selm_toy_mc", "lmeval_selm_toy_gen", "lmeval_mean"}
+    record = json.loads((tmp_path / "ev" / "lmeval.json").read_text())
+    assert record["harness"]["version"] == "0.4.13"
     outputs = json.loads((tmp_path / "ev" / "alpaca_outputs.json").read_text())
     assert len(outputs) == 12 and all(o["generator"] == "tiny/base" for o in outputs)
     judgments = (tmp_path / "ev" / "mt_bench_judgments.jsonl").read_text().splitlines()

@@ -1,7 +1,8 @@
-"""Recipe: evaluate one checkpoint the paper's way: AlpacaEval 2.0, MT-Bench (and lm-eval).
+"""Recipe: evaluate one checkpoint the paper's way: AlpacaEval 2.0, MT-Bench and lm-eval.
 
     checkpoint -> <out>/alpaca_outputs.json, alpaca_annotations.json, alpaca.json
                -> <out>/mt_bench_answers.jsonl, mt_bench_judgments.jsonl, mt_bench.json
+               -> <out>/lmeval.json (harness and task versions, few-shot, decoding recorded)
                -> <out>/metrics.json (everything above, flat, for tables and W&B)
 
 The judge is chosen by config (`judge.name`): the toy oracle at toy/small scale, an
@@ -70,9 +71,27 @@ def mt_bench(cfg: DictConfig, backend, judge, model_id: str, out: Path) -> dict:
     return summary
 
 
-def flat_metrics(alpaca: dict, mt: dict) -> dict:
-    """The numbers of the paper's Table 1 for one checkpoint."""
+def lm_eval_suite(cfg: DictConfig, model_dir: Path, out: Path) -> dict | None:
+    """The lm-eval suite named by `eval.lmeval.config` (conf/lmeval/<name>.yaml); null skips it."""
+    from selm.evals.lmeval import run_config
+
+    lm = cfg.eval.lmeval
+    if lm.config is None:
+        return None
+    path = out / "lmeval.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    return run_config(model_dir, lm.config, out=str(path), world=lm.world, limit=lm.limit)
+
+
+def flat_metrics(alpaca: dict, mt: dict, lm: dict | None = None) -> dict:
+    """The numbers of the paper's Tables 1 and 2 for one checkpoint."""
+    academic = {}
+    if lm is not None:
+        academic = {f"lmeval_{name}": task["score"] for name, task in lm["tasks"].items()}
+        academic["lmeval_mean"] = lm["mean"]["score"]
     return {
+        **academic,
         "alpaca_lc_win_rate": alpaca["length_controlled_winrate"],
         "alpaca_win_rate": alpaca["win_rate"],
         "alpaca_avg_length": alpaca["avg_length"],
@@ -96,7 +115,8 @@ def evaluate_checkpoint(cfg: DictConfig, model_dir: str | Path, out: str | Path,
     backend = get_backend(cfg.scale.generation_backend, str(model_dir), batch_size=cfg.generation.batch_size,
                           system_prompt=cfg.model.system_prompt, progress=False)
     judge = make_judge(cfg, out / "judge_cache.jsonl")
-    metrics = flat_metrics(alpaca_eval(cfg, backend, judge, model_id, out), mt_bench(cfg, backend, judge, model_id, out))
+    metrics = flat_metrics(alpaca_eval(cfg, backend, judge, model_id, out), mt_bench(cfg, backend, judge, model_id, out),
+                           lm_eval_suite(cfg, model_dir, out))
     metrics["model"] = model_id
     metrics["decoding"] = OmegaConf.to_container(cfg.eval.decoding, resolve=True)
     metrics["judge"] = judge.identity("pairwise")
