@@ -68,3 +68,16 @@ def test_table1_groups_seeds(tmp_path):
     assert lines[0].startswith("| b | SFT base | base | 30.00 |")
     half = 12.706 * math.sqrt(2.0) / math.sqrt(2)  # sd of (40, 42) is sqrt(2); t(0.975, df=1)
     assert f"41.00 ± {half:.2f}" in lines[1] and lines[1].endswith("| 2 |")
+
+
+def test_changed_settings_reevaluate_but_keep_the_judge_cache(tiny_model, world, tmp_path):
+    base = [f"eval.alpaca_eval.data={world}/alpaca_eval.jsonl", f"eval.mt_bench.questions={world}/mt_bench.jsonl",
+            f"eval.lmeval.world={world}", "scale.max_new_tokens=6", "eval.lmeval.config=null"]
+    first = evaluate_checkpoint(compose_config("loop", base), tiny_model, tmp_path / "ev", "m")
+    cache = (tmp_path / "ev" / "judge_cache.jsonl").read_text()
+    assert "lmeval_mean" not in first
+    second = evaluate_checkpoint(compose_config("loop", base + ["eval.lmeval.config=toy"]), tiny_model,
+                                 tmp_path / "ev", "m")
+    assert "lmeval_mean" in second  # not the stale metrics.json of the other settings
+    assert second["alpaca_win_rate"] == first["alpaca_win_rate"]
+    assert (tmp_path / "ev" / "judge_cache.jsonl").read_text() == cache  # nothing judged twice

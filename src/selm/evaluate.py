@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -21,6 +22,23 @@ from omegaconf import DictConfig, OmegaConf
 from selm.io import read_jsonl, write_json_atomic, write_jsonl_atomic
 
 log = logging.getLogger(__name__)
+
+
+JUDGE_CACHE = "judge_cache.jsonl"
+
+
+def start_or_resume(out: Path, identity: dict) -> None:
+    """Reuse finished parts only if they were made with the same settings. The judge cache is kept
+    either way: its keys already name the judge, the instruction and the outputs, and its
+    judgments may have been paid for."""
+    path = out / "eval_config.json"
+    if path.exists() and json.loads(path.read_text()) != identity:
+        log.warning("%s was evaluated with other settings: evaluating afresh", out)
+        for item in out.iterdir():
+            if item.name != JUDGE_CACHE:
+                shutil.rmtree(item) if item.is_dir() else item.unlink()
+    if not path.exists():
+        write_json_atomic(path, identity)
 
 
 def make_judge(cfg: DictConfig, cache: Path):
@@ -109,12 +127,15 @@ def evaluate_checkpoint(cfg: DictConfig, model_dir: str | Path, out: str | Path,
     from selm.train import check_checkpoint
 
     model_dir, out = check_checkpoint(model_dir, "model_dir"), Path(out)
+    start_or_resume(out, {"model_dir": str(model_dir), "model_id": model_id,
+                          "eval": OmegaConf.to_container(cfg.eval, resolve=True),
+                          "judge": OmegaConf.to_container(cfg.judge, resolve=True)})
     path = out / "metrics.json"
     if path.exists():
         return json.loads(path.read_text())
     backend = get_backend(cfg.scale.generation_backend, str(model_dir), batch_size=cfg.generation.batch_size,
                           system_prompt=cfg.model.system_prompt, progress=False)
-    judge = make_judge(cfg, out / "judge_cache.jsonl")
+    judge = make_judge(cfg, out / JUDGE_CACHE)
     metrics = flat_metrics(alpaca_eval(cfg, backend, judge, model_id, out), mt_bench(cfg, backend, judge, model_id, out),
                            lm_eval_suite(cfg, model_dir, out))
     metrics["model"] = model_id
