@@ -30,7 +30,7 @@ bench: setup
 	$(PY) -m selm.bench train
 
 repro: setup
-	$(PY) -m dvc repro
+	$(PY) -m dvc repro dvc.yaml
 
 # params.yaml = what DVC's Hydra composition writes from conf/loop.yaml (a test checks they agree)
 params: setup

@@ -32,7 +32,8 @@ def start_or_resume(out: Path, identity: dict) -> None:
     either way: its keys already name the judge, the instruction and the outputs, and its
     judgments may have been paid for."""
     path = out / "eval_config.json"
-    if path.exists() and json.loads(path.read_text()) != identity:
+    made_with = json.loads(path.read_text()) if path.exists() else None
+    if out.is_dir() and made_with != identity and any(p.name != JUDGE_CACHE for p in out.iterdir()):
         log.warning("%s was evaluated with other settings: evaluating afresh", out)
         for item in out.iterdir():
             if item.name != JUDGE_CACHE:

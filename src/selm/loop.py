@@ -158,7 +158,8 @@ def start_or_resume(run_dir: Path, config: dict) -> None:
     Stages skip outputs that exist, so outputs of another config must never be reused.
     """
     path = run_dir / "config.json"
-    if path.exists() and json.loads(path.read_text()) != config:
+    made_with = json.loads(path.read_text()) if path.exists() else None
+    if run_dir.is_dir() and made_with != config and any(run_dir.iterdir()):  # no record counts as another config
         log.warning("%s was made with another config: starting this run afresh", run_dir)
         shutil.rmtree(run_dir)
     if not path.exists():
