@@ -92,3 +92,20 @@ def test_atomic_writer_leaves_nothing_on_failure(tmp_path):
     assert list(tmp_path.iterdir()) == []
     write_jsonl_atomic(tmp_path / "out.jsonl", [{"a": 1}])
     assert json.loads((tmp_path / "out.jsonl").read_text()) == {"a": 1}
+
+
+def test_reuse_or_reset_keeps_only_outputs_of_the_same_identity(tmp_path):
+    from selm.io import reuse_or_reset
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "stale.json").write_text("{}")  # made before any identity was recorded: not trusted
+    (out / "cache.jsonl").write_text("paid\n")
+    assert reuse_or_reset(out, {"a": 1}, record="id.json", keep=("cache.jsonl",)) is True
+    assert sorted(p.name for p in out.iterdir()) == ["cache.jsonl", "id.json"]
+    (out / "result.json").write_text("{}")
+    assert reuse_or_reset(out, {"a": 1}, record="id.json", keep=("cache.jsonl",)) is False
+    assert (out / "result.json").exists()  # same identity: finished work is reused
+    assert reuse_or_reset(out, {"a": 2}, record="id.json", keep=("cache.jsonl",)) is True
+    assert sorted(p.name for p in out.iterdir()) == ["cache.jsonl", "id.json"]
+    assert json.loads((out / "id.json").read_text()) == {"a": 2}

@@ -14,32 +14,16 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from selm.io import read_jsonl, write_json_atomic, write_jsonl_atomic
+from selm.io import read_jsonl, reuse_or_reset, write_json_atomic, write_jsonl_atomic
 
 log = logging.getLogger(__name__)
 
 
 JUDGE_CACHE = "judge_cache.jsonl"
-
-
-def start_or_resume(out: Path, identity: dict) -> None:
-    """Reuse finished parts only if they were made with the same settings. The judge cache is kept
-    either way: its keys already name the judge, the instruction and the outputs, and its
-    judgments may have been paid for."""
-    path = out / "eval_config.json"
-    made_with = json.loads(path.read_text()) if path.exists() else None
-    if out.is_dir() and made_with != identity and any(p.name != JUDGE_CACHE for p in out.iterdir()):
-        log.warning("%s was evaluated with other settings: evaluating afresh", out)
-        for item in out.iterdir():
-            if item.name != JUDGE_CACHE:
-                shutil.rmtree(item) if item.is_dir() else item.unlink()
-    if not path.exists():
-        write_json_atomic(path, identity)
 
 
 def make_judge(cfg: DictConfig, cache: Path):
@@ -128,9 +112,12 @@ def evaluate_checkpoint(cfg: DictConfig, model_dir: str | Path, out: str | Path,
     from selm.train import check_checkpoint
 
     model_dir, out = check_checkpoint(model_dir, "model_dir"), Path(out)
-    start_or_resume(out, {"model_dir": str(model_dir), "model_id": model_id,
-                          "eval": OmegaConf.to_container(cfg.eval, resolve=True),
-                          "judge": OmegaConf.to_container(cfg.judge, resolve=True)})
+    # Finished parts are reused only under the same settings. The judge cache is kept whatever
+    # changed: its keys name the judge, instruction and outputs, and its judgments may be paid for.
+    reuse_or_reset(out, {"model_dir": str(model_dir), "model_id": model_id,
+                         "eval": OmegaConf.to_container(cfg.eval, resolve=True),
+                         "judge": OmegaConf.to_container(cfg.judge, resolve=True)},
+                   record="eval_config.json", keep=(JUDGE_CACHE,))
     path = out / "metrics.json"
     if path.exists():
         return json.loads(path.read_text())

@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+
+log = logging.getLogger(__name__)
 
 
 class DataError(ValueError):
@@ -125,3 +130,23 @@ def write_jsonl_atomic(path: str | os.PathLike, records: Iterable[Mapping]) -> i
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
             n += 1
     return n
+
+
+def reuse_or_reset(folder: str | os.PathLike, identity: dict, *, record: str, keep: tuple[str, ...] = ()) -> bool:
+    """Let `folder` hold only outputs made under `identity`, so that stages may skip what exists.
+
+    If it holds anything made under another identity, or under none recorded, everything but the
+    names in `keep` is removed. `identity` is then recorded in `folder/record`. Returns True on reset.
+    """
+    folder = Path(folder)
+    path = folder / record
+    made_with = json.loads(path.read_text()) if path.exists() else None
+    reset = folder.is_dir() and made_with != identity and any(p.name not in keep for p in folder.iterdir())
+    if reset:
+        log.warning("%s was made with other settings: starting it afresh", folder)
+        for item in folder.iterdir():
+            if item.name not in keep:
+                shutil.rmtree(item) if item.is_dir() else item.unlink()
+    if not path.exists():
+        write_json_atomic(path, identity)
+    return reset

@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from selm.io import DataError, read_jsonl, write_json_atomic, write_jsonl_atomic
+from selm.io import DataError, read_jsonl, reuse_or_reset, write_json_atomic, write_jsonl_atomic
 
 log = logging.getLogger(__name__)
 
@@ -152,20 +151,6 @@ def run_identity(cfg: DictConfig) -> dict:
     return config
 
 
-def start_or_resume(run_dir: Path, config: dict) -> None:
-    """Resume a run only if it was started with the same config; otherwise start it afresh.
-
-    Stages skip outputs that exist, so outputs of another config must never be reused.
-    """
-    path = run_dir / "config.json"
-    made_with = json.loads(path.read_text()) if path.exists() else None
-    if run_dir.is_dir() and made_with != config and any(run_dir.iterdir()):  # no record counts as another config
-        log.warning("%s was made with another config: starting this run afresh", run_dir)
-        shutil.rmtree(run_dir)
-    if not path.exists():
-        write_json_atomic(path, config)
-
-
 def run_loop(cfg: DictConfig) -> Path:
     """Run (or resume) every iteration of one base x method x seed; return the run folder."""
     from selm.train import check_checkpoint, train_iteration
@@ -176,7 +161,7 @@ def run_loop(cfg: DictConfig) -> Path:
     test = read_jsonl(cfg.data.test_prefs, PREFS_SCHEMA)[: cfg.eval.n_prompts]
     ranker = None
     iterations = ([0] if cfg.model.offline_dpo_iteration else []) + list(cfg.model.iterations)
-    start_or_resume(run_dir, run_identity(cfg))
+    reuse_or_reset(run_dir, run_identity(cfg), record="config.json")  # a changed config restarts the run
 
     summary = {"base": _evaluate(cfg, base, test, run_dir / "base")}
     previous = base
