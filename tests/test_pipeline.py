@@ -39,3 +39,19 @@ def test_dvc_outs_match_the_loop_run_dirs():
     assert stages["loop"]["outs"] == [{"runs/${item.base}/alpha${item.alpha}/seed${item.seed}": {"persist": True}}]
     assert compose_config("loop", ["model=tiny-sft", "train.alpha=0.0", "train.seed=42"]).run_dir == \
         "runs/tiny-sft/alpha0.0/seed42"
+
+
+def test_stage_set_overrides_after_params(tmp_path):
+    cfg = run_config(tmp_path / "absent.yaml", "tiny-sft", extra=["eval.lmeval.config=small", "eval.alpaca_eval.limit=5"])
+    assert (cfg.eval.lmeval.config, cfg.eval.alpaca_eval.limit) == ("small", 5)
+
+
+def test_small_lmeval_suite_closes_choices_with_chatml_end():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("lm_utils", ROOT / "eval" / "lm_eval" / "utils.py")
+    utils = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(utils)
+    assert utils.choices_then_im_end({"choices": ["ab", "ba"]}) == ["ab<|im_end|>", "ba<|im_end|>"]
+    small = yaml.safe_load((ROOT / "conf" / "lmeval" / "small.yaml").read_text())
+    assert [t["name"] for t in small["tasks"]] == ["selm_toy_mc_chatml", "selm_toy_gen"]

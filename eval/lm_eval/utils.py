@@ -15,3 +15,8 @@ def choices_then_eos(doc: dict) -> list[str]:
     Closing each choice with EOS compares complete answers, as the model emits them.
     """
     return [choice + ANSWER_END for choice in doc["choices"]]
+
+
+def choices_then_im_end(doc: dict) -> list[str]:
+    """The same for ChatML models (SmolLM2 at the small scale), whose turns end with <|im_end|>."""
+    return [choice + "<|im_end|>" for choice in doc["choices"]]

@@ -20,7 +20,8 @@ from selm.config import compose_config
 SHARED_SECTIONS = ("train", "generation", "ranker", "data", "eval", "judge", "sft", "scale", "paths")
 
 
-def run_config(params_file: Path, base: str, alpha: float | None = None, seed: int | None = None) -> DictConfig:
+def run_config(params_file: Path, base: str, alpha: float | None = None, seed: int | None = None,
+               extra: list[str] | None = None) -> DictConfig:
     """conf/loop.yaml composed for one grid item, with the shared values taken from params.yaml."""
     overrides = [f"model={base}"]
     if alpha is not None:
@@ -37,6 +38,8 @@ def run_config(params_file: Path, base: str, alpha: float | None = None, seed: i
         cfg.train.alpha = alpha
     if seed is not None:
         cfg.train.seed = seed
+    if extra:  # --set key=value: for pipelines other than the toy grid (scales/small/dvc.yaml)
+        cfg.merge_with_dotlist(extra)
     return cfg
 
 
@@ -77,6 +80,8 @@ def eval_run(cfg: DictConfig, out_root: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one config value after params.yaml (repeatable)")
     sub = parser.add_subparsers(dest="stage", required=True)
     p_sft = sub.add_parser("sft", help="train a toy base by SFT and report its headroom")
     p_sft.add_argument("base")
@@ -92,18 +97,18 @@ def main(argv: list[str] | None = None) -> None:
     p_eval.add_argument("seed", type=int)
     args = parser.parse_args(argv)
     if args.stage == "sft":
-        sft(run_config(args.params, args.base))
+        sft(run_config(args.params, args.base, extra=args.set))
     elif args.stage == "loop":
         from selm.loop import run_loop
 
-        run_loop(run_config(args.params, args.base, args.alpha, args.seed))
+        run_loop(run_config(args.params, args.base, args.alpha, args.seed, extra=args.set))
     elif args.stage == "eval-base":
         from selm.evaluate import evaluate_checkpoint
 
-        cfg = run_config(args.params, args.base)
+        cfg = run_config(args.params, args.base, extra=args.set)
         evaluate_checkpoint(cfg, cfg.model.path, Path("evals") / args.base / "base", f"{args.base}/base")
     else:
-        cfg = run_config(args.params, args.base, args.alpha, args.seed)
+        cfg = run_config(args.params, args.base, args.alpha, args.seed, extra=args.set)
         eval_run(cfg, Path("evals") / args.base / f"alpha{args.alpha}" / f"seed{args.seed}")
 
 
