@@ -81,3 +81,17 @@ def test_changed_settings_reevaluate_but_keep_the_judge_cache(tiny_model, world,
     assert "lmeval_mean" in second  # not the stale metrics.json of the other settings
     assert second["alpaca_win_rate"] == first["alpaca_win_rate"]
     assert (tmp_path / "ev" / "judge_cache.jsonl").read_text() == cache  # nothing judged twice
+
+
+def test_tables_filter_bases_and_mark_missing_tasks(tmp_path):
+    from selm.report.eval_tables import table2_markdown
+
+    for base, task in (("toy", "lmeval_selm_toy_mc"), ("small", "lmeval_selm_toy_mc_chatml")):
+        path = tmp_path / base / "base" / "metrics.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({task: 40.0, "lmeval_mean": 40.0}))
+    assert [r["base"] for r in collect(tmp_path, ["toy"])] == ["toy"]
+    text = table2_markdown(collect(tmp_path))
+    # columns: selm_toy_mc | selm_toy_mc_chatml | mean
+    assert "| small | SFT base | base | n/a | 40.0 | 40.0 |" in text
+    assert "| toy | SFT base | base | 40.0 | n/a | 40.0 |" in text

@@ -37,13 +37,17 @@ def table2_markdown(rows: list[dict]) -> str:
     for key in sorted(groups, key=_order):
         cells = []
         for c in columns:
+            if any(c not in r for r in groups[key]):  # a suite without this task (another scale's variant)
+                cells.append("n/a")
+                continue
             mean, ci = mean_ci([float(r[c]) for r in groups[key]])
             cells.append(f"{mean:.1f} ± {ci:.1f}" if ci else f"{mean:.1f}")
         lines.append(f"| {key[0]} | {key[1]} | {key[2]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def collect(evals: Path) -> list[dict]:
+def collect(evals: Path, bases: list[str] | None = None) -> list[dict]:
+    """Metrics of every evaluated checkpoint under `evals`, of `bases` only when given."""
     rows = []
     for path in sorted(evals.glob("*/base/metrics.json")):
         rows.append({"base": path.parts[-3], "method": "SFT base", "iteration": "base", "seed": None,
@@ -52,7 +56,7 @@ def collect(evals: Path) -> list[dict]:
         base, alpha, seed, it = path.parts[-5:-1]
         rows.append({"base": base, "method": method_name(float(alpha.removeprefix("alpha"))), "iteration": it,
                      "seed": int(seed.removeprefix("seed")), **json.loads(path.read_text())})
-    return rows
+    return [r for r in rows if bases is None or r["base"] in bases]
 
 
 def _order(key: tuple) -> tuple:
@@ -79,8 +83,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--evals", type=Path, default=Path("evals"))
     parser.add_argument("--out", type=Path, default=Path("results/toy"))
+    parser.add_argument("--bases", nargs="*", default=None, help="only these bases (default: all under --evals)")
     args = parser.parse_args(argv)
-    rows = collect(args.evals)
+    rows = collect(args.evals, args.bases)
     if not rows:
         raise SystemExit(f"{args.evals}: no metrics.json found")
     lm_fields = sorted({k for r in rows for k in r if k.startswith("lmeval_")})
