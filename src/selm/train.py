@@ -131,6 +131,7 @@ def train_iteration(cfg: DictConfig, callbacks: list | None = None) -> Path:
         if not cfg.overwrite:
             raise FileExistsError(f"output_dir={output_dir} already holds a trained model; set overwrite=true")
         shutil.rmtree(output_dir)
+        shutil.rmtree(partial_dir, ignore_errors=True)  # a fresh run must not resume someone else's checkpoints
     t = cfg.train
     set_seed(t.seed)
     precision = resolve_precision(t.precision)
