@@ -108,7 +108,7 @@ def flat_metrics(alpaca: dict, mt: dict, lm: dict | None = None) -> dict:
 
 
 def evaluate_checkpoint(cfg: DictConfig, model_dir: str | Path, out: str | Path, model_id: str) -> dict:
-    from selm.generation import get_backend
+    from selm.generation import backend_from_config
     from selm.train import check_checkpoint
 
     model_dir, out = check_checkpoint(model_dir, "model_dir"), Path(out)
@@ -121,8 +121,7 @@ def evaluate_checkpoint(cfg: DictConfig, model_dir: str | Path, out: str | Path,
     path = out / "metrics.json"
     if path.exists():
         return json.loads(path.read_text())
-    backend = get_backend(cfg.scale.generation_backend, str(model_dir), batch_size=cfg.generation.batch_size,
-                          system_prompt=cfg.model.system_prompt, progress=False)
+    backend = backend_from_config(cfg, model_dir)
     judge = make_judge(cfg, out / JUDGE_CACHE)
     metrics = flat_metrics(alpaca_eval(cfg, backend, judge, model_id, out), mt_bench(cfg, backend, judge, model_id, out),
                            lm_eval_suite(cfg, model_dir, out))

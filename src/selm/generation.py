@@ -233,3 +233,11 @@ def get_backend(name: str, *args, **kwargs) -> GenerationBackend:
     if name not in BACKENDS:
         raise KeyError(f"unknown generation backend '{name}'; known: {sorted(BACKENDS)}")
     return BACKENDS[name](*args, **kwargs)
+
+
+def backend_from_config(cfg, model_dir) -> GenerationBackend:
+    """The backend a composed config asks for (`scale.generation_backend`, `generation.*`,
+    `model.system_prompt`), over the checkpoint at `model_dir`: one place for the loop and evaluation."""
+    return get_backend(cfg.scale.generation_backend, str(model_dir), batch_size=cfg.generation.batch_size,
+                       system_prompt=cfg.model.system_prompt, progress=cfg.generation.progress)
+

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from selm.generation import backend_from_config
 from selm.io import DataError, read_jsonl, reuse_or_reset, write_json_atomic, write_jsonl_atomic
 
 log = logging.getLogger(__name__)
@@ -123,13 +124,6 @@ def evaluate_true_reward(backend, records: list[dict], gen: DictConfig) -> tuple
     return metrics, rows
 
 
-def _backend(cfg: DictConfig, model_dir: Path):
-    from selm.generation import get_backend
-
-    return get_backend(cfg.scale.generation_backend, str(model_dir), batch_size=cfg.generation.batch_size,
-                       system_prompt=cfg.model.system_prompt, progress=cfg.generation.progress)
-
-
 def iteration_config(cfg: DictConfig, t: int, init: Path, pairs: Path, out: Path) -> DictConfig:
     """The `selm-train` config of iteration t: the loop's config with this iteration's files."""
     tcfg = OmegaConf.merge(cfg, {"iteration": t, "init_checkpoint": str(init), "pairs": str(pairs),
@@ -176,7 +170,7 @@ def run_loop(cfg: DictConfig) -> Path:
             else:
                 responses_path = it_dir / "responses.jsonl"
                 if not responses_path.exists():
-                    responses = generate_responses(_backend(cfg, previous), rows, cfg.generation, cfg.train.seed + t)
+                    responses = generate_responses(backend_from_config(cfg, previous), rows, cfg.generation, cfg.train.seed + t)
                     write_jsonl_atomic(responses_path, responses)
                 responses = read_jsonl(responses_path, RESPONSES_SCHEMA)
                 ranker = ranker or _make_ranker(cfg)
@@ -202,7 +196,7 @@ def _evaluate(cfg: DictConfig, model_dir: Path, test: list[dict], out_dir: Path)
     path = out_dir / "eval.json"
     if path.exists():
         return json.loads(path.read_text())
-    metrics, rows = evaluate_true_reward(_backend(cfg, model_dir), test, cfg.generation)
+    metrics, rows = evaluate_true_reward(backend_from_config(cfg, model_dir), test, cfg.generation)
     write_jsonl_atomic(out_dir / "eval_answers.jsonl", rows)
     write_json_atomic(path, metrics)
     return metrics
