@@ -23,7 +23,14 @@ def _oracle(cfg: DictConfig) -> Ranker:
     return OracleRanker(noise=cfg.noise, salt=cfg.salt)
 
 
-RANKERS: dict[str, Callable[[DictConfig], Ranker]] = {"oracle": _oracle}
+def _pairrm(cfg: DictConfig) -> Ranker:
+    from selm.pairrm import PairRMRanker
+
+    return PairRMRanker(path=cfg.path, batch_size=cfg.batch_size, source_max_length=cfg.source_max_length,
+                        candidate_max_length=cfg.candidate_max_length, device=cfg.device, dtype=cfg.dtype)
+
+
+RANKERS: dict[str, Callable[[DictConfig], Ranker]] = {"oracle": _oracle, "pairrm": _pairrm}
 
 
 def get_ranker(cfg: DictConfig) -> Ranker:
