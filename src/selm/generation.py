@@ -193,6 +193,7 @@ class VLLMBackend(GenerationBackend):
         progress: bool = True,
         dtype: str = "auto",
         gpu_memory_utilization: float = 0.9,
+        batch_size: int | None = None,  # ignored: vLLM schedules its own batches; taken so one config drives both backends
         **llm_kwargs,
     ):
         try:
@@ -237,7 +238,9 @@ def get_backend(name: str, *args, **kwargs) -> GenerationBackend:
 
 def backend_from_config(cfg, model_dir) -> GenerationBackend:
     """The backend a composed config asks for (`scale.generation_backend`, `generation.*`,
-    `model.system_prompt`), over the checkpoint at `model_dir`: one place for the loop and evaluation."""
+    `model.system_prompt`, and `scale.backend_kwargs` such as vLLM's tensor_parallel_size), over the
+    checkpoint at `model_dir`: one place for the loop and evaluation."""
+    extra = dict(cfg.scale.get("backend_kwargs") or {})
     return get_backend(cfg.scale.generation_backend, str(model_dir), batch_size=cfg.generation.batch_size,
-                       system_prompt=cfg.model.system_prompt, progress=cfg.generation.progress)
+                       system_prompt=cfg.model.system_prompt, progress=cfg.generation.progress, **extra)
 

@@ -1,0 +1,166 @@
+"""The paper scale's launch configs, DVC pipeline and entry config, checked as far as a CPU allows:
+accelerate configs load and match the training config, the README's launch command parses and
+composes, scales/paper/dvc.yaml parses with dvc and every command names a module (or tool) that
+exists and overrides that compose, and vLLM receives the configured tensor parallelism."""
+
+import importlib.util
+import os
+import re
+import shlex
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from selm.config import CONF_DIR, compose_config
+from selm.train import gradient_accumulation_steps
+
+ROOT = CONF_DIR.parent
+ACCELERATE = {"zero3_8gpu.yaml": (1, 8), "zero3_multinode.yaml": (2, 16)}  # file -> (machines, processes)
+
+
+@pytest.mark.parametrize("name", sorted(ACCELERATE))
+def test_accelerate_configs(name):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    machines, processes = ACCELERATE[name]
+    cfg = load_config_from_file(str(CONF_DIR / "accelerate" / name))  # accelerate's own loader: known keys only
+    assert (cfg.num_machines, cfg.num_processes) == (machines, processes)
+    assert cfg.distributed_type == "DEEPSPEED" and cfg.mixed_precision == "bf16"
+    ds = cfg.deepspeed_config
+    assert ds["zero_stage"] == 3
+    assert ds["offload_optimizer_device"] == ds["offload_param_device"] == "none"
+    for experiment in ("paper_zephyr", "paper_llama3"):
+        train = compose_config("train", [f"experiment={experiment}", "pairs=x"]).train
+        assert ds["gradient_clipping"] == train.max_grad_norm and train.precision == "bf16"
+        # the paper's global batch on this many GPUs (Zephyr 256 = 8 x 4 x 8; on 16 GPUs x 2)
+        assert gradient_accumulation_steps(train, processes) * train.per_device_batch_size * processes \
+            == train.global_batch_size
+    if machines > 1:  # placeholders given on each node's command line, never a wrong default host
+        assert cfg.machine_rank == 0 and cfg.main_process_ip is None
+
+
+def paper_section() -> str:
+    text = (ROOT / "README.md").read_text()
+    start = text.index("## The paper scale")
+    return text[start:text.index("\n## ", start + 1)]
+
+
+def test_readme_launch_command_parses_and_composes():
+    from accelerate.commands.launch import launch_command_parser
+
+    commands = [line.strip() for line in paper_section().splitlines() if line.strip().startswith("accelerate launch")]
+    assert commands, "README's paper section shows no accelerate launch command"
+    for command in commands:
+        args = launch_command_parser().parse_args(shlex.split(command)[2:])
+        assert (ROOT / args.config_file).is_file(), args.config_file
+        assert args.module and args.training_script == "selm.cli.train"
+        cfg = compose_config("train", args.training_script_args)  # every override is a known key
+        assert cfg.scale.name == "paper" and cfg.iteration >= 0
+
+
+def paper_stages():
+    from dvc.repo import Repo
+
+    return {s.name: s for s in Repo(str(ROOT)).stage.collect("scales/paper/dvc.yaml")}
+
+
+def test_dvc_pipeline_parses_and_builds_a_graph():
+    env = dict(os.environ, DVC_NO_ANALYTICS="1")
+    dvc = [sys.executable, "-m", "dvc"]
+    listed = subprocess.run([*dvc, "stage", "list", "scales/paper/dvc.yaml"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    for name in ("ultrafeedback", "alpaca_data", "mt_bench_data", "models@pairrm", "loop@zephyr-selm",
+                 "loop@llama3-selm", "eval@zephyr-dpo", "eval_base@llama3-8b-instruct"):
+        assert f"scales/paper/dvc.yaml:{name} " in listed.stdout
+    # the whole repository's graph (every dvc.yaml: no output claimed twice), upstream of one evaluation
+    dag = subprocess.run([*dvc, "dag", "--dot", "scales/paper/dvc.yaml:eval@zephyr-selm"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert dag.returncode == 0, dag.stderr
+    for upstream in ("loop@zephyr-selm", "models@zephyr-7b-sft", "models@pairrm", "ultrafeedback", "alpaca_data"):
+        assert upstream in dag.stdout
+
+
+def _overrides(argv: list[str]) -> tuple[str, list[str]]:
+    """--config-name and the Hydra overrides of a selm.cli.loop / selm.cli.evaluate command."""
+    name = argv[argv.index("--config-name") + 1]
+    rest = [a for a in argv[argv.index("--config-name") + 2:] if a != "--base" and not a.startswith("hydra.")]
+    return name, rest
+
+
+def test_every_stage_command_exists_and_composes():
+    params = OmegaConf.load(ROOT / "scales/paper/params.yaml")
+    stages = paper_stages()
+    assert {n.split("@")[0] for n in stages} == {"ultrafeedback", "alpaca_data", "mt_bench_data", "models", "loop",
+                                                "eval", "eval_base"}
+    for name, stage in stages.items():
+        argv = shlex.split(stage.cmd)
+        if argv[0] == "python":
+            assert argv[1] == "-m" and importlib.util.find_spec(argv[2]) is not None, f"{name}: {argv[2]}"
+        else:
+            assert argv[:2] == ["hf", "download"] and (Path(sys.executable).parent / "hf").exists(), name
+        outs = [str(o.def_path) for o in stage.outs]
+        deps = [str(d.def_path) for d in stage.deps]
+        kind, _, key = name.partition("@")
+        if kind in ("loop", "eval"):
+            cfg = compose_config(*_overrides(argv))
+            assert cfg.run_dir == f"runs/paper/{key}" and cfg.train.alpha == params.runs[key].alpha
+            assert (cfg.model.path if kind == "loop" else f"runs/paper/{key}") in deps
+            assert outs == [f"{'runs' if kind == 'loop' else 'evals'}/paper/{key}"]
+            assert cfg.data.slice_size in (15_283, 20_378)
+        elif kind == "eval_base":
+            cfg = compose_config(*_overrides(argv))
+            assert cfg.model.path in deps and outs == [f"evals/paper/base/{cfg.model.name}"]
+        elif kind == "models":  # what is fetched is what the configs name
+            hub_id = params.models[key].hub_id
+            source = (OmegaConf.load(CONF_DIR / "ranker/pairrm.yaml") if key == "pairrm"
+                      else OmegaConf.load(CONF_DIR / f"model/{key}.yaml")).path
+            assert hub_id == source and outs == [f"models/{key}"]
+    loop_cfg = compose_config("loop_paper", ["experiment=paper_zephyr"])
+    assert loop_cfg.ranker.path in [str(d.def_path) for d in stages["loop@zephyr-selm"].deps]
+
+
+def test_loop_paper_entry_config():
+    for experiment, name in (("paper_zephyr", "zephyr-7b-sft"), ("paper_llama3", "llama3-8b-instruct")):
+        cfg = compose_config("loop_paper", [f"experiment={experiment}"])
+        assert (cfg.model.name, cfg.model.path) == (name, f"models/{name}")
+        assert cfg.data.train_prefs == "data/ultrafeedback/train_prefs.jsonl"
+        assert (cfg.ranker.name, cfg.eval.lmeval.config, cfg.judge.name) == ("pairrm", "paper", "openai")
+        assert cfg.scale.generation_backend == "vllm" and cfg.scale.max_new_tokens == 1024
+        assert cfg.generation.do_sample is False  # greedy y_ref, as the authors
+    assert compose_config("loop").ranker.name == "oracle"  # the default (toy) composition is untouched
+
+
+def test_vllm_gets_tensor_parallelism_from_config(monkeypatch):
+    from selm.generation import VLLMBackend, backend_from_config
+
+    calls = []
+
+    class FakeLLM:  # records what the backend passes to vllm.LLM
+        def __init__(self, **kwargs):
+            calls.append(kwargs)
+
+        def get_tokenizer(self):
+            return None
+
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=FakeLLM))
+    cfg = compose_config("loop_paper", ["experiment=paper_llama3", "scale.backend_kwargs.tensor_parallel_size=2"])
+    backend = backend_from_config(cfg, "models/llama3-8b-instruct")
+    assert isinstance(backend, VLLMBackend)
+    assert calls == [{"model": "models/llama3-8b-instruct", "tensor_parallel_size": 2, "dtype": "bfloat16",
+                      "gpu_memory_utilization": 0.9}]
+
+
+def test_evaluate_cli_mirrors_run_folders():
+    from selm.cli.evaluate import eval_root
+
+    assert eval_root("runs/paper/zephyr-selm") == Path("evals/paper/zephyr-selm")
+    with pytest.raises(ValueError, match=re.escape("run_dir=elsewhere/x: expected a folder under runs/")):
+        eval_root("elsewhere/x")
+    from selm.experiments import evaluate_run  # what the command calls for a run's checkpoints
+
+    assert callable(evaluate_run)
