@@ -8,7 +8,7 @@ import pytest
 from selm.config import compose_config
 from selm.evaluate import evaluate_checkpoint
 from selm.report.eval_tables import collect, table1_markdown
-from selm.report.toy_table import mean_ci
+from selm.report.stats import mean_ci
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def test_evaluate_checkpoint_end_to_end_and_skips_when_done(tiny_model, world, t
 def test_mean_ci_by_hand():
     mean, half = mean_ci([1.0, 2.0, 3.0])
     assert mean == 2.0
-    assert half == pytest.approx(4.303 * 1.0 / math.sqrt(3))  # t(0.975, df=2) * sd / sqrt(n)
+    assert half == pytest.approx(4.302653 * 1.0 / math.sqrt(3), rel=1e-6)  # t(0.975, df=2) = 4.302653 (tables)
     assert mean_ci([5.0]) == (5.0, 0.0)
 
 
@@ -57,9 +57,9 @@ def test_table1_groups_seeds(tmp_path):
                                     "mt_bench_average": mt, "mt_bench_turn_1": mt, "mt_bench_turn_2": mt,
                                     "judge": "j", "model": rel}))
 
-    put("b/base", 30.0, 4.0)
-    put("b/alpha0.0/seed1/iter1", 40.0, 5.0)
-    put("b/alpha0.0/seed2/iter1", 42.0, 5.0)
+    put("base/b", 30.0, 4.0)
+    put("main/b/alpha0.0/seed1/iter1", 40.0, 5.0)
+    put("main/b/alpha0.0/seed2/iter1", 42.0, 5.0)
     rows = collect(tmp_path)
     assert [(r["method"], r["iteration"], r["seed"]) for r in rows] == [
         ("SFT base", "base", None), ("iterative DPO", "iter1", 1), ("iterative DPO", "iter1", 2)]
@@ -87,7 +87,7 @@ def test_tables_filter_bases_and_mark_missing_tasks(tmp_path):
     from selm.report.eval_tables import table2_markdown
 
     for base, task in (("toy", "lmeval_selm_toy_mc"), ("small", "lmeval_selm_toy_mc_chatml")):
-        path = tmp_path / base / "base" / "metrics.json"
+        path = tmp_path / "base" / base / "metrics.json"
         path.parent.mkdir(parents=True)
         path.write_text(json.dumps({task: 40.0, "lmeval_mean": 40.0}))
     assert [r["base"] for r in collect(tmp_path, ["toy"])] == ["toy"]

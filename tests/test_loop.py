@@ -69,7 +69,7 @@ def test_slices_are_contiguous_and_never_reused():
 
 
 def test_unknown_ranker_lists_known_names():
-    with pytest.raises(KeyError, match=r"ranker.name='pairm' is not a known ranker; known: \['oracle'\]"):
+    with pytest.raises(KeyError, match=r"ranker.name='pairm' is not a known ranker; known: \['oracle', 'pairrm'\]"):
         get_ranker(OmegaConf.create({"name": "pairm"}))
 
 
@@ -149,3 +149,81 @@ def test_loop_writes_nothing_into_the_base_checkpoint(tiny_model, tiny_world, tm
     run_loop(loop_cfg(tiny_model, tiny_world, tmp_path / "run", "model.offline_dpo_iteration=false",
                       "model.iterations=[1]"))
     assert sorted(p.name for p in Path(tiny_model).iterdir()) == before  # it may be a DVC-tracked output
+
+
+def test_rank_w_ref_ranks_only_y_ref_and_y_w():
+    rows = [uf_row("a", "p", "good", "best")]  # y_l would win if it were ranked
+    ranker = TableRanker({"mid": 0.5, "good": 0.7, "best": 0.9})
+    pairs, stats = rank_pairs(rows, [{"prompt_id": "a", "prompt": "p", "response": "mid"}], ranker, ("y_ref", "y_w"))
+    assert (pairs[0]["chosen"], pairs[0]["rejected"], pairs[0]["sources"]) == ("good", "mid", "y_w>y_ref")
+    assert stats["label_flipped"] == 0
+    with pytest.raises(ValueError, match="must start with y_ref"):
+        rank_pairs(rows, [], ranker, ("y_w", "y_l"))
+
+
+def test_family_filter_keeps_order_and_names_unknown_families():
+    from selm.loop import select_families
+
+    rows = [{"family": f, "i": i} for i, f in enumerate(["add", "sort", "add", "upper"])]
+    assert [r["i"] for r in select_families(rows, ["add", "upper"], "f")] == [0, 2, 3]
+    assert select_families(rows, None, "f") == rows
+    with pytest.raises(DataError, match=r"f: data.families names \['nope'\]"):
+        select_families(rows, ["nope"], "f")
+
+
+def test_stepwise_keeps_original_pairs_and_updates_the_reference(tiny_model, tiny_world, tmp_path):
+    run = run_loop(loop_cfg(tiny_model, tiny_world, tmp_path / "run", "variant=stepwise", "train.alpha=0.0",
+                            "model.offline_dpo_iteration=false", "model.iterations=[1,2]"))
+    prefs = [json.loads(line) for line in (tiny_world / "train_prefs.jsonl").read_text().splitlines()]
+    first = [json.loads(line) for line in (run / "iter1" / "pairs.jsonl").read_text().splitlines()]
+    assert [(p["chosen"], p["rejected"]) for p in first] == \
+        [(r["chosen"][-1]["content"], r["rejected"][-1]["content"]) for r in prefs[:8]]
+    assert not (run / "iter1" / "responses.jsonl").exists()  # no y_ref is generated
+    metrics = json.loads((run / "iter2" / "model" / "train_metrics.json").read_text())
+    assert metrics["reference_checkpoint"] == str(run / "iter1" / "model")
+
+
+def test_offline_variant_keeps_the_start_model_as_reference(tiny_model, tiny_world, tmp_path):
+    run = run_loop(loop_cfg(tiny_model, tiny_world, tmp_path / "run", "variant=offline", "train.alpha=0.0",
+                            "model.offline_dpo_iteration=false", "model.iterations=[1,2]"))
+    second = json.loads((run / "iter2" / "model" / "train_metrics.json").read_text())
+    assert second["init_checkpoint"] == str(run / "iter1" / "model")  # training continues
+    assert second["reference_checkpoint"] == str(tiny_model)  # against the fixed start model
+    with pytest.raises(ValueError, match="needs y_ref"):
+        run_loop(loop_cfg(tiny_model, tiny_world, tmp_path / "run2", "variant=offline", "train.alpha=0.1"))
+
+
+def test_coverage_counts_prompts_with_a_fully_correct_sample():
+    from selm.loop import evaluate_true_reward
+
+    class Backend:  # greedy answers, then 2 samples per prompt
+        def generate(self, prompts, *, n, do_sample, **kw):
+            if not do_sample:
+                return [["x"] for _ in prompts]
+            return [["12", "x"], ["y", "y"]][: len(prompts)]
+
+    records = [{"prompt_id": "a", "prompt": "add: 5+7", "family": "add", "gold": "12"},
+               {"prompt_id": "b", "prompt": "add: 1+2", "family": "add", "gold": "3"}]
+    gen = OmegaConf.create({"max_new_tokens": 4})
+    metrics, rows = evaluate_true_reward(Backend(), records, gen, coverage_samples=2)
+    cov = metrics["coverage"]
+    assert cov["frac_prompts_covered"] == 0.5  # prompt a has the gold "12" among its samples, b has not
+    assert cov["mean_distinct"] == 1.5  # {"12", "x"} and {"y"}
+    assert rows[0]["sample_rewards"][0] == 1.0
+
+
+def test_launched_training_equals_in_process_training(tiny_model, tiny_world, tmp_path):
+    """train.launcher runs each iteration as `<launcher> -m selm.train --config F` (accelerate launch at
+    the paper scale); with the plain interpreter as launcher the checkpoint is the in-process one."""
+    import sys
+
+    common = ("train.alpha=0.01", "model.offline_dpo_iteration=false", "model.iterations=[1]")
+    inproc = run_loop(loop_cfg(tiny_model, tiny_world, tmp_path / "a", *common))
+    launched = run_loop(loop_cfg(tiny_model, tiny_world, tmp_path / "b", *common, f"train.launcher={sys.executable}"))
+    assert (launched / "iter1" / "train_config.yaml").exists()
+    a = json.loads((inproc / "iter1" / "model" / "train_metrics.json").read_text())
+    b = json.loads((launched / "iter1" / "model" / "train_metrics.json").read_text())
+    assert b["ref_cache_hit"] is True  # the loop filled the reference cache before launching
+    assert [h["loss"] for h in b["log_history"]] == pytest.approx([h["loss"] for h in a["log_history"]], abs=1e-6)
+    assert (launched / "iter1" / "model" / "model.safetensors").read_bytes() == \
+        (inproc / "iter1" / "model" / "model.safetensors").read_bytes()

@@ -30,15 +30,20 @@ def test_stage_config_takes_shared_values_from_params_and_grid_item(tmp_path):
     cfg = run_config(params, "tiny-instruct", alpha=0.01, seed=3)
     assert cfg.model.name == "tiny-instruct"
     assert (cfg.train.beta, cfg.train.alpha, cfg.train.seed, cfg.eval.n_prompts) == (0.2, 0.01, 3, 7)
-    assert cfg.run_dir == "runs/tiny-instruct/alpha0.01/seed3"
+    assert cfg.run_dir == "runs/adhoc/tiny-instruct/iterative/alpha0.01/seed3"
 
 
-def test_dvc_outs_match_the_loop_run_dirs():
+def test_dvc_experiment_outs_hold_every_run_and_persist():
+    from selm.experiments import expand, load_experiments
+
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     # persist: DVC must not delete a crashed run's finished iterations before rerunning the stage
-    assert stages["loop"]["outs"] == [{"runs/${item.base}/alpha${item.alpha}/seed${item.seed}": {"persist": True}}]
-    assert compose_config("loop", ["model=tiny-sft", "train.alpha=0.0", "train.seed=42"]).run_dir == \
-        "runs/tiny-sft/alpha0.0/seed42"
+    assert stages["experiment"]["do"]["outs"] == [{"runs/${key}": {"persist": True}},
+                                                  {"evals/${key}": {"persist": True}}]
+    spec = load_experiments(ROOT / "experiments" / "toy.yaml")
+    for name in spec.experiments:
+        for run in expand(spec, name):
+            assert run.run_dir.parts[:2] == ("runs", name) and run.eval_dir.parts[:2] == ("evals", name)
 
 
 def test_stage_set_overrides_after_params(tmp_path):

@@ -391,6 +391,6 @@ def test_model_config_and_pipeline_agree():
     assert params["model"]["path"] == cfg.model.path and params["model"]["id"] == cfg.model.name
     assert params["mt_bench"]["version"] == small.MTBENCH_VERSION
     assert list(stages) == ["convert", "mt_bench_data", "answers", "grade", "toy_eval"]
-    assert stages["toy_eval"]["outs"] == ["evals/${model.id}/base"]
+    assert stages["toy_eval"]["outs"] == ["evals/base/${model.id}"]
     assert stages["convert"]["outs"] == ["${model.path}"] and stages["grade"]["always_changed"] is True
     assert params["answers"]["max_new_tokens"] == 256

@@ -35,11 +35,13 @@ def make_judge(cfg: DictConfig, cache: Path):
 
 def alpaca_eval(cfg: DictConfig, backend, judge, model_id: str, out: Path) -> dict:
     from selm.evals.alpaca import annotate, compute_metrics, generate_outputs, write_annotations, write_outputs
+    from selm.evals.alpaca_data import glm_data
 
     path = out / "alpaca.json"
     if path.exists():
         return json.loads(path.read_text())
     a = cfg.eval.alpaca_eval
+    glm = glm_data(a)  # eval.alpaca_eval.glm_data (paper: the official df_gamed.csv); checked before any work
     reference = read_jsonl(a.data)[: a.limit]
     outputs_path = out / "alpaca_outputs.json"
     if outputs_path.exists():
@@ -48,7 +50,7 @@ def alpaca_eval(cfg: DictConfig, backend, judge, model_id: str, out: Path) -> di
         outputs = generate_outputs(backend, reference, generator=model_id, **cfg.eval.decoding)
         write_outputs(outputs_path, outputs)
     table = annotate(outputs, reference, judge)
-    metrics = compute_metrics(table)
+    metrics = compute_metrics(table, glm)
     write_annotations(out / "alpaca_annotations.json", table)
     write_json_atomic(path, metrics)
     return metrics
@@ -87,24 +89,31 @@ def lm_eval_suite(cfg: DictConfig, model_dir: Path, out: Path) -> dict | None:
     return run_config(model_dir, lm.config, out=str(path), world=lm.world, limit=lm.limit)
 
 
-def flat_metrics(alpaca: dict, mt: dict, lm: dict | None = None) -> dict:
-    """The numbers of the paper's Tables 1 and 2 for one checkpoint."""
-    academic = {}
+def flat_metrics(alpaca: dict | None, mt: dict | None, lm: dict | None = None) -> dict:
+    """The numbers of the paper's Tables 1 and 2 for one checkpoint (parts not run are absent)."""
+    metrics = {}
     if lm is not None:
-        academic = {f"lmeval_{name}": task["score"] for name, task in lm["tasks"].items()}
-        academic["lmeval_mean"] = lm["mean"]["score"]
-    return {
-        **academic,
-        "alpaca_lc_win_rate": alpaca["length_controlled_winrate"],
-        "alpaca_win_rate": alpaca["win_rate"],
-        "alpaca_avg_length": alpaca["avg_length"],
-        "alpaca_n_errors": alpaca["n_errors"],
-        "mt_bench_average": mt["average"]["mean"],
-        "mt_bench_average_std": mt["average"]["std"],
-        "mt_bench_turn_1": mt["turn_1"]["mean"],
-        "mt_bench_turn_2": mt["turn_2"]["mean"],
-        "mt_bench_runs": mt["n_runs"],
-    }
+        metrics = {f"lmeval_{name}": task["score"] for name, task in lm["tasks"].items()}
+        metrics["lmeval_mean"] = lm["mean"]["score"]
+    if alpaca is not None:
+        metrics.update({
+            "alpaca_lc_win_rate": alpaca["length_controlled_winrate"],
+            "alpaca_win_rate": alpaca["win_rate"],
+            "alpaca_avg_length": alpaca["avg_length"],
+            "alpaca_n_errors": alpaca["n_errors"],
+        })
+    if mt is not None:
+        metrics.update({
+            "mt_bench_average": mt["average"]["mean"],
+            "mt_bench_average_std": mt["average"]["std"],
+            "mt_bench_turn_1": mt["turn_1"]["mean"],
+            "mt_bench_turn_2": mt["turn_2"]["mean"],
+            "mt_bench_runs": mt["n_runs"],
+        })
+    return metrics
+
+
+PARTS = ("alpaca", "mt_bench", "lmeval")
 
 
 def evaluate_checkpoint(cfg: DictConfig, model_dir: str | Path, out: str | Path, model_id: str) -> dict:
@@ -123,10 +132,29 @@ def evaluate_checkpoint(cfg: DictConfig, model_dir: str | Path, out: str | Path,
         return json.loads(path.read_text())
     backend = backend_from_config(cfg, model_dir)
     judge = make_judge(cfg, out / JUDGE_CACHE)
-    metrics = flat_metrics(alpaca_eval(cfg, backend, judge, model_id, out), mt_bench(cfg, backend, judge, model_id, out),
-                           lm_eval_suite(cfg, model_dir, out))
+    parts = list(cfg.eval.get("parts", PARTS))
+    if set(parts) - set(PARTS):
+        raise ValueError(f"eval.parts={parts}: unknown part(s) {sorted(set(parts) - set(PARTS))}; known: {list(PARTS)}")
+    metrics = flat_metrics(alpaca_eval(cfg, backend, judge, model_id, out) if "alpaca" in parts else None,
+                           mt_bench(cfg, backend, judge, model_id, out) if "mt_bench" in parts else None,
+                           lm_eval_suite(cfg, model_dir, out) if "lmeval" in parts else None)
     metrics["model"] = model_id
     metrics["decoding"] = OmegaConf.to_container(cfg.eval.decoding, resolve=True)
     metrics["judge"] = judge.identity("pairwise")
     write_json_atomic(path, metrics)
     return metrics
+
+
+def log_eval_to_wandb(cfg: DictConfig, iteration: int, metrics: dict) -> None:
+    """Log a checkpoint's evaluation into the W&B run that trained it (same id: see
+    selm.train.wandb_run_id), as eval/<metric>, so one run shows training curves and scores."""
+    if not cfg.logger.wandb:
+        return
+    from selm.train import init_wandb
+
+    run_cfg = OmegaConf.merge(cfg, {"iteration": iteration})
+    numbers = {f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    run = init_wandb(run_cfg)
+    run.log(numbers)
+    run.summary.update(numbers)
+    run.finish()

@@ -100,6 +100,12 @@ def compute_reference_logps(
     return torch.cat(out)
 
 
+def load_cached_reference_logps(model_dir, pairs: list[TokenizedPair], cache_dir, precision: str = "fp32"):
+    """The cached reference log-probs of exactly these pairs under this model and precision, or None."""
+    path = Path(cache_dir) / f"{reference_cache_key(model_dir, pairs, precision)}.safetensors"
+    return load_file(path)["ref_logps"] if path.exists() else None
+
+
 def cached_reference_logps(
     model, model_dir, pairs: list[TokenizedPair], *, cache_dir, pad_token_id: int, batch_size: int,
     precision: str = "fp32", autocast_dtype=None,

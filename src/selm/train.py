@@ -11,6 +11,7 @@ and a rerun resumes from the newest one.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -25,7 +26,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from selm.data import PairCollator, PairDataset, load_pairs
 from selm.io import write_json_atomic
-from selm.logps import cached_reference_logps
+from selm.logps import cached_reference_logps, reference_cache_key
 from selm.provenance import provenance
 from selm.trainer import SELMTrainer
 
@@ -101,7 +102,14 @@ def training_arguments(cfg: DictConfig, output_dir: Path, precision: str, report
     )
 
 
-def init_wandb(cfg: DictConfig):
+def wandb_run_id(cfg: DictConfig) -> str:
+    """A W&B run id fixed by project, group and name, so the evaluation of a checkpoint logs into
+    the run that trained it (offline runs with one id are merged by `wandb sync` in start order)."""
+    key = f"{cfg.logger.project}/{cfg.logger.group}/{cfg.logger.name}"
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
+
+
+def init_wandb(cfg: DictConfig, config: dict | None = None):
     """Open the W&B run ourselves so it carries the whole composed config, group and name."""
     if not cfg.logger.wandb:
         return None
@@ -112,10 +120,113 @@ def init_wandb(cfg: DictConfig):
         project=cfg.logger.project,
         group=cfg.logger.group,
         name=cfg.logger.name,
+        id=wandb_run_id(cfg),
+        resume="allow",
         dir=cfg.logger.dir,
-        config=OmegaConf.to_container(cfg, resolve=True),
+        config=config if config is not None else OmegaConf.to_container(cfg, resolve=True),
         reinit="finish_previous",
+        # no system-metrics sampler or code snapshot: they cost seconds per run on 2 cores
+        settings=wandb.Settings(x_disable_stats=True, x_disable_meta=True, save_code=False, console="off",
+                                silent=True),
     )
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def is_deepspeed_zero3_enabled() -> bool:
+    from transformers.integrations import is_deepspeed_zero3_enabled as enabled
+
+    return bool(enabled())
+
+
+def reference_dir(cfg: DictConfig, init_dir: Path) -> Path:
+    """pi_ref: the init checkpoint itself (the paper's loop), or `reference_checkpoint` (offline DPO)."""
+    if cfg.get("reference_checkpoint"):
+        return check_checkpoint(cfg.reference_checkpoint, "reference_checkpoint")
+    return init_dir
+
+
+def _tokenized_pairs(cfg: DictConfig, init_dir: Path):
+    t = cfg.train
+    tokenizer = AutoTokenizer.from_pretrained(init_dir)
+    pairs, trunc = load_pairs(
+        Path(cfg.pairs), tokenizer, max_length=t.max_length, max_prompt_length=t.max_prompt_length,
+        system_prompt=cfg.model.system_prompt,
+    )
+    if t.alpha != 0 and pairs[0].response_ids is None:
+        raise ValueError(f"{cfg.pairs}: train.alpha={t.alpha} needs y_ref, but the pairs have no 'response' field")
+    return tokenizer, pairs, trunc
+
+
+def reference_logps(cfg: DictConfig, init_dir: Path, pairs, precision: str, tokenizer, policy=None):
+    """(logps, cache key, cache hit) of chosen, rejected and y_ref under pi_ref, from the cache or
+    computed under no_grad: with the freshly loaded policy when pi_ref is the init checkpoint, else
+    with pi_ref loaded for this pass only. On a GPU the pass runs there, and the model goes back."""
+    from selm.logps import load_cached_reference_logps, reference_cache_key
+
+    ref_dir = reference_dir(cfg, init_dir)
+    cached = load_cached_reference_logps(ref_dir, pairs, cfg.paths.ref_cache_dir, precision)
+    if cached is not None:  # no model load at all (a 7B reference costs minutes to load)
+        return cached, reference_cache_key(ref_dir, pairs, precision), True
+    ref_model = policy if (policy is not None and ref_dir == init_dir) else None
+    if ref_model is None:
+        ref_model = AutoModelForCausalLM.from_pretrained(ref_dir, dtype=torch.float32)
+    home = next(ref_model.parameters()).device
+    if torch.cuda.is_available():
+        ref_model.to(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
+    try:
+        return cached_reference_logps(
+            ref_model, ref_dir, pairs, cache_dir=cfg.paths.ref_cache_dir, pad_token_id=tokenizer.pad_token_id,
+            batch_size=cfg.train.ref_batch_size, precision=precision,
+            autocast_dtype=torch.bfloat16 if precision == "bf16" else None,
+        )
+    finally:
+        ref_model.to(home)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def _cached_reference_only(cfg: DictConfig, init_dir: Path, pairs, precision: str):
+    from selm.logps import load_cached_reference_logps
+
+    ref_dir = reference_dir(cfg, init_dir)
+    found = load_cached_reference_logps(ref_dir, pairs, cfg.paths.ref_cache_dir, precision)
+    if found is None:
+        raise RuntimeError(
+            f"DeepSpeed ZeRO-3: no cached reference log-probs for {ref_dir} and {cfg.pairs} in "
+            f"{cfg.paths.ref_cache_dir}; compute them first on one GPU: python -m selm.train --config <this "
+            "iteration's config> --reference-only (the loop does this when train.launcher is set)")
+    return found
+
+
+def precompute_reference(cfg: DictConfig) -> str:
+    """Fill the reference cache for one iteration (the loop calls this before a launched training)."""
+    init_dir = check_checkpoint(cfg.init_checkpoint, "init_checkpoint")
+    precision = resolve_precision(cfg.train.precision)
+    tokenizer, pairs, _ = _tokenized_pairs(cfg, init_dir)
+    _, key, hit = reference_logps(cfg, init_dir, pairs, precision, tokenizer)
+    log.info("reference log-probs %s (key %s)", "already cached" if hit else "computed", key)
+    return key
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m selm.train --config ITERATION.yaml [--reference-only]`: one iteration from a
+    resolved config file; what `train.launcher` (e.g. accelerate launch) runs on every rank."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, required=True)
+    parser.add_argument("--reference-only", action="store_true", help="only fill the reference log-prob cache")
+    args = parser.parse_args(argv)
+    if not args.config.is_file():
+        raise SystemExit(f"--config {args.config}: no such file")
+    cfg = OmegaConf.load(args.config)
+    if args.reference_only:
+        precompute_reference(cfg)
+    else:
+        train_iteration(cfg)
 
 
 def train_iteration(cfg: DictConfig, callbacks: list | None = None) -> Path:
@@ -137,28 +248,27 @@ def train_iteration(cfg: DictConfig, callbacks: list | None = None) -> Path:
     precision = resolve_precision(t.precision)
     learning_rate_for(t, cfg.iteration)  # fail on a missing learning rate before any work
 
-    tokenizer = AutoTokenizer.from_pretrained(init_dir)
-    pairs, trunc = load_pairs(
-        pairs_path, tokenizer, max_length=t.max_length, max_prompt_length=t.max_prompt_length,
-        system_prompt=cfg.model.system_prompt,
-    )
-    if t.alpha != 0 and pairs[0].response_ids is None:
-        raise ValueError(f"{pairs_path}: train.alpha={t.alpha} needs y_ref, but the pairs have no 'response' field")
-    model = AutoModelForCausalLM.from_pretrained(init_dir, dtype=torch.float32)
-
-    t0 = time.perf_counter()
-    ref_logps, cache_key, cache_hit = cached_reference_logps(
-        model, init_dir, pairs, cache_dir=cfg.paths.ref_cache_dir, pad_token_id=tokenizer.pad_token_id,
-        batch_size=t.ref_batch_size, precision=precision,
-        autocast_dtype=torch.bfloat16 if precision == "bf16" else None,
-    )
-    ref_seconds = time.perf_counter() - t0
+    tokenizer, pairs, trunc = _tokenized_pairs(cfg, init_dir)
+    run = init_wandb(cfg) if is_main_process() else None
+    # TrainingArguments first: under DeepSpeed ZeRO-3 it switches on zero.Init, so the policy loaded
+    # next is sharded as it is built instead of materialised whole on every rank.
+    args = training_arguments(cfg, partial_dir, precision, ["wandb"] if run is not None else [])
+    if is_deepspeed_zero3_enabled():
+        # a sharded model cannot run the reference pass outside the engine: it must be cached already
+        # (the loop precomputes it on one GPU with `python -m selm.train --config F --reference-only`)
+        ref_logps, cache_hit, ref_seconds = _cached_reference_only(cfg, init_dir, pairs, precision), True, 0.0
+        cache_key = reference_cache_key(reference_dir(cfg, init_dir), pairs, precision)
+        model = AutoModelForCausalLM.from_pretrained(init_dir, dtype=torch.float32)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(init_dir, dtype=torch.float32)
+        t0 = time.perf_counter()
+        ref_logps, cache_key, cache_hit = reference_logps(cfg, init_dir, pairs, precision, tokenizer, policy=model)
+        ref_seconds = time.perf_counter() - t0
     log.info("reference log-probs %s (key %s, %.1f s)", "loaded" if cache_hit else "computed", cache_key, ref_seconds)
 
-    run = init_wandb(cfg)
     trainer = SELMTrainer(
         model=model,
-        args=training_arguments(cfg, partial_dir, precision, ["wandb"] if run is not None else []),
+        args=args,
         train_dataset=PairDataset(pairs, ref_logps),
         data_collator=PairCollator(tokenizer.pad_token_id),
         beta=t.beta,
@@ -175,34 +285,43 @@ def train_iteration(cfg: DictConfig, callbacks: list | None = None) -> Path:
     train_seconds = time.perf_counter() - t0
 
     final_tmp = partial_dir / "final"
-    trainer.save_model(str(final_tmp))
-    tokenizer.save_pretrained(final_tmp)
-    history = [h for h in trainer.state.log_history if "loss" in h]
-    config = OmegaConf.to_container(cfg, resolve=True)
-    write_json_atomic(
-        final_tmp / "train_metrics.json",
-        {
-            "iteration": cfg.iteration,
-            "pairs": str(pairs_path),
-            "n_pairs": len(pairs),
-            "with_y_ref": pairs[0].response_ids is not None,
-            "init_checkpoint": str(init_dir),
-            "learning_rate": learning_rate_for(t, cfg.iteration),
-            "precision": precision,
-            "ref_cache_key": cache_key,
-            "ref_cache_hit": cache_hit,
-            "ref_seconds": ref_seconds,
-            "train_seconds": train_seconds,
-            "train_loss": result.training_loss,
-            "global_steps": trainer.state.global_step,
-            "truncated": {"prompts": trunc.prompts_truncated, "answers": trunc.answers_truncated},
-            "log_history": history,
-            "config": config,
-            "provenance": provenance(config),
-        },
-    )
-    os.replace(final_tmp, output_dir)
-    shutil.rmtree(partial_dir)
+    trainer.save_model(str(final_tmp))  # collective under ZeRO-3 (gathers the shards); rank 0 writes
+    if trainer.is_world_process_zero():  # one rank finishes the folder; the others wait below
+        tokenizer.save_pretrained(final_tmp)
+        history = [h for h in trainer.state.log_history if "loss" in h]
+        config = OmegaConf.to_container(cfg, resolve=True)
+        write_json_atomic(
+            final_tmp / "train_metrics.json",
+            {
+                "iteration": cfg.iteration,
+                "pairs": str(pairs_path),
+                "n_pairs": len(pairs),
+                "with_y_ref": pairs[0].response_ids is not None,
+                "init_checkpoint": str(init_dir),
+                "reference_checkpoint": str(reference_dir(cfg, init_dir)),
+                "learning_rate": learning_rate_for(t, cfg.iteration),
+                "precision": precision,
+                "world_size": trainer.args.world_size,
+                "ref_cache_key": cache_key,
+                "ref_cache_hit": cache_hit,
+                "ref_seconds": ref_seconds,
+                "train_seconds": train_seconds,
+                "train_loss": result.training_loss,
+                "global_steps": trainer.state.global_step,
+                "truncated": {"prompts": trunc.prompts_truncated, "answers": trunc.answers_truncated},
+                "log_history": history,
+                "config": config,
+                "provenance": provenance(config),
+            },
+        )
+        os.replace(final_tmp, output_dir)
+        shutil.rmtree(partial_dir)
+    trainer.accelerator.wait_for_everyone()
     if run is not None:
         run.finish()
     return output_dir
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    main()

@@ -2,9 +2,9 @@
 `dvc exp run -S key=value` rewrites), so an experiment's overrides reach every stage.
 
     python -m selm.cli.stage sft tiny-sft
-    python -m selm.cli.stage loop tiny-sft 0.01 42
-    python -m selm.cli.stage eval-base tiny-sft          # AlpacaEval + MT-Bench of the SFT base
-    python -m selm.cli.stage eval tiny-sft 0.01 42       # ... of every checkpoint of one run
+    python -m selm.cli.stage experiment main             # every run of experiments/toy.yaml's `main`
+    python -m selm.cli.stage loop tiny-sft 0.01 42       # one ad-hoc run (runs/adhoc/...)
+    python -m selm.cli.stage eval-base tiny-sft          # AlpacaEval, MT-Bench, lm-eval of the SFT base
 """
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ SHARED_SECTIONS = ("train", "generation", "ranker", "data", "eval", "judge", "sf
 
 
 def run_config(params_file: Path, base: str, alpha: float | None = None, seed: int | None = None,
-               extra: list[str] | None = None) -> DictConfig:
-    """conf/loop.yaml composed for one grid item, with the shared values taken from params.yaml."""
-    overrides = [f"model={base}"]
+               extra: list[str] | None = None, groups: list[str] | None = None) -> DictConfig:
+    """conf/loop.yaml composed for one grid item, with the shared values taken from params.yaml.
+    `groups` are further group choices (variant=stepwise); `extra` dotted values applied last."""
+    overrides = [f"model={base}", *(groups or [])]
     if alpha is not None:
         overrides.append(f"train.alpha={alpha}")
     if seed is not None:
@@ -61,22 +62,6 @@ def sft(cfg: DictConfig) -> None:
           f"best-of-{s.headroom_n} r* {headroom[f'best_of_{s.headroom_n}']['mean']:.3f}")
 
 
-def eval_run(cfg: DictConfig, out_root: Path) -> None:
-    """Evaluate every checkpoint of the run folder, in iteration order, into out_root/iter<t>/."""
-    from selm.evaluate import evaluate_checkpoint
-
-    run = Path(cfg.run_dir)
-    iterations = sorted((p for p in run.glob("iter*") if (p / "model" / "config.json").exists()),
-                        key=lambda p: int(p.name.removeprefix("iter")))
-    if not iterations:
-        raise FileNotFoundError(f"{run}: no trained iteration (iter*/model) to evaluate")
-    for it in iterations:
-        model_id = f"{cfg.model.name}/alpha{cfg.train.alpha}/{it.name}/seed{cfg.train.seed}"
-        metrics = evaluate_checkpoint(cfg, it / "model", out_root / it.name, model_id)
-        print(f"{model_id}: AlpacaEval LC {metrics['alpaca_lc_win_rate']:.1f} WR {metrics['alpaca_win_rate']:.1f}, "
-              f"MT-Bench {metrics['mt_bench_average']:.2f}")
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
@@ -89,12 +74,12 @@ def main(argv: list[str] | None = None) -> None:
     p_loop.add_argument("base")
     p_loop.add_argument("alpha", type=float)
     p_loop.add_argument("seed", type=int)
-    p_eval_base = sub.add_parser("eval-base", help="AlpacaEval and MT-Bench of an SFT base")
+    p_eval_base = sub.add_parser("eval-base", help="AlpacaEval, MT-Bench and lm-eval of an SFT base")
     p_eval_base.add_argument("base")
-    p_eval = sub.add_parser("eval", help="AlpacaEval and MT-Bench of every checkpoint of one run")
-    p_eval.add_argument("base")
-    p_eval.add_argument("alpha", type=float)
-    p_eval.add_argument("seed", type=int)
+    p_exp = sub.add_parser("experiment", help="every run of one named experiment, then its evaluations")
+    p_exp.add_argument("name")
+    p_exp.add_argument("--spec", type=Path, default=Path("experiments/toy.yaml"))
+    p_exp.add_argument("--workers", type=int, default=None, help="default: the spec's `workers`")
     args = parser.parse_args(argv)
     if args.stage == "sft":
         sft(run_config(args.params, args.base, extra=args.set))
@@ -106,10 +91,13 @@ def main(argv: list[str] | None = None) -> None:
         from selm.evaluate import evaluate_checkpoint
 
         cfg = run_config(args.params, args.base, extra=args.set)
-        evaluate_checkpoint(cfg, cfg.model.path, Path("evals") / args.base / "base", f"{args.base}/base")
+        evaluate_checkpoint(cfg, cfg.model.path, Path("evals") / "base" / args.base, f"{args.base}/base")
     else:
-        cfg = run_config(args.params, args.base, args.alpha, args.seed, extra=args.set)
-        eval_run(cfg, Path("evals") / args.base / f"alpha{args.alpha}" / f"seed{args.seed}")
+        from selm.experiments import run_experiment
+
+        if args.set:
+            parser.error("--set does not apply to `experiment`: change experiments/*.yaml or params.yaml")
+        run_experiment(args.name, args.spec, args.params, workers=args.workers)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 MT-Bench (average, turn 1, turn 2); lm-eval task scores and mean. Per base, method and iteration,
 mean ± 95% t interval over seeds.
 
-Reads evals/<base>/base/metrics.json and evals/<base>/alpha<a>/seed<s>/iter<t>/metrics.json
+Reads evals/base/<base>/metrics.json and evals/main/<base>/alpha<a>/seed<s>/iter<t>/metrics.json
 (written by `python -m selm.cli.stage eval...`) and writes results/<scale>/table1.{csv,md}, table2.md.
 
     python -m selm.report.eval_tables --evals evals --out results/toy
@@ -17,7 +17,8 @@ import json
 from pathlib import Path
 
 from selm.io import write_text_atomic
-from selm.report.toy_table import mean_ci, method_name
+from selm.report.stats import mean_ci
+from selm.report.toy_table import method_name
 
 TABLE1 = [("alpaca_lc_win_rate", "AE2 LC"), ("alpaca_win_rate", "AE2 WR"), ("alpaca_avg_length", "AE2 len"),
           ("mt_bench_average", "MT avg"), ("mt_bench_turn_1", "MT T1"), ("mt_bench_turn_2", "MT T2")]
@@ -46,13 +47,14 @@ def table2_markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def collect(evals: Path, bases: list[str] | None = None) -> list[dict]:
-    """Metrics of every evaluated checkpoint under `evals`, of `bases` only when given."""
+def collect(evals: Path, bases: list[str] | None = None, experiment: str = "main") -> list[dict]:
+    """Metrics of every evaluated checkpoint: evals/base/<base>/ and evals/<experiment>/<base>/alpha<a>/
+    seed<s>/iter<t>/; of `bases` only when given."""
     rows = []
-    for path in sorted(evals.glob("*/base/metrics.json")):
-        rows.append({"base": path.parts[-3], "method": "SFT base", "iteration": "base", "seed": None,
+    for path in sorted((evals / "base").glob("*/metrics.json")):
+        rows.append({"base": path.parts[-2], "method": "SFT base", "iteration": "base", "seed": None,
                      **json.loads(path.read_text())})
-    for path in sorted(evals.glob("*/alpha*/seed*/iter*/metrics.json")):
+    for path in sorted((evals / experiment).glob("*/alpha*/seed*/iter*/metrics.json")):
         base, alpha, seed, it = path.parts[-5:-1]
         rows.append({"base": base, "method": method_name(float(alpha.removeprefix("alpha"))), "iteration": it,
                      "seed": int(seed.removeprefix("seed")), **json.loads(path.read_text())})

@@ -20,9 +20,8 @@ from pathlib import Path
 
 from selm.io import write_json_atomic, write_text_atomic
 from selm.provenance import config_hash, provenance
+from selm.report.stats import mean_ci
 
-# two-sided 95% Student t quantiles by degrees of freedom (for CIs over a handful of seeds)
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 
 
 def method_name(alpha: float) -> str:
@@ -45,14 +44,6 @@ def collect(runs_dir: Path) -> tuple[list[dict], dict]:
                 "config_hash": configs[str(run)],
             })
     return rows, configs
-
-
-def mean_ci(values: list[float]) -> tuple[float, float]:
-    """Mean and half-width of the 95% t interval (0 for a single seed)."""
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return mean, 0.0
-    return mean, T95.get(len(values) - 1, 1.96) * statistics.stdev(values) / math.sqrt(len(values))
 
 
 def markdown(rows: list[dict]) -> str:

@@ -1,0 +1,300 @@
+"""The analyses behind every figure and test of the report, from the runs and evaluations named in
+experiments/<scale>.yaml's `figures`. Writes one JSON per analysis into --out; plots and tables are
+drawn from these files by selm.report.build (no model is loaded there).
+
+    python -m selm.report.analyze --spec experiments/toy.yaml --out results/toy/analysis
+
+Choices the paper leaves open, recorded here and in the JSON:
+- Figure 3's scalar "reward" of an answer is the ranker's score (toy: the oracle ranker's r* plus its
+  deterministic noise; at the paper scale PairRM's aggregated pairwise logit, selm.pairrm).
+- Figure 4: r_SELM - r_DPO on the test chosen/rejected answers at iteration 1. Both runs of a seed start
+  iteration 1 from the same checkpoint (iteration 0 is alpha-free and seeded), so
+  r_SELM - r_DPO = beta * (log pi_SELM(y|x) - log pi_DPO(y|x)); averaged over seeds per prompt.
+- Figure 5: each model's own samples (3 at T = 1), implicit reward beta * (log pi_t - log pi_{t-1}).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from omegaconf import OmegaConf
+
+from selm.experiments import expand, load_experiments
+from selm.io import read_jsonl, write_json_atomic
+from selm.report.stats import paired_test, summarize
+
+N_TEST = 300  # test_prefs prompts used by Figures 4 and 5 (the loop's eval.n_prompts)
+
+
+def _runs_by_cell(spec, experiment: str) -> dict[str, list]:
+    cells: dict[str, list] = {}
+    for run in expand(spec, experiment):
+        cells.setdefault(run.cell, []).append(run)
+    return cells
+
+
+def _cell_runs(spec, path: str) -> list:
+    """Runs of '<experiment>/<cell>/alpha<a>' over its seeds."""
+    experiment, cell = path.split("/", 1)
+    runs = _runs_by_cell(spec, experiment).get(cell)
+    if not runs:
+        raise KeyError(f"figures: no cell {path!r} in experiments.{experiment}")
+    return runs
+
+
+def _iterations(run_dir: Path) -> list[int]:
+    return sorted(int(p.name.removeprefix("iter")) for p in run_dir.glob("iter*") if (p / "model" / "config.json").exists())
+
+
+def _json(path: Path) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing (run `dvc repro` for the stage that writes it)")
+    return json.loads(path.read_text())
+
+
+# --- Figure 2: pairwise AlpacaEval LC heatmaps -------------------------------------------------------
+
+def heatmaps(spec, fig) -> dict:
+    from selm.evals.alpaca import load_outputs, pairwise_matrix
+    from selm.judges import get_judge
+
+    judge_cfg = OmegaConf.load("params.yaml").judge
+    judge = get_judge(judge_cfg.name, **{k: v for k, v in OmegaConf.to_container(judge_cfg, resolve=True).items()
+                                          if k != "name"})
+    cells = _runs_by_cell(spec, fig.experiment)
+    out = {}
+    for base in spec.bases:
+        dpo = {r.seed: r for r in cells[f"{base}/alpha0.0"]}
+        selm = {r.seed: r for r in cells[f"{base}/alpha{float(fig.selm_alpha)}"]}
+        start_it = 0 if (dpo[min(dpo)].run_dir / "iter0").is_dir() else None
+        base_label = "offline DPO (iter0)" if start_it == 0 else "SFT base"
+        names = [f"SELM iter{t}" for t in (1, 2, 3)] + [f"DPO iter{t}" for t in (1, 2, 3)] + [base_label]
+        per_seed = []
+        for seed in sorted(dpo):
+            outputs = {}
+            for t in (1, 2, 3):
+                outputs[f"SELM iter{t}"] = load_outputs(selm[seed].eval_dir / f"iter{t}" / "alpaca_outputs.json")
+                outputs[f"DPO iter{t}"] = load_outputs(dpo[seed].eval_dir / f"iter{t}" / "alpaca_outputs.json")
+            base_file = (dpo[seed].eval_dir / "iter0" if start_it == 0 else Path("evals/base") / base) / "alpaca_outputs.json"
+            outputs[base_label] = load_outputs(base_file)
+            m = pairwise_matrix(outputs, judge)
+            # matrix[row][col]: LC win rate of the row model with the column model's outputs as reference
+            per_seed.append([[m[col][row]["length_controlled_winrate"] for col in names] for row in names])
+        mean = np.mean(np.array(per_seed, dtype=float), axis=0)
+        order = sorted(range(len(names)), key=lambda i: -mean[i][names.index(base_label)])
+        out[base] = {"models": [names[i] for i in order],
+                     "matrix": [[round(float(mean[i][j]), 2) for j in order] for i in order],
+                     "seeds": sorted(dpo), "base_model": base_label,
+                     "note": "LC win rate (%) of the row model against the column model's outputs, mean over seeds; "
+                             "rows and columns ordered by win rate against the base, as in the paper"}
+    return out
+
+
+# --- Figure 3: alpha ablation and reward histograms --------------------------------------------------
+
+def _ranker():
+    from selm.rankers import get_ranker
+
+    return get_ranker(OmegaConf.load("params.yaml").ranker)
+
+
+def _ranker_rewards(ranker, run_dir: Path, it: str, test: dict) -> list[float]:
+    rows = read_jsonl(run_dir / it / "eval_answers.jsonl")
+    return [float(ranker.score(test[r["prompt_id"]], [r["answer"]])[0]) for r in rows]
+
+
+def alpha_ablation(spec, fig, test: dict) -> dict:
+    ranker = _ranker()
+    curves, hist_alpha, hist_shift = {}, {}, {}
+    bins = np.linspace(-0.4, 1.4, 19)  # width 0.1 over the oracle ranker's score range (r* in [0, 1] + noise)
+    for path in fig.cells:
+        runs = _cell_runs(spec, path)
+        alpha = runs[0].alpha
+        its = _iterations(runs[0].run_dir)
+        lc, rstar = {}, {}
+        for t in its:
+            lc_vals = [_json(r.eval_dir / f"iter{t}" / "metrics.json")["alpaca_lc_win_rate"] for r in runs]
+            r_vals = [_json(r.run_dir / f"iter{t}" / "eval.json")["mean_reward"] for r in runs]
+            lc[t], rstar[t] = summarize(lc_vals), summarize(r_vals)
+        curves[str(alpha)] = {"cell": path, "lc": lc, "r_star": rstar, "seeds": [r.seed for r in runs]}
+        rewards = [x for r in runs for x in _ranker_rewards(ranker, r.run_dir, "iter2", test)]
+        hist_alpha[str(alpha)] = (np.histogram(rewards, bins=bins)[0] / len(rewards)).round(4).tolist()
+    for t in (1, 2, 3):
+        runs = _cell_runs(spec, fig.shift_cell)
+        rewards = [x for r in runs for x in _ranker_rewards(ranker, r.run_dir, f"iter{t}", test)]
+        hist_shift[str(t)] = {"hist": (np.histogram(rewards, bins=bins)[0] / len(rewards)).round(4).tolist(),
+                              "mean": round(float(np.mean(rewards)), 4)}
+    return {"curves": curves, "bins": bins.round(3).tolist(), "hist_by_alpha_iter2": hist_alpha,
+            "hist_by_iteration": hist_shift, "shift_cell": fig.shift_cell,
+            "reward": "the ranker's score of the greedy answer to each test prompt (toy: r* + the oracle ranker's "
+                      "noise; PairRM: aggregated pairwise logit); fraction of prompts per bin of width 0.1"}
+
+
+# --- Figures 4 and 5: implicit rewards -------------------------------------------------------------
+
+def _logps(model_dir: Path, records: list[dict], cfg) -> np.ndarray:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from selm.data import tokenize_pairs
+    from selm.logps import compute_reference_logps
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    pairs, _ = tokenize_pairs(records, tokenizer, max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length)
+    with torch.no_grad():
+        return compute_reference_logps(model, pairs, pad_token_id=tokenizer.pad_token_id, batch_size=128).numpy()
+
+
+def implicit_rewards(spec, fig4, fig5, test_rows: list[dict]) -> tuple[dict, dict]:
+    from selm.generation import HFBackend
+
+    train = OmegaConf.load("params.yaml").train
+    beta = float(train.beta)
+    cells = _runs_by_cell(spec, fig4.experiment)
+    records = [{"prompt": r["prompt"], "chosen": r["chosen"][-1]["content"], "rejected": r["rejected"][-1]["content"]}
+               for r in test_rows]
+    out4, out5 = {}, {}
+    for base in spec.bases:
+        dpo = {r.seed: r for r in cells[f"{base}/alpha0.0"]}
+        selm = {r.seed: r for r in cells[f"{base}/alpha{float(fig4.selm_alpha)}"]}
+        t = int(fig4.iteration)
+        diffs = []
+        for seed in sorted(dpo):
+            lp_selm = _logps(selm[seed].run_dir / f"iter{t}" / "model", records, train)
+            lp_dpo = _logps(dpo[seed].run_dir / f"iter{t}" / "model", records, train)
+            diffs.append(beta * (lp_selm - lp_dpo))
+        d = np.mean(diffs, axis=0)  # (prompts, [chosen, rejected])
+        out4[base] = {"chosen_sorted": np.sort(d[:, 0]).round(5).tolist(),
+                      "rejected_sorted": np.sort(d[:, 1]).round(5).tolist(),
+                      "mean_chosen": round(float(d[:, 0].mean()), 5), "mean_rejected": round(float(d[:, 1].mean()), 5),
+                      "frac_chosen_positive": round(float((d[:, 0] > 0).mean()), 4),
+                      "frac_rejected_negative": round(float((d[:, 1] < 0).mean()), 4),
+                      "iteration": t, "beta": beta, "seeds": sorted(dpo)}
+        t5, k = int(fig5.iteration), int(fig5.samples)
+        per_seed = []
+        for seed in sorted(dpo):
+            rewards = {}
+            for name, run in (("selm", selm[seed]), ("dpo", dpo[seed])):
+                model_dir = run.run_dir / f"iter{t5}" / "model"
+                samples = HFBackend(str(model_dir), progress=False).generate([r["prompt"] for r in records], n=k, do_sample=True,
+                                                             temperature=1.0, top_p=1.0, max_new_tokens=32, seed=seed)
+                own = [{"prompt": r["prompt"], "chosen": s[0], "rejected": s[1], "response": s[2]}
+                       for r, s in zip(records, samples)]
+                now = _logps(model_dir, own, train)
+                before = _logps(run.run_dir / f"iter{t5 - 1}" / "model", own, train)
+                rewards[name] = (beta * (now - before)).mean(axis=1)
+            per_seed.append(rewards["selm"] - rewards["dpo"])
+        d5 = np.mean(per_seed, axis=0)
+        out5[base] = {"sorted": np.sort(d5).round(5).tolist(), "mean": round(float(d5.mean()), 5),
+                      "frac_positive": round(float((d5 > 0).mean()), 4), "iteration": t5, "samples": k,
+                      "beta": beta, "seeds": sorted(dpo)}
+    return out4, out5
+
+
+# --- Figure 6: iterative-DPO ablations ---------------------------------------------------------------
+
+def ablations(spec, fig) -> dict:
+    series = {}
+    for path in [fig.iterative, *fig.variants]:
+        runs = _cell_runs(spec, path)
+        points = []
+        seen_pairs = 0.0
+        for t in _iterations(runs[0].run_dir):
+            n_pairs = np.mean([_json(r.run_dir / f"iter{t}" / "model" / "train_metrics.json")["n_pairs"] for r in runs])
+            seen_pairs += n_pairs
+            mt = [_json(r.eval_dir / f"iter{t}" / "metrics.json")["mt_bench_average"] for r in runs]
+            rs = [_json(r.run_dir / f"iter{t}" / "eval.json")["mean_reward"] for r in runs]
+            points.append({"iteration": t, "pairs_k": round(seen_pairs / 1000, 3), "mt_bench": summarize(mt),
+                           "r_star": summarize(rs)})
+        label = "iterative (rank y_w, y_l, y_ref)" if path == fig.iterative else path.split("/")[1]
+        series[label] = {"cell": path, "points": points}
+    return series
+
+
+# --- Beyond the paper: paired tests, coverage, regime map ----------------------------------------------
+
+def paired_main(spec, experiment: str) -> dict:
+    """SELM vs iterative DPO per base and iteration, paired by seed: r*, coverage, LC, MT-Bench, lm-eval."""
+    cells = _runs_by_cell(spec, experiment)
+    alphas = sorted({r.alpha for runs in cells.values() for r in runs if r.alpha > 0})
+    out = {}
+    for base in spec.bases:
+        dpo = {r.seed: r for r in cells[f"{base}/alpha0.0"]}
+        for alpha in alphas:
+            selm = {r.seed: r for r in cells[f"{base}/alpha{alpha}"]}
+            seeds = sorted(set(dpo) & set(selm))
+            rows = []
+            for t in _iterations(dpo[seeds[0]].run_dir):
+                def loop_metric(run, key, t=t):
+                    m = _json(run.run_dir / f"iter{t}" / "eval.json")
+                    return m["coverage"][key] if key in ("frac_prompts_covered", "mean_best_of_k", "mean_distinct") else m[key]
+
+                def eval_metric(run, key, t=t):
+                    return _json(run.eval_dir / f"iter{t}" / "metrics.json")[key]
+
+                row = {"iteration": t}
+                for key in ("mean_reward", "frac_correct", "frac_prompts_covered", "mean_best_of_k", "mean_distinct"):
+                    row[key] = paired_test([loop_metric(selm[s], key) for s in seeds], [loop_metric(dpo[s], key) for s in seeds])
+                for key in ("alpaca_lc_win_rate", "mt_bench_average", "lmeval_mean"):
+                    if all((r.eval_dir / f"iter{t}" / "metrics.json").is_file() for r in (*selm.values(), *dpo.values())):
+                        row[key] = paired_test([eval_metric(selm[s], key) for s in seeds], [eval_metric(dpo[s], key) for s in seeds])
+                rows.append(row)
+            out[f"{base}/alpha{alpha}"] = {"seeds": seeds, "iterations": rows}
+    return out
+
+
+def regime_map(spec, fig) -> dict:
+    def final_rewards(path: str) -> dict[int, float]:
+        runs = _cell_runs(spec, path)
+        return {r.seed: _json(r.run_dir / "summary.json")[f"iter{_iterations(r.run_dir)[-1]}"]["mean_reward"]
+                for r in runs}
+
+    regimes = {"standard": {"dpo": fig.baseline.dpo, "selm": list(fig.baseline.selm)}}
+    cells = _runs_by_cell(spec, fig.experiment)
+    for name in fig.regimes:
+        alphas = sorted(r.alpha for r in (runs[0] for cell, runs in cells.items() if cell.startswith(f"{name}/")))
+        regimes[name] = {"dpo": f"{fig.experiment}/{name}/alpha0.0",
+                         "selm": [f"{fig.experiment}/{name}/alpha{a}" for a in alphas if a > 0]}
+    out = {}
+    for name, paths in regimes.items():
+        dpo = final_rewards(paths["dpo"])
+        entry = {"dpo_cell": paths["dpo"], "dpo_final_r_star": summarize(list(dpo.values())), "selm": {}}
+        for path in paths["selm"]:
+            selm = final_rewards(path)
+            seeds = sorted(set(dpo) & set(selm))
+            test = paired_test([selm[s] for s in seeds], [dpo[s] for s in seeds])
+            verdict = "helps" if test["ci_low"] > 0 else "hurts" if test["ci_high"] < 0 else "no detectable effect"
+            alpha = path.rsplit("alpha", 1)[1]
+            entry["selm"][alpha] = {"cell": path, "final_r_star": summarize(list(selm.values())), "diff": test,
+                                    "verdict": verdict}
+        out[name] = entry
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--spec", type=Path, default=Path("experiments/toy.yaml"))
+    parser.add_argument("--out", type=Path, default=Path("results/toy/analysis"))
+    parser.add_argument("--test-prefs", type=Path, default=Path("data/world/test_prefs.jsonl"))
+    args = parser.parse_args(argv)
+    spec = load_experiments(args.spec)
+    figs = spec.figures
+    test_rows = read_jsonl(args.test_prefs)[:N_TEST]
+    test = {r["prompt_id"]: r for r in read_jsonl(args.test_prefs)}
+    write_json_atomic(args.out / "paired_tests.json", paired_main(spec, "main"))
+    write_json_atomic(args.out / "regime_map.json", regime_map(spec, figs.regime_map))
+    write_json_atomic(args.out / "figure6_ablations.json", ablations(spec, figs.figure6_ablations))
+    write_json_atomic(args.out / "figure3_alpha.json", alpha_ablation(spec, figs.figure3_alpha, test))
+    write_json_atomic(args.out / "figure2_heatmaps.json", heatmaps(spec, figs.figure2_heatmap))
+    fig4, fig5 = implicit_rewards(spec, figs.figure4_ird, figs.figure5_own_samples, test_rows)
+    write_json_atomic(args.out / "figure4_ird.json", fig4)
+    write_json_atomic(args.out / "figure5_own_samples.json", fig5)
+    print(f"analyses written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

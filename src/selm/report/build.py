@@ -1,0 +1,237 @@
+"""The report stage: tables (ours beside the paper's), figures, and results/REPORT.md, all from files
+written by earlier stages; never edited by hand.
+
+    python -m selm.report.build --spec experiments/toy.yaml --scale toy
+
+Writes results/<scale>/tables/*, results/figures/<scale>/*.png and results/REPORT.md, and logs the
+figures to W&B (offline by default) when params.yaml's logger enables it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from selm.io import write_json_atomic, write_text_atomic
+from selm.provenance import config_hash, provenance
+from selm.report import eval_tables, figures, toy_table
+from selm.report.stats import mean_ci
+
+# our (base, method, iteration) -> the paper's (base, method, iteration) in ../paper/*.csv
+PAPER_BASE = {"tiny-sft": "zephyr", "tiny-instruct": "llama3"}
+LOOP_START = {"zephyr": ("offline_dpo", "0"), "llama3": ("base", "0")}  # what the online iterations start from
+
+
+def _paper_key(base: str, method: str, iteration: str) -> tuple | None:
+    pb = PAPER_BASE.get(base)
+    if pb is None:
+        return None
+    if iteration == "base":
+        return (pb, "sft" if pb == "zephyr" else "base", "0")
+    t = iteration.removeprefix("iter")
+    if t == "0":
+        return (pb, "offline_dpo", "0") if method == "iterative DPO" else None
+    return (pb, "dpo" if method == "iterative DPO" else "selm", t)
+
+
+def _read_csv(path: Path) -> list[dict]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def paper_comparison(rows: list[dict], paper1: list[dict], paper2: list[dict], selm_alpha: float) -> list[dict]:
+    """One row per paper model: ours (mean over seeds) beside the paper's, and each one's change from
+    the model the online iterations start from (Zephyr-7B-DPO / Llama-3-8B-Instruct and their roles)."""
+    paper = {(r["base"], r["method"], r["iteration"]): {**r, **p} for r in paper1 for p in paper2
+             if (p["base"], p["method"], p["iteration"]) == (r["base"], r["method"], r["iteration"])}
+    ours: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r["method"].startswith("SELM") and f"alpha={selm_alpha:g}" not in r["method"]:
+            continue
+        key = _paper_key(r["base"], r["method"], r["iteration"])
+        if key:
+            ours.setdefault(key, []).append(r)
+    metrics = [("alpaca_lc_win_rate", "lc_win_rate", "AE2 LC"), ("alpaca_win_rate", "win_rate", "AE2 WR"),
+               ("mt_bench_average", "mtbench_avg", "MT avg"), ("lmeval_mean", "average", "academic mean")]
+    out = []
+    for key, p in paper.items():
+        if key not in ours:
+            continue
+        start = LOOP_START[key[0]]
+        row = {"paper_model": p["model"], "our_base": [b for b, pb in PAPER_BASE.items() if pb == key[0]][0],
+               "method": key[1], "iteration": key[2], "seeds": len(ours[key])}
+        for ours_key, paper_key, label in metrics:
+            vals = [float(r[ours_key]) for r in ours[key] if ours_key in r]
+            if not vals:
+                continue
+            mean, ci = mean_ci(vals)
+            start_vals = [float(r[ours_key]) for r in ours.get((key[0], *start), []) if ours_key in r]
+            row[f"{label} ours"] = round(mean, 2)
+            row[f"{label} ours ci95"] = round(ci, 2)
+            row[f"{label} paper"] = float(p[paper_key])
+            if start_vals:
+                row[f"{label} ours delta"] = round(mean - mean_ci(start_vals)[0], 2)
+            row[f"{label} paper delta"] = round(float(p[paper_key]) - float(paper[(key[0], *start)][paper_key]), 2)
+        out.append(row)
+    return out
+
+
+def comparison_markdown(rows: list[dict]) -> str:
+    labels = ["AE2 LC", "MT avg", "academic mean"]
+    head = "| paper model | our model | " + " | ".join(f"{l} ours (Δ) | {l} paper (Δ)" for l in labels) + " |"
+    lines = [head, "|---|---|" + "---|---|" * len(labels)]
+    for r in rows:
+        cells = []
+        for l in labels:
+            if f"{l} ours" not in r:
+                cells += ["n/a", f"{r.get(f'{l} paper', 'n/a')}"]
+                continue
+            d = r.get(f"{l} ours delta")
+            spread = f" ± {r[f'{l} ours ci95']:.2f}" if r["seeds"] > 1 else ""
+            cells.append(f"{r[f'{l} ours']:.2f}{spread}" + (f" ({d:+.2f})" if d is not None else ""))
+            cells.append(f"{r[f'{l} paper']:.2f} ({r[f'{l} paper delta']:+.2f})")
+        ours_name = f"{r['our_base']} " + {"sft": "SFT base", "base": "SFT base", "offline_dpo": "iter0 (offline DPO)",
+                                           "dpo": f"iterative DPO iter{r['iteration']}",
+                                           "selm": f"SELM iter{r['iteration']}"}[r["method"]]
+        lines.append(f"| {r['paper_model']} | {ours_name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _fmt_test(t: dict, scale: float = 1.0, digits: int = 3) -> str:
+    return (f"{t['mean_diff'] * scale:+.{digits}f} [{t['ci_low'] * scale:+.{digits}f}, {t['ci_high'] * scale:+.{digits}f}]"
+            f" p={t['p_value']:.2f} ({t['n_a_greater']}/{t['n']})")
+
+
+def paired_markdown(paired: dict) -> str:
+    cols = [("mean_reward", "r*"), ("frac_prompts_covered", "high-reward coverage"), ("alpaca_lc_win_rate", "AE2 LC"),
+            ("mt_bench_average", "MT avg"), ("lmeval_mean", "lm-eval mean")]
+    lines = ["| base / SELM alpha | iteration | " + " | ".join(c for _, c in cols) + " |",
+             "|---|---|" + "---|" * len(cols)]
+    for cell, entry in paired.items():
+        for row in entry["iterations"]:
+            cells = [_fmt_test(row[k]) if k in row else "n/a" for k, _ in cols]
+            lines.append(f"| {cell} | {row['iteration']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def coverage_markdown(paired: dict) -> str:
+    lines = ["| base / SELM alpha | iteration | coverage DPO | coverage SELM | best-of-8 r* DPO | best-of-8 r* SELM "
+             "| distinct of 8 DPO | distinct of 8 SELM |", "|---|---|---|---|---|---|---|---|"]
+    for cell, entry in paired.items():
+        for row in entry["iterations"]:
+            c, b, d = row["frac_prompts_covered"], row["mean_best_of_k"], row["mean_distinct"]
+            lines.append(f"| {cell} | {row['iteration']} | {c['b_mean']:.3f} | {c['a_mean']:.3f} | {b['b_mean']:.3f} | "
+                         f"{b['a_mean']:.3f} | {d['b_mean']:.2f} | {d['a_mean']:.2f} |")
+    return "\n".join(lines)
+
+
+def regime_markdown(regimes: dict) -> str:
+    lines = ["| regime | DPO final r* | SELM alpha | SELM final r* | SELM - DPO (95% CI, p, SELM better in) | verdict |",
+             "|---|---|---|---|---|---|"]
+    for name, e in regimes.items():
+        for alpha, s in sorted(e["selm"].items(), key=lambda kv: float(kv[0])):
+            lines.append(f"| {name} | {e['dpo_final_r_star']['mean']:.3f} ± {e['dpo_final_r_star']['ci95']:.3f} | "
+                         f"{float(alpha):g} | {s['final_r_star']['mean']:.3f} ± {s['final_r_star']['ci95']:.3f} | "
+                         f"{_fmt_test(s['diff'])} | {s['verdict']} |")
+    return "\n".join(lines)
+
+
+def regime_conclusion(regimes: dict) -> str:
+    by_verdict: dict[str, list[str]] = {}
+    n = 0
+    for name, e in regimes.items():
+        for alpha, s in e["selm"].items():
+            n += 1
+            by_verdict.setdefault(s["verdict"], []).append(
+                f"{name} at alpha={float(alpha):g} ({s['diff']['mean_diff']:+.3f} r*)" if "diff" in s
+                else f"{name} at alpha={float(alpha):g}")
+    parts = []
+    for verdict in ("helps", "hurts", "no detectable effect"):
+        cells = by_verdict.get(verdict, [])
+        parts.append(f"- optimism **{verdict}** in {len(cells)} cell(s)" + (": " + "; ".join(sorted(cells)) if cells else ""))
+    parts.append(f"- Read with care: {n} comparisons at the 95% level with 3 seeds each, so about {0.05 * n:.1f} "
+                 "verdicts are expected to be wrong by chance alone; the size of each difference (in r*, on a "
+                 "0-1 scale) says more than its verdict.")
+    return "\n".join(parts)
+
+
+def _log_figures_to_wandb(paths: list[Path], scale: str) -> None:
+    params = OmegaConf.load("params.yaml") if Path("params.yaml").exists() else None
+    if params is None or not params.logger.wandb:
+        return
+    import os
+
+    import wandb
+
+    os.environ.setdefault("WANDB_MODE", params.logger.mode)
+    run = wandb.init(project=params.logger.project, group="report", name=f"report/{scale}", dir=params.logger.dir,
+                     id=f"report-{scale}", resume="allow", reinit="finish_previous",
+                     settings=wandb.Settings(x_disable_stats=True, x_disable_meta=True, save_code=False,
+                                             console="off", silent=True))
+    run.log({f"figures/{p.stem}": wandb.Image(str(p)) for p in paths})
+    run.finish()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--spec", type=Path, default=Path("experiments/toy.yaml"))
+    parser.add_argument("--scale", default="toy")
+    parser.add_argument("--paper", type=Path, default=Path("results/paper"))
+    parser.add_argument("--report", type=Path, default=Path("results/REPORT.md"))
+    args = parser.parse_args(argv)
+    spec = OmegaConf.load(args.spec)
+    tables = Path("results") / args.scale / "tables"
+    analysis = Path("results") / args.scale / "analysis"
+    figdir = Path("results") / "figures" / args.scale
+    selm_alpha = float(spec.figures.figure2_heatmap.selm_alpha)
+
+    # tables: true reward per iteration, headroom, evaluations, paper comparison
+    toy_table.main(["--runs", "runs/main", "--models", "models", "--out", str(tables)])
+    eval_tables.main(["--evals", "evals", "--bases", *spec.bases, "--out", str(tables)])
+    rows = eval_tables.collect(Path("evals"), list(spec.bases))
+    comparison = paper_comparison(rows, _read_csv(args.paper / "table1_alpacaeval_mtbench.csv"),
+                                  _read_csv(args.paper / "table2_academic.csv"), selm_alpha)
+    buf = io.StringIO()
+    fields = sorted({k for r in comparison for k in r}, key=lambda k: (k not in ("paper_model", "our_base", "method",
+                                                                                   "iteration", "seeds"), k))
+    writer = csv.DictWriter(buf, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(comparison)
+    write_text_atomic(tables / "paper_comparison.csv", buf.getvalue())
+    load = lambda name: json.loads((analysis / name).read_text())  # noqa: E731
+    paired, regimes = load("paired_tests.json"), load("regime_map.json")
+
+    # figures
+    fig1, fig1_facts = figures.figure1_concept(figdir)
+    pngs = [fig1, *figures.figure2_heatmaps(load("figure2_heatmaps.json"), figdir),
+            *figures.figure3(load("figure3_alpha.json"), figdir), *figures.figure4(load("figure4_ird.json"), figdir),
+            *figures.figure5(load("figure5_own_samples.json"), figdir),
+            *figures.figure6(load("figure6_ablations.json"), figdir), *figures.regime_map(regimes, figdir)]
+
+    report = render_report(args, spec, comparison, paired, regimes, load, fig1_facts, tables, figdir)
+    write_text_atomic(args.report, report)
+    run_configs = {}
+    for cfg_path in sorted(Path("runs").glob("*/**/seed*/config.json")):
+        run_configs[str(cfg_path.parent)] = config_hash(json.loads(cfg_path.read_text()))
+    write_json_atomic(tables / "provenance.json", {**provenance(command="dvc repro dvc.yaml (report stage)"),
+                                                    "runs": run_configs})
+    _log_figures_to_wandb(pngs, args.scale)
+    print(f"wrote {args.report}, {len(pngs)} figures in {figdir}")
+
+
+def render_report(args, spec, comparison, paired, regimes, load, fig1_facts, tables: Path, figdir: Path) -> str:
+    from selm.report.report_text import render
+
+    return render(args=args, spec=spec, comparison=comparison, paired=paired, regimes=regimes, load=load,
+                  fig1_facts=fig1_facts, tables=tables, figdir=figdir, paired_md=paired_markdown(paired),
+                  coverage_md=coverage_markdown(paired), regime_md=regime_markdown(regimes),
+                  regime_conclusion=regime_conclusion(regimes), comparison_md=comparison_markdown(comparison))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""Named experiments: expansion into runs, per-run configs, the worker pool, and a run killed with
+SIGKILL mid-stage that ends identical to an uninterrupted one."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from omegaconf import OmegaConf
+
+from selm.experiments import expand, load_experiments, run_config, run_experiment
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_toy_spec_expands_every_cell_alpha_and_seed():
+    spec = load_experiments(ROOT / "experiments" / "toy.yaml")
+    main = expand(spec, "main")
+    assert len(main) == 2 * 2 * 3  # cells x alphas x seeds
+    assert [r.cell for r in main[:4]] == ["tiny-sft/alpha0.0"] * 3 + ["tiny-sft/alpha0.1"]
+    assert str(main[0].run_dir) == "runs/main/tiny-sft/alpha0.0/seed42"
+    assert all(len(set(r.seed for r in expand(spec, n))) >= 3 for n in spec.experiments)  # >= 3 seeds everywhere
+    with pytest.raises(KeyError, match=r"no experiment 'mian'; known: \['ablations', 'alpha', 'main', 'regimes'\]"):
+        expand(spec, "mian")
+
+
+def test_figure_inputs_name_existing_cells():
+    spec = load_experiments(ROOT / "experiments" / "toy.yaml")
+    cells = {f"{n}/{r.cell}" for n in spec.experiments for r in expand(spec, n)}
+    f = spec.figures
+    named = [*f.figure3_alpha.cells, f.figure3_alpha.shift_cell, f.figure6_ablations.iterative,
+             *f.figure6_ablations.variants, f.regime_map.baseline.dpo, *f.regime_map.baseline.selm]
+    assert set(named) <= cells, set(named) - cells
+
+
+def test_a_group_key_that_is_not_a_group_is_refused():
+    spec = OmegaConf.create({"seeds": [1], "experiments": {"x": {"alphas": [0.0], "cells": {
+        "c": {"model": "tiny-sft", "generation": "sampled"}}}}})
+    with pytest.raises(KeyError, match=r"experiments.x.cells.c: \['generation'\] are not config groups"):
+        expand(spec, "x", "spec.yaml")
+
+
+def test_run_config_applies_groups_values_and_names(tmp_path):
+    spec = load_experiments(ROOT / "experiments" / "toy.yaml")
+    stepwise = next(r for r in expand(spec, "ablations") if r.cell == "stepwise/alpha0.0")
+    cfg = run_config(stepwise, ROOT / "params.yaml")
+    assert (cfg.variant.name, cfg.variant.pairs, cfg.run_dir) == ("stepwise", "original",
+                                                                  "runs/ablations/stepwise/alpha0.0/seed42")
+    assert list(cfg.eval.parts) == ["mt_bench"]
+    assert cfg.logger.group == "ablations/stepwise/alpha0.0"
+    assert OmegaConf.merge(cfg, {"iteration": 2}).logger.name == "tiny-sft/stepwise/alpha0.0/iter2/seed42"
+    hard = next(r for r in expand(spec, "regimes") if r.cell == "hard_tasks/alpha1.0")
+    cfg = run_config(hard, ROOT / "params.yaml")
+    assert list(cfg.data.families) == ["add", "count", "rotate", "sort"] and cfg.train.alpha == 1.0
+    sampled = next(r for r in expand(spec, "regimes") if r.cell.startswith("sampled_y_ref"))
+    # a cell's values win over params.yaml's shared sections (which say greedy)
+    assert run_config(sampled, ROOT / "params.yaml").generation.do_sample is True
+
+
+@pytest.fixture(scope="module")
+def mini(tmp_path_factory, tiny_model):
+    """A tiny world, params.yaml and experiments spec: 1 cell x 2 alphas x 2 seeds, 2 iterations."""
+    from selm.world.build import build_world
+
+    root = tmp_path_factory.mktemp("mini")
+    world = root / "world"
+    build_world(world, seed=0, n_sft=10, n_train_prefs=24, n_test_prefs=6, n_eval=4, n_mt_bench=2, n_lmeval=4)
+    params = {
+        "train": {"global_batch_size": 4, "per_device_batch_size": 4},
+        "data": {"train_prefs": str(world / "train_prefs.jsonl"), "test_prefs": str(world / "test_prefs.jsonl"),
+                 "slice_size": 8},
+        "eval": {"n_prompts": 4, "coverage_samples": 2},
+        "scale": {"max_new_tokens": 6},
+        "paths": {"ref_cache_dir": str(root / "cache")},
+    }
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    cell = {"model": "tiny-sft", "model.path": str(tiny_model), "model.offline_dpo_iteration": False,
+            "model.iterations": [1, 2], "logger.wandb": False}
+    spec = {"seeds": [1, 2], "workers": 2, "experiments": {"e": {"eval": [], "alphas": [0.0, 0.5],
+                                                                 "cells": {"c": cell}}}}
+    (root / "spec.yaml").write_text(yaml.safe_dump(spec))
+    return root
+
+
+def _results(root: Path) -> dict:
+    out = {}
+    for path in sorted((root / "runs").rglob("eval.json")):
+        out[str(path.relative_to(root))] = json.loads(path.read_text())
+    for path in sorted((root / "runs").rglob("model.safetensors")):
+        out[str(path.relative_to(root))] = path.read_bytes()
+    return out
+
+
+def _run_in(cwd: Path, mini: Path, workers: int) -> None:
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        run_experiment("e", mini / "spec.yaml", mini / "params.yaml", workers=workers)
+    finally:
+        os.chdir(old)
+
+
+def test_worker_count_does_not_change_results(mini, tmp_path):
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    _run_in(tmp_path / "one", mini, workers=1)
+    _run_in(tmp_path / "two", mini, workers=2)
+    one, two = _results(tmp_path / "one"), _results(tmp_path / "two")
+    assert len(one) == 4 * 3 + 4 * 2  # 4 runs x (base, iter1, iter2) evals + 4 runs x 2 checkpoints
+    assert one == two
+
+
+def test_a_failing_run_is_reported_and_the_others_finish(mini, tmp_path):
+    spec = yaml.safe_load((mini / "spec.yaml").read_text())
+    spec["experiments"]["e"]["cells"]["bad"] = {**spec["experiments"]["e"]["cells"]["c"],
+                                                "model.path": str(tmp_path / "missing")}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    old = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        with pytest.raises(RuntimeError, match=r"4 of 8 runs of experiment 'e' failed:[\s\S]*model.path="):
+            run_experiment("e", tmp_path / "spec.yaml", mini / "params.yaml", workers=1)
+    finally:
+        os.chdir(old)
+    assert len(list((tmp_path / "runs" / "e" / "c").rglob("summary.json"))) == 4  # the good runs finished
+
+
+@pytest.mark.slow
+def test_sigkill_mid_stage_then_rerun_equals_an_uninterrupted_run(mini, tmp_path):
+    """What `kill -9` of `dvc repro` in the middle of a stage does: the stage's process dies with a
+    half-written iteration; rerunning the stage finishes with bit-identical checkpoints."""
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    clean.mkdir()
+    killed.mkdir()
+    cmd = [sys.executable, "-m", "selm.cli.stage", "--params", str(mini / "params.yaml"), "experiment", "e",
+           "--spec", str(mini / "spec.yaml"), "--workers", "1"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    subprocess.run(cmd, cwd=clean, env=env, check=True, capture_output=True)
+    proc = subprocess.Popen(cmd, cwd=killed, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    target = killed / "runs" / "e" / "c" / "alpha0.0" / "seed2" / "iter1" / "model"  # the 2nd run, mid-way
+    deadline = time.time() + 120
+    while not target.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the stage ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "runs" / "e" / "c" / "alpha0.5").exists() or \
+        len(list((killed / "runs").rglob("summary.json"))) < 4  # it really was interrupted
+    subprocess.run(cmd, cwd=killed, env=env, check=True, capture_output=True)
+    assert _results(killed) == _results(clean)
