@@ -57,9 +57,13 @@ def test_readme_launch_command_parses_and_composes():
     for command in commands:
         args = launch_command_parser().parse_args(shlex.split(command)[2:])
         assert (ROOT / args.config_file).is_file(), args.config_file
-        assert args.module and args.training_script == "selm.cli.train"
-        cfg = compose_config("train", args.training_script_args)  # every override is a known key
-        assert cfg.scale.name == "paper" and cfg.iteration >= 0
+        assert args.module and args.training_script == "selm.train"
+        assert args.training_script_args[0] == "--config"  # the iteration config the loop writes
+    # the launcher the paper's train configs give the loop is such a command, with a real config file
+    for experiment in ("paper_zephyr", "paper_llama3"):
+        launcher = compose_config("train", [f"experiment={experiment}"]).train.launcher
+        args = launch_command_parser().parse_args(shlex.split(launcher)[2:] + ["-m", "selm.train"])
+        assert (ROOT / args.config_file).is_file() and args.config_file.endswith("zero3_8gpu.yaml")
 
 
 def paper_stages():
