@@ -49,6 +49,11 @@ def _iterations(run_dir: Path) -> list[int]:
     return sorted(int(p.name.removeprefix("iter")) for p in run_dir.glob("iter*") if (p / "model" / "config.json").exists())
 
 
+def _run_config(run):
+    """The config a run was made with (runs/.../config.json: model, train, data, generation, ranker, ...)."""
+    return OmegaConf.create(_json(run.run_dir / "config.json"))
+
+
 def _json(path: Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing (run `dvc repro` for the stage that writes it)")
@@ -95,10 +100,10 @@ def heatmaps(spec, fig) -> dict:
 
 # --- Figure 3: alpha ablation and reward histograms --------------------------------------------------
 
-def _ranker():
+def _ranker(run):
     from selm.rankers import get_ranker
 
-    return get_ranker(OmegaConf.load("params.yaml").ranker)
+    return get_ranker(_run_config(run).ranker)  # the ranker the run itself used
 
 
 def _ranker_rewards(ranker, run_dir: Path, it: str, test: dict) -> list[float]:
@@ -107,7 +112,7 @@ def _ranker_rewards(ranker, run_dir: Path, it: str, test: dict) -> list[float]:
 
 
 def alpha_ablation(spec, fig, test: dict) -> dict:
-    ranker = _ranker()
+    ranker = _ranker(_cell_runs(spec, fig.shift_cell)[0])
     curves, hist_alpha, hist_shift = {}, {}, {}
     bins = np.linspace(-0.4, 1.4, 19)  # width 0.1 over the oracle ranker's score range (r* in [0, 1] + noise)
     for path in fig.cells:
@@ -152,8 +157,6 @@ def _logps(model_dir: Path, records: list[dict], cfg) -> np.ndarray:
 def implicit_rewards(spec, fig4, fig5, test_rows: list[dict]) -> tuple[dict, dict]:
     from selm.generation import HFBackend
 
-    train = OmegaConf.load("params.yaml").train
-    beta = float(train.beta)
     cells = _runs_by_cell(spec, fig4.experiment)
     records = [{"prompt": r["prompt"], "chosen": r["chosen"][-1]["content"], "rejected": r["rejected"][-1]["content"]}
                for r in test_rows]
@@ -161,6 +164,10 @@ def implicit_rewards(spec, fig4, fig5, test_rows: list[dict]) -> tuple[dict, dic
     for base in spec.bases:
         dpo = {r.seed: r for r in cells[f"{base}/alpha0.0"]}
         selm = {r.seed: r for r in cells[f"{base}/alpha{float(fig4.selm_alpha)}"]}
+        run_cfg = _run_config(dpo[min(dpo)])
+        train, beta = run_cfg.train, float(run_cfg.train.beta)
+        if any(float(_run_config(r).train.beta) != beta for r in (*dpo.values(), *selm.values())):
+            raise ValueError(f"{base}: SELM and DPO runs differ in train.beta; implicit rewards would not compare")
         t = int(fig4.iteration)
         diffs = []
         for seed in sorted(dpo):
@@ -181,7 +188,8 @@ def implicit_rewards(spec, fig4, fig5, test_rows: list[dict]) -> tuple[dict, dic
             for name, run in (("selm", selm[seed]), ("dpo", dpo[seed])):
                 model_dir = run.run_dir / f"iter{t5}" / "model"
                 samples = HFBackend(str(model_dir), progress=False).generate([r["prompt"] for r in records], n=k, do_sample=True,
-                                                             temperature=1.0, top_p=1.0, max_new_tokens=32, seed=seed)
+                                                             temperature=1.0, top_p=1.0,
+                                                             max_new_tokens=run_cfg.scale.max_new_tokens, seed=seed)
                 own = [{"prompt": r["prompt"], "chosen": s[0], "rejected": s[1], "response": s[2]}
                        for r, s in zip(records, samples)]
                 now = _logps(model_dir, own, train)

@@ -1,0 +1,98 @@
+"""The report's analyses on hand-built run folders: paired tests and the regime map from known
+numbers, implicit rewards from real (tiny) checkpoints with properties known without computing."""
+
+import json
+import shutil
+
+import pytest
+from omegaconf import OmegaConf
+
+from selm.report import analyze
+
+SPEC = {
+    "bases": ["tiny-sft"], "seeds": [1, 2, 3],
+    "experiments": {
+        "main": {"alphas": [0.0, 0.5], "cells": {"tiny-sft": {"model": "tiny-sft"}}},
+        "regimes": {"alphas": [0.0, 0.5], "cells": {"weak": {"model": "tiny-sft"}}},
+    },
+}
+# final-iteration r* per (cell, seed): SELM - DPO is +0.1, +0.2, +0.3 in "main" and exactly -0.05 in "weak"
+R_STAR = {("main", "tiny-sft/alpha0.0"): [0.50, 0.50, 0.50], ("main", "tiny-sft/alpha0.5"): [0.60, 0.70, 0.80],
+          ("regimes", "weak/alpha0.0"): [0.40, 0.45, 0.50], ("regimes", "weak/alpha0.5"): [0.35, 0.40, 0.45]}
+
+
+def _make_run(root, experiment, cell, seed, reward, model=None, config=None):
+    run = root / "runs" / experiment / cell / f"seed{seed}"
+    for t in (1, 2):
+        it = run / f"iter{t}"
+        (it / "model").mkdir(parents=True)
+        if model is not None:
+            shutil.copytree(model, it / "model", dirs_exist_ok=True)
+        else:
+            (it / "model" / "config.json").write_text("{}")
+        r = reward if t == 2 else reward - 0.1
+        cov = {"frac_prompts_covered": r, "mean_best_of_k": r, "mean_distinct": 2.0}
+        (it / "eval.json").write_text(json.dumps({"mean_reward": r, "frac_correct": r / 2, "coverage": cov}))
+    (run / "summary.json").write_text(json.dumps({"iter1": {"mean_reward": reward - 0.1}, "iter2": {"mean_reward": reward}}))
+    (run / "config.json").write_text(json.dumps(config or {"train": {"beta": 0.1}}))
+    return run
+
+
+@pytest.fixture
+def fake_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for (experiment, cell), rewards in R_STAR.items():
+        for seed, reward in zip(SPEC["seeds"], rewards):
+            _make_run(tmp_path, experiment, cell, seed, reward)
+    return OmegaConf.create(SPEC)
+
+
+def test_paired_tests_by_hand(fake_runs):
+    out = analyze.paired_main(fake_runs, "main")["tiny-sft/alpha0.5"]
+    final = out["iterations"][-1]["mean_reward"]
+    assert final["mean_diff"] == pytest.approx(0.2)  # mean of (0.1, 0.2, 0.3)
+    assert final["n_a_greater"] == 3 and final["n"] == 3
+    assert final["ci95"] == pytest.approx(4.302653 * 0.1 / 3**0.5, abs=1e-4)  # t(0.975, 2) * sd / sqrt(3)
+    assert "alpaca_lc_win_rate" not in out["iterations"][-1]  # no judge evaluation on disk: nothing made up
+
+
+def test_regime_map_verdicts(fake_runs):
+    fig = OmegaConf.create({"baseline": {"dpo": "main/tiny-sft/alpha0.0", "selm": ["main/tiny-sft/alpha0.5"]},
+                            "regimes": ["weak"], "experiment": "regimes"})
+    out = analyze.regime_map(fake_runs, fig)
+    # +0.2 with sd 0.1 over 3 seeds: half-width 4.302653 * 0.1 / sqrt(3) = 0.2484, CI [-0.048, 0.448] holds 0
+    standard = out["standard"]["selm"]["0.5"]
+    assert standard["diff"]["ci_low"] == pytest.approx(0.2 - 0.2484, abs=1e-3)
+    assert standard["verdict"] == "no detectable effect"
+    weak = out["weak"]["selm"]["0.5"]
+    assert weak["diff"]["mean_diff"] == pytest.approx(-0.05) and weak["verdict"] == "hurts"  # constant difference
+    assert out["weak"]["dpo_final_r_star"]["mean"] == pytest.approx(0.45)
+
+
+def test_implicit_reward_differences_of_identical_models_are_zero_and_antisymmetric(tmp_path, monkeypatch, tiny_model):
+    from selm.tiny import build_tiny_model
+
+    monkeypatch.chdir(tmp_path)
+    other = build_tiny_model(tmp_path / "other", size="small", seed=1)
+    config = {"train": {"beta": 0.1, "max_length": 64, "max_prompt_length": 32}, "scale": {"max_new_tokens": 6}}
+    spec = OmegaConf.create({"bases": ["tiny-sft"], "seeds": [1], "experiments": {
+        "main": {"alphas": [0.0, 0.5], "cells": {"tiny-sft": {"model": "tiny-sft"}}}}})
+    test = [{"prompt": f"reverse: ab{c}", "chosen": [{"role": "assistant", "content": f"{c}ba"}],
+             "rejected": [{"role": "assistant", "content": f"ab{c}"}]} for c in "cdefgh"]
+    fig4 = OmegaConf.create({"experiment": "main", "selm_alpha": 0.5, "iteration": 1})
+    fig5 = OmegaConf.create({"experiment": "main", "selm_alpha": 0.5, "iteration": 2, "samples": 3})
+
+    def run_with(dpo_model, selm_model):
+        shutil.rmtree(tmp_path / "runs", ignore_errors=True)
+        _make_run(tmp_path, "main", "tiny-sft/alpha0.0", 1, 0.5, dpo_model, config)
+        _make_run(tmp_path, "main", "tiny-sft/alpha0.5", 1, 0.5, selm_model, config)
+        return analyze.implicit_rewards(spec, fig4, fig5, test)
+
+    same4, same5 = run_with(tiny_model, tiny_model)
+    assert set(same4["tiny-sft"]["chosen_sorted"]) == {0.0} and set(same4["tiny-sft"]["rejected_sorted"]) == {0.0}
+    # iteration 2 equals iteration 1 in these folders: every own-sample implicit reward is exactly 0
+    assert set(same5["tiny-sft"]["sorted"]) == {0.0}
+    ab, _ = run_with(tiny_model, other)
+    ba, _ = run_with(other, tiny_model)
+    assert ab["tiny-sft"]["mean_chosen"] == pytest.approx(-ba["tiny-sft"]["mean_chosen"], abs=1e-5)
+    assert ab["tiny-sft"]["chosen_sorted"] != same4["tiny-sft"]["chosen_sorted"]
