@@ -213,3 +213,35 @@ def test_gradient_checkpointing_gives_the_same_losses(tiny_model, tmp_path, pair
     ckpt = losses_of(train_iteration(train_cfg(tiny_model, pairs_file, tmp_path / "b",
                                                "train.gradient_checkpointing=true")))
     assert ckpt == pytest.approx(plain, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_two_ranks_equal_one_process_with_the_global_batch(tiny_model, tmp_path):
+    """DDP over 2 CPU processes (gloo) with 4 pairs each trains and LOGS exactly like one process
+    with batch 8: gradients are averaged over ranks, and so are the per-step metrics."""
+    import os
+    import subprocess
+    import sys
+
+    from omegaconf import OmegaConf
+
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", make_pairs(32))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    runs = {}
+    for name, per_device in (("one", 8), ("two", 4)):
+        cfg = train_cfg(tiny_model, pairs, tmp_path / name, "train.global_batch_size=8", "train.alpha=0.1",
+                        f"train.per_device_batch_size={per_device}", f"paths.ref_cache_dir={tmp_path}/cache")
+        config = tmp_path / f"{name}.yaml"
+        config.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        prefix = [sys.executable] if name == "one" else [sys.executable, "-m", "torch.distributed.run",
+                                                         "--nproc_per_node", "2"]
+        done = subprocess.run([*prefix, "-m", "selm.train", "--config", str(config)], env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs[name] = json.loads((tmp_path / name / "out" / "train_metrics.json").read_text())
+    assert runs["two"]["world_size"] == 2 and runs["one"]["world_size"] == 1
+    one, two = runs["one"]["log_history"], runs["two"]["log_history"]
+    assert len(one) == len(two) == 4
+    for a, b in zip(one, two):
+        for key in ("loss", "rewards/chosen", "rewards/margins", "logps/pi_response", "loss/optimism"):
+            assert b[key] == pytest.approx(a[key], abs=1e-5), key

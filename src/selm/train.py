@@ -99,6 +99,7 @@ def training_arguments(cfg: DictConfig, output_dir: Path, precision: str, report
         dataloader_pin_memory=False,
         disable_tqdm=not t.progress_bar,
         use_cpu=not torch.cuda.is_available(),
+        ddp_find_unused_parameters=False,  # every parameter gets a gradient: skip the extra graph traversal
     )
 
 

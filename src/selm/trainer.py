@@ -71,9 +71,14 @@ class SELMTrainer(Trainer):
         return (loss, {"losses": losses.detach()}) if return_outputs else loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        # Average the per-micro-batch metrics gathered since the last log call.
+        # Average the per-micro-batch metrics gathered since the last log call, then over ranks
+        # (every rank calls log at the same steps, and Trainer's own loss is reduced the same way),
+        # so a multi-GPU run logs the metrics of its global batch, not those of rank 0's shard.
         if "loss" in logs:
-            for name, values in self._pending_metrics.items():
-                logs[name] = sum(values) / len(values)
+            means = {name: sum(v) / len(v) for name, v in sorted(self._pending_metrics.items())}
+            if means and self.accelerator.num_processes > 1:
+                stacked = torch.tensor(list(means.values()), dtype=torch.float64, device=self.accelerator.device)
+                means = dict(zip(means, self.accelerator.reduce(stacked, reduction="mean").tolist()))
+            logs.update(means)
             self._pending_metrics.clear()
         super().log(logs, start_time)
