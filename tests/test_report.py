@@ -74,3 +74,23 @@ def test_figures_are_written_from_analysis_data(tmp_path):
     heat = {"b": {"models": ["A", "B"], "matrix": [[50.0, 60.0], [40.0, 50.0]], "seeds": [1]}}
     first = figures.figure2_heatmaps(heat, tmp_path)[0].read_bytes()
     assert figures.figure2_heatmaps(heat, tmp_path)[0].read_bytes() == first  # same data, same bytes
+
+
+def test_plain_agreement_verdicts_follow_the_numbers():
+    from selm.report.report_text import plain_agreement
+
+    comparison = [{"method": "dpo", "AE2 LC ours delta": 1.0}, {"method": "dpo", "AE2 LC ours delta": -0.5}]
+    t = lambda m, lo, hi: {"mean_diff": m, "ci_low": lo, "ci_high": hi}  # noqa: E731
+    paired = {"b/alpha0.1": {"iterations": [{"iteration": 3, "mean_reward": t(0.02, 0.01, 0.03),
+                                              "alpaca_lc_win_rate": t(-1.0, -2.0, -0.5)}]}}
+    fig3 = {"hist_by_iteration": {"1": {"mean": 0.5}, "2": {"mean": 0.4}},
+            "curves": {"0.0": {"lc": {"3": {"mean": 40.0}}}, "1.0": {"lc": {"3": {"mean": 41.0}}}}}
+    fig4 = {"b": {"mean_chosen": 0.1, "mean_rejected": -0.1}}
+    fig5 = {"b": {"mean": -0.1, "frac_positive": 0.4}}
+    lines = plain_agreement(comparison, paired, fig3, fig4, fig5).splitlines()
+    assert "1 of 2" in lines[0] and lines[0].endswith("**does not agree**.")
+    assert lines[1].endswith("**does not agree** (SELM lower).")  # LC CI below 0
+    assert lines[2].endswith("**agrees**.")  # r* CI above 0
+    assert "0.500 -> 0.400" in lines[3] and lines[3].endswith("**does not agree**.")
+    assert "'Too large an alpha hurts': **does not agree**" in lines[4]
+    assert lines[5].endswith("**agrees**.") and lines[6].endswith("**does not agree**.")
