@@ -146,7 +146,7 @@ def render(*, args, spec, comparison, paired, regimes, load, fig1_facts, tables:
         "iterations start from (Zephyr-7B-DPO / tiny-sft's offline-DPO iteration 0; Llama-3-8B-Instruct / the "
         "tiny-instruct SFT base). 'academic mean' is the mean of the scale's lm-eval suite (toy: two world tasks; "
         f"paper: six Open LLM Leaderboard v1 tasks). Full tables: `{_rel(tables / 'table1.md', report)}`, "
-        f"`{_rel(tables / 'table2.md', report)}`, `{_rel(tables / 'paper_comparison.csv', report)}`.",
+        f"`{_rel(tables / 'table2.md', report)}`, `{_rel(tables / 'paper_comparison.md', report)}` (and `.csv`).",
         "",
         comparison_md,
         "",
