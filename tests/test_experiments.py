@@ -153,3 +153,29 @@ def test_sigkill_mid_stage_then_rerun_equals_an_uninterrupted_run(mini, tmp_path
         len(list((killed / "runs").rglob("summary.json"))) < 4  # it really was interrupted
     subprocess.run(cmd, cwd=killed, env=env, check=True, capture_output=True)
     assert _results(killed) == _results(clean)
+
+
+def test_evaluations_reach_wandb_once(tmp_path, monkeypatch):
+    """A rerun of an experiment stage reuses finished evaluations and must not log them again."""
+    import selm.evaluate
+    from selm.experiments import evaluate_run
+
+    run = tmp_path / "run"
+    for t in (1, 2):
+        (run / f"iter{t}" / "model").mkdir(parents=True)
+        (run / f"iter{t}" / "model" / "config.json").write_text("{}")
+
+    def fake_evaluate(cfg, model_dir, out, model_id):
+        path = Path(out) / "metrics.json"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"alpaca_lc_win_rate": 1.0}))
+        return json.loads(path.read_text())
+
+    logged = []
+    monkeypatch.setattr(selm.evaluate, "evaluate_checkpoint", fake_evaluate)
+    monkeypatch.setattr(selm.evaluate, "log_eval_to_wandb", lambda cfg, t, metrics: logged.append(t))
+    cfg = OmegaConf.create({"run_dir": str(run), "run": {"experiment": "e", "cell": "c"}, "train": {"seed": 1}})
+    evaluate_run(cfg, tmp_path / "evals")
+    evaluate_run(cfg, tmp_path / "evals")
+    assert logged == [1, 2]

@@ -127,8 +127,11 @@ def evaluate_run(cfg: DictConfig, out_root: Path) -> None:
     for it in iterations:
         t = int(it.name.removeprefix("iter"))
         model_id = f"{cfg.run.experiment}/{cfg.run.cell}/{it.name}/seed{cfg.train.seed}"
+        path = out_root / it.name / "metrics.json"
+        before = path.stat().st_mtime_ns if path.exists() else None
         metrics = evaluate_checkpoint(cfg, it / "model", out_root / it.name, model_id)
-        log_eval_to_wandb(cfg, t, metrics)
+        if path.stat().st_mtime_ns != before:  # logged when computed: a rerun does not log the same numbers again
+            log_eval_to_wandb(cfg, t, metrics)
 
 
 def _init_worker(threads: int) -> None:
