@@ -103,7 +103,7 @@ def test_paper_eval_config_points_at_the_exported_files():
     assert e.mt_bench.questions == "data/mt_bench/question.jsonl"
     assert e.mt_bench.references == "data/mt_bench/reference_answer/gpt-4.jsonl"
     assert e.mt_bench.judge_runs == 3 and e.lmeval.config == "paper"
-    assert list(e.parts) == ["alpaca", "mt_bench", "lmeval"] and e.n_prompts == 0
+    assert list(e.parts) == ["alpaca", "mt_bench", "lmeval"] and e.n_prompts == 2000  # the whole test split, answered each iteration
     assert cfg.judge.name == "openai" and cfg.scale.max_new_tokens == 1024
     toy = compose_config("loop").eval                      # the same keys as the toy evaluation, plus glm_data
     assert set(e) == set(toy) and set(e.alpaca_eval) == set(toy.alpaca_eval) | {"glm_data"}

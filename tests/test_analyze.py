@@ -96,3 +96,34 @@ def test_implicit_reward_differences_of_identical_models_are_zero_and_antisymmet
     ba, _ = run_with(other, tiny_model)
     assert ab["tiny-sft"]["mean_chosen"] == pytest.approx(-ba["tiny-sft"]["mean_chosen"], abs=1e-5)
     assert ab["tiny-sft"]["chosen_sorted"] != same4["tiny-sft"]["chosen_sorted"]
+
+
+def test_paper_like_runs_one_seed_and_no_true_reward(tmp_path, monkeypatch):
+    """The paper scale: one seed, no r* (eval.json holds only n and mean_length), per-base SELM alphas."""
+    monkeypatch.chdir(tmp_path)
+    spec = OmegaConf.create({"bases": ["z"], "seeds": [42], "experiments": {
+        "m": {"alphas": [0.0], "cells": {"z": {"experiment": "paper_zephyr", "alphas": [0.0, 0.001]}}}}})
+    test = {"p": {"prompt": "add: 1+2", "family": "add", "gold": "3",
+                  "chosen": [{"role": "assistant", "content": "3"}]}}
+    for alpha, answer in (("0.0", "no idea"), ("0.001", "3")):  # r* 0 and 1
+        run = tmp_path / "runs" / "m" / f"z/alpha{alpha}" / "seed42"
+        for t in (1, 2):
+            (run / f"iter{t}" / "model").mkdir(parents=True)
+            (run / f"iter{t}" / "model" / "config.json").write_text("{}")
+            (run / f"iter{t}" / "model" / "train_metrics.json").write_text(json.dumps({"n_pairs": 100}))
+            (run / f"iter{t}" / "eval.json").write_text(json.dumps({"n": 1, "mean_length": 1.0}))
+            (run / f"iter{t}" / "eval_answers.jsonl").write_text(json.dumps({"prompt_id": "p", "answer": answer}) + "\n")
+            ev = tmp_path / "evals" / "m" / f"z/alpha{alpha}" / "seed42" / f"iter{t}"
+            ev.mkdir(parents=True)
+            ev.joinpath("metrics.json").write_text(json.dumps({"alpaca_lc_win_rate": 10.0 * t, "mt_bench_average": 5.0}))
+        (run / "config.json").write_text(json.dumps({"ranker": {"name": "oracle", "noise": 0.0, "salt": "r"}}))
+    assert analyze.selm_alpha(OmegaConf.create({"selm_alpha": {"z": 0.001}}), "z") == 0.001
+    assert analyze.paired_main(spec, "m")["z/alpha0.001"]["note"] == "fewer than 2 seeds: no test"
+    fig6 = analyze.ablations(spec, OmegaConf.create({"iterative": "m/z/alpha0.0", "variants": []}))
+    points = fig6["iterative (rank y_w, y_l, y_ref)"]["points"]
+    assert [p["pairs_k"] for p in points] == [0.1, 0.2] and all("r_star" not in p for p in points)
+    fig3 = analyze.alpha_ablation(spec, OmegaConf.create(
+        {"cells": ["m/z/alpha0.0", "m/z/alpha0.001"], "shift_cell": "m/z/alpha0.001", "bins": [-0.5, 0.5, 1.5]}), test)
+    assert fig3["curves"]["0.001"]["lc"][2]["mean"] == 20.0 and fig3["curves"]["0.001"]["r_star"] == {}
+    # the ranker scores each greedy answer beside the test chosen answer: noiseless oracle, "3" is right
+    assert fig3["hist_by_alpha_iter2"] == {"0.0": [1.0, 0.0], "0.001": [0.0, 1.0]}

@@ -227,3 +227,20 @@ def test_launched_training_equals_in_process_training(tiny_model, tiny_world, tm
     assert [h["loss"] for h in b["log_history"]] == pytest.approx([h["loss"] for h in a["log_history"]], abs=1e-6)
     assert (launched / "iter1" / "model" / "model.safetensors").read_bytes() == \
         (inproc / "iter1" / "model" / "model.safetensors").read_bytes()
+
+
+def test_test_answers_without_true_reward_outside_the_toy_world():
+    """UltraFeedback prompts have no r*: the loop still writes the greedy answers (Figure 3 scores them
+    with the ranker) and refuses a coverage measurement it cannot make."""
+    from selm.loop import evaluate_true_reward
+
+    class Backend:
+        def generate(self, prompts, *, n, do_sample, **kw):
+            return [["an answer"] for _ in prompts]
+
+    records = [{"prompt_id": "a", "prompt": "Write a haiku."}]
+    gen = OmegaConf.create({"max_new_tokens": 4})
+    metrics, rows = evaluate_true_reward(Backend(), records, gen)
+    assert metrics == {"n": 1, "mean_length": 9.0} and rows == [{"prompt_id": "a", "answer": "an answer"}]
+    with pytest.raises(ValueError, match="coverage_samples > 0 needs the toy world's true reward"):
+        evaluate_true_reward(Backend(), records, gen, coverage_samples=2)

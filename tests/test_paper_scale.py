@@ -78,14 +78,16 @@ def test_dvc_pipeline_parses_and_builds_a_graph():
     listed = subprocess.run([*dvc, "stage", "list", "scales/paper/dvc.yaml"], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=120)
     assert listed.returncode == 0, listed.stderr
-    for name in ("ultrafeedback", "alpaca_data", "mt_bench_data", "models@pairrm", "loop@zephyr-selm",
-                 "loop@llama3-selm", "eval@zephyr-dpo", "eval_base@llama3-8b-instruct"):
+    for name in ("ultrafeedback", "alpaca_data", "mt_bench_data", "models@pairrm", "experiment@paper_main",
+                 "experiment@paper_alpha", "experiment@paper_ablations", "analyze", "report",
+                 "eval_base@llama3-8b-instruct"):
         assert f"scales/paper/dvc.yaml:{name} " in listed.stdout
-    # the whole repository's graph (every dvc.yaml: no output claimed twice), upstream of one evaluation
-    dag = subprocess.run([*dvc, "dag", "--dot", "scales/paper/dvc.yaml:eval@zephyr-selm"], cwd=ROOT, env=env,
+    # the whole repository's graph (every dvc.yaml: no output claimed twice), upstream of the report
+    dag = subprocess.run([*dvc, "dag", "--dot", "scales/paper/dvc.yaml:report"], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=120)
     assert dag.returncode == 0, dag.stderr
-    for upstream in ("loop@zephyr-selm", "models@zephyr-7b-sft", "models@pairrm", "ultrafeedback", "alpaca_data"):
+    for upstream in ("experiment@paper_main", "models@zephyr-7b-sft", "models@pairrm", "ultrafeedback", "alpaca_data",
+                     "analyze", "eval_base@zephyr-7b-sft"):
         assert upstream in dag.stdout
 
 
@@ -97,10 +99,13 @@ def _overrides(argv: list[str]) -> tuple[str, list[str]]:
 
 
 def test_every_stage_command_exists_and_composes():
+    from selm.experiments import expand, load_experiments, run_config
+
     params = OmegaConf.load(ROOT / "scales/paper/params.yaml")
+    spec = load_experiments(ROOT / "experiments/paper.yaml")
     stages = paper_stages()
-    assert {n.split("@")[0] for n in stages} == {"ultrafeedback", "alpaca_data", "mt_bench_data", "models", "loop",
-                                                "eval", "eval_base"}
+    assert {n.split("@")[0] for n in stages} == {"ultrafeedback", "alpaca_data", "mt_bench_data", "models", "experiment",
+                                                "analyze", "report", "eval_base"}
     for name, stage in stages.items():
         argv = shlex.split(stage.cmd)
         if argv[0] == "python":
@@ -110,22 +115,38 @@ def test_every_stage_command_exists_and_composes():
         outs = [str(o.def_path) for o in stage.outs]
         deps = [str(d.def_path) for d in stage.deps]
         kind, _, key = name.partition("@")
-        if kind in ("loop", "eval"):
-            cfg = compose_config(*_overrides(argv))
-            assert cfg.run_dir == f"runs/paper/{key}" and cfg.train.alpha == params.runs[key].alpha
-            assert (cfg.model.path if kind == "loop" else f"runs/paper/{key}") in deps
-            assert outs == [f"{'runs' if kind == 'loop' else 'evals'}/paper/{key}"]
-            assert cfg.data.slice_size in (15_283, 20_378)
+        if kind == "experiment":
+            assert outs == [f"runs/{key}", f"evals/{key}"]
+            for run in expand(spec, key):  # every run composes, lands in the stage's outputs, reads its deps
+                cfg = run_config(run, None)
+                assert cfg.run_dir.startswith(f"runs/{key}/") and cfg.model.path in deps and cfg.ranker.path in deps
+                assert cfg.data.slice_size in (15_283, 20_378) and cfg.data.train_prefs.startswith("data/ultrafeedback")
         elif kind == "eval_base":
             cfg = compose_config(*_overrides(argv))
-            assert cfg.model.path in deps and outs == [f"evals/paper/base/{cfg.model.name}"]
+            assert cfg.model.path in deps and outs == [f"evals/base/{cfg.model.name}"]
         elif kind == "models":  # what is fetched is what the configs name
             hub_id = params.models[key].hub_id
             source = (OmegaConf.load(CONF_DIR / "ranker/pairrm.yaml") if key == "pairrm"
                       else OmegaConf.load(CONF_DIR / f"model/{key}.yaml")).path
             assert hub_id == source and outs == [f"models/{key}"]
-    loop_cfg = compose_config("loop_paper", ["experiment=paper_zephyr"])
-    assert loop_cfg.ranker.path in [str(d.def_path) for d in stages["loop@zephyr-selm"].deps]
+
+
+def test_paper_grid_has_the_papers_alphas_and_hyperparameters():
+    from selm.experiments import expand, load_experiments, run_config
+
+    spec = load_experiments(ROOT / "experiments/paper.yaml")
+    runs = {r.name: run_config(r, None) for n in spec.experiments for r in expand(spec, n)}
+    main = {(c.model.name, c.train.alpha) for n, c in runs.items() if n.startswith("paper_main/")}
+    assert main == {("zephyr-7b-sft", 0.0), ("zephyr-7b-sft", 0.001), ("llama3-8b-instruct", 0.0),
+                    ("llama3-8b-instruct", 0.0001)}  # SELM.md: alpha 0.001 Zephyr, 0.0001 Llama-3; 0 = DPO
+    fig3 = {c.train.alpha for n, c in runs.items() if n.startswith(("paper_alpha/", "paper_main/zephyr"))}
+    assert fig3 == {0.01, 0.001, 0.0005, 0.0001, 0.0}  # SELM.md: Figure 3's alphas
+    assert {c.variant.name for n, c in runs.items() if n.startswith("paper_ablations/")} == \
+        {"rank_w_ref", "stepwise", "offline"}
+    for cfg in runs.values():
+        assert cfg.train.beta == 0.01 and cfg.train.seed == 42 and cfg.ranker.name == "pairrm"
+        assert cfg.train.global_batch_size == (256 if cfg.model.name == "zephyr-7b-sft" else 128)
+        assert cfg.eval.n_prompts == 2000 and cfg.eval.coverage_samples == 0  # the 2k test split, no r*
 
 
 def test_loop_paper_entry_config():

@@ -24,7 +24,7 @@ from selm.io import write_json_atomic
 
 log = logging.getLogger(__name__)
 
-GROUP_KEYS = ("model", "variant")  # cell keys that pick a config group option; all others are dotted values
+GROUP_KEYS = ("model", "variant", "experiment")  # cell keys that pick a config group option; others are dotted values
 
 
 @dataclass(frozen=True)
@@ -33,9 +33,11 @@ class Run:
     cell: str          # <cell>/alpha<alpha>
     alpha: float
     seed: int
-    groups: dict = field(default_factory=dict)     # model / variant options
+    groups: dict = field(default_factory=dict)     # model / variant / experiment options
     values: dict = field(default_factory=dict)     # dotted key -> value
     eval_parts: tuple = ()
+    config_name: str = "loop"      # entry config in conf/ (the paper scale: loop_paper)
+    use_params: bool = True        # take the shared sections from params.yaml (toy); false: conf/ alone
 
     @property
     def run_dir(self) -> Path:
@@ -70,30 +72,40 @@ def expand(spec: DictConfig, name: str, source: str = "experiments") -> list[Run
         if key not in exp:
             raise KeyError(f"{source}: experiments.{name} has no {key!r}")
     seeds = list(exp.get("seeds", spec.seeds))
+    config_name, use_params = str(spec.get("config_name", "loop")), bool(spec.get("params", True))
     runs = []
     for cell, overrides in exp.cells.items():
         overrides = OmegaConf.to_container(overrides, resolve=True)
-        if "model" not in overrides:
-            raise KeyError(f"{source}: experiments.{name}.cells.{cell} names no model")
+        alphas = overrides.pop("alphas", list(exp.alphas))  # a cell may sweep its own alphas (per base at the paper scale)
+        if "model" not in overrides and "experiment" not in overrides:
+            raise KeyError(f"{source}: experiments.{name}.cells.{cell} names no model (or experiment)")
         bad = [k for k in overrides if "." not in k and k not in GROUP_KEYS]
         if bad:
             raise KeyError(f"{source}: experiments.{name}.cells.{cell}: {bad} are not config groups "
                            f"({list(GROUP_KEYS)}); set values with dotted keys (e.g. generation.do_sample)")
         groups = {k: v for k, v in overrides.items() if k in GROUP_KEYS}
         values = {k: v for k, v in overrides.items() if k not in GROUP_KEYS}
-        for alpha in exp.alphas:
+        for alpha in alphas:
             for seed in seeds:
                 runs.append(Run(name, f"{cell}/alpha{float(alpha)}", float(alpha), int(seed), groups, values,
-                                tuple(exp.get("eval", []))))
+                                tuple(exp.get("eval", [])), config_name, use_params))
     return runs
 
 
-def run_config(run: Run, params_file: Path) -> DictConfig:
-    """conf/loop.yaml for one run: groups, then params.yaml's shared sections, then the cell's values."""
-    from selm.cli.stage import run_config as stage_config
+def run_config(run: Run, params_file: Path | None) -> DictConfig:
+    """The run's entry config (conf/loop.yaml, or the spec's config_name): groups, then params.yaml's
+    shared sections (toy scale), then alpha and seed, then the cell's values."""
+    from selm.cli.stage import SHARED_SECTIONS
+    from selm.config import compose_config
 
-    extra = [f"variant={run.groups['variant']}"] if "variant" in run.groups else []
-    cfg = stage_config(params_file, run.groups["model"], run.alpha, run.seed, groups=extra)
+    cfg = compose_config(run.config_name, [f"{k}={v}" for k, v in run.groups.items()])
+    if run.use_params and params_file is not None and Path(params_file).exists():
+        params = OmegaConf.load(params_file)
+        for section in SHARED_SECTIONS:
+            if section in params:
+                cfg[section] = OmegaConf.merge(cfg[section], params[section])
+    cfg.train.alpha = run.alpha
+    cfg.train.seed = run.seed
     for key, value in run.values.items():
         OmegaConf.update(cfg, key, value, merge=False)
     cfg.run.experiment = run.experiment

@@ -118,12 +118,17 @@ def generate_responses(backend, rows: list[dict], gen: DictConfig, seed: int) ->
 
 def evaluate_true_reward(backend, records: list[dict], gen: DictConfig, coverage_samples: int = 0,
                          high_reward: float = 1.0) -> tuple[dict, list[dict]]:
-    """Greedy answers to the test prompts scored by the toy world's true reward r*; with
-    `coverage_samples` = k > 0 also k samples at T = 1 per prompt, to measure exploration: the
-    fraction of prompts where some sample reaches r* >= `high_reward` (high-reward coverage), the
-    mean best-of-k r*, and the mean number of distinct answers per prompt."""
+    """Greedy answers to the test prompts, scored by the toy world's true reward r* where the
+    records carry it (toy world: `family`, `gold`); elsewhere (UltraFeedback) the answers alone, for
+    the ranker-reward histograms of Figure 3. With `coverage_samples` = k > 0 (toy only) also k
+    samples at T = 1 per prompt, to measure exploration: the fraction of prompts where some sample
+    reaches r* >= `high_reward` (high-reward coverage), the mean best-of-k r*, and the mean number
+    of distinct answers per prompt."""
     from selm.world import true_reward
 
+    scored = all("family" in r and "gold" in r for r in records)
+    if coverage_samples and not scored:
+        raise ValueError("eval.coverage_samples > 0 needs the toy world's true reward: the test records have none")
     prompts = [r["prompt"] for r in records]
     answers = backend.generate(prompts, n=1, do_sample=False, temperature=1.0, top_p=1.0,
                                max_new_tokens=gen.max_new_tokens, seed=0)
@@ -131,24 +136,28 @@ def evaluate_true_reward(backend, records: list[dict], gen: DictConfig, coverage
                                 max_new_tokens=gen.max_new_tokens, seed=1) if coverage_samples else None)
     rows = []
     for i, (record, answer) in enumerate(zip(records, answers)):
-        row = {"prompt_id": record["prompt_id"], "family": record["family"], "answer": answer[0],
-               "reward": true_reward(record, answer[0])}
+        if scored:  # (key order as before: files of earlier runs stay byte-identical)
+            row = {"prompt_id": record["prompt_id"], "family": record["family"], "answer": answer[0],
+                   "reward": true_reward(record, answer[0])}
+        else:
+            row = {"prompt_id": record["prompt_id"], "answer": answer[0]}
         if samples is not None:
             row["sample_rewards"] = [true_reward(record, a) for a in samples[i]]
             row["distinct_samples"] = len(set(a.strip() for a in samples[i]))
         rows.append(row)
+    metrics = {"n": len(rows), "mean_length": sum(len(r["answer"]) for r in rows) / len(rows)}
+    if not scored:
+        return metrics, rows
     rewards = [r["reward"] for r in rows]
     families = sorted({r["family"] for r in rows})
-    metrics = {
-        "n": len(rows),
+    metrics.update({
         "mean_reward": sum(rewards) / len(rewards),
         "frac_correct": sum(r == 1.0 for r in rewards) / len(rewards),
-        "mean_length": sum(len(r["answer"]) for r in rows) / len(rows),
         "per_family": {
             f: sum(r["reward"] for r in rows if r["family"] == f) / sum(r["family"] == f for r in rows)
             for f in families
         },
-    }
+    })
     if samples is not None:
         metrics["coverage"] = {
             "k": coverage_samples, "high_reward": high_reward,

@@ -10,7 +10,7 @@ switches config groups (conf/loop_paper.yaml: data, ranker, eval, judge; the exp
 a Hydra composition can do. The evaluation itself is selm.evaluate's, as at every scale.
 
 Outputs: a run's iter<t> checkpoints go to evals/<run_dir below runs/>/iter<t>/; the base to
-evals/<run.experiment>/base/<model.name>/. Finished parts are skipped on rerun (selm.evaluate).
+evals/base/<model.name>/. Finished parts are skipped on rerun (selm.evaluate).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.base:
         from selm.evaluate import evaluate_checkpoint
 
-        out = Path("evals") / cfg.run.experiment / "base" / cfg.model.name
+        out = Path("evals") / "base" / cfg.model.name  # where the report looks for base models, at every scale
         metrics = evaluate_checkpoint(cfg, cfg.model.path, out, f"{cfg.model.name}/base")
         print(f"{cfg.model.name}/base -> {out}: " + ", ".join(
             f"{k} {v:.2f}" for k, v in metrics.items() if isinstance(v, float)))

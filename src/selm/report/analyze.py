@@ -26,7 +26,31 @@ from selm.experiments import expand, load_experiments
 from selm.io import read_jsonl, write_json_atomic
 from selm.report.stats import paired_test, summarize
 
-N_TEST = 300  # test_prefs prompts used by Figures 4 and 5 (the loop's eval.n_prompts)
+
+
+def spec_config(spec):
+    """The spec's entry config as its stages see it (toy: conf/loop.yaml + params.yaml's sections)."""
+    from selm.cli.stage import SHARED_SECTIONS
+    from selm.config import compose_config
+
+    cfg = compose_config(str(spec.get("config_name", "loop")))
+    if bool(spec.get("params", True)) and Path("params.yaml").exists():
+        params = OmegaConf.load("params.yaml")
+        for section in SHARED_SECTIONS:
+            if section in params:
+                cfg[section] = OmegaConf.merge(cfg[section], params[section])
+    return cfg
+
+
+def selm_alpha(fig, base: str) -> float:
+    """`selm_alpha` of a figure: one value, or one per base (the paper: 0.001 Zephyr, 0.0001 Llama-3)."""
+    value = fig.selm_alpha
+    return float(value[base] if OmegaConf.is_dict(value) else value)
+
+
+def _has_r_star(run_dir: Path, t: int) -> bool:
+    path = run_dir / f"iter{t}" / "eval.json"
+    return path.is_file() and "mean_reward" in json.loads(path.read_text())
 
 
 def _runs_by_cell(spec, experiment: str) -> dict[str, list]:
@@ -66,14 +90,14 @@ def heatmaps(spec, fig) -> dict:
     from selm.evals.alpaca import load_outputs, pairwise_matrix
     from selm.judges import get_judge
 
-    judge_cfg = OmegaConf.load("params.yaml").judge
+    judge_cfg = spec_config(spec).judge
     judge = get_judge(judge_cfg.name, **{k: v for k, v in OmegaConf.to_container(judge_cfg, resolve=True).items()
                                           if k != "name"})
     cells = _runs_by_cell(spec, fig.experiment)
     out = {}
     for base in spec.bases:
         dpo = {r.seed: r for r in cells[f"{base}/alpha0.0"]}
-        selm = {r.seed: r for r in cells[f"{base}/alpha{float(fig.selm_alpha)}"]}
+        selm = {r.seed: r for r in cells[f"{base}/alpha{selm_alpha(fig, base)}"]}
         start_it = 0 if (dpo[min(dpo)].run_dir / "iter0").is_dir() else None
         base_label = "offline DPO (iter0)" if start_it == 0 else "SFT base"
         names = [f"SELM iter{t}" for t in (1, 2, 3)] + [f"DPO iter{t}" for t in (1, 2, 3)] + [base_label]
@@ -107,28 +131,33 @@ def _ranker(run):
 
 
 def _ranker_rewards(ranker, run_dir: Path, it: str, test: dict) -> list[float]:
+    """The ranker's score of each greedy test answer, scored beside the test set's chosen answer (a
+    pairwise ranker such as PairRM has no score for one answer alone; the oracle ranker's score of an
+    answer does not depend on the others)."""
     rows = read_jsonl(run_dir / it / "eval_answers.jsonl")
-    return [float(ranker.score(test[r["prompt_id"]], [r["answer"]])[0]) for r in rows]
+    return [float(ranker.score(test[r["prompt_id"]], [r["answer"], test[r["prompt_id"]]["chosen"][-1]["content"]])[0])
+            for r in rows]
 
 
 def alpha_ablation(spec, fig, test: dict) -> dict:
     ranker = _ranker(_cell_runs(spec, fig.shift_cell)[0])
     curves, hist_alpha, hist_shift = {}, {}, {}
-    bins = np.linspace(-0.4, 1.4, 19)  # width 0.1 over the oracle ranker's score range (r* in [0, 1] + noise)
+    bins = np.asarray(fig.get("bins", np.linspace(-0.4, 1.4, 19).round(3).tolist()))  # toy: width 0.1 over r* + noise
     for path in fig.cells:
         runs = _cell_runs(spec, path)
         alpha = runs[0].alpha
         its = _iterations(runs[0].run_dir)
         lc, rstar = {}, {}
         for t in its:
-            lc_vals = [_json(r.eval_dir / f"iter{t}" / "metrics.json")["alpaca_lc_win_rate"] for r in runs]
-            r_vals = [_json(r.run_dir / f"iter{t}" / "eval.json")["mean_reward"] for r in runs]
-            lc[t], rstar[t] = summarize(lc_vals), summarize(r_vals)
+            lc[t] = summarize([_json(r.eval_dir / f"iter{t}" / "metrics.json")["alpaca_lc_win_rate"] for r in runs])
+            if _has_r_star(runs[0].run_dir, t):
+                rstar[t] = summarize([_json(r.run_dir / f"iter{t}" / "eval.json")["mean_reward"] for r in runs])
         curves[str(alpha)] = {"cell": path, "lc": lc, "r_star": rstar, "seeds": [r.seed for r in runs]}
         rewards = [x for r in runs for x in _ranker_rewards(ranker, r.run_dir, "iter2", test)]
         hist_alpha[str(alpha)] = (np.histogram(rewards, bins=bins)[0] / len(rewards)).round(4).tolist()
-    for t in (1, 2, 3):
-        runs = _cell_runs(spec, fig.shift_cell)
+    shift_runs = _cell_runs(spec, fig.shift_cell)
+    for t in [t for t in _iterations(shift_runs[0].run_dir) if t >= 1]:  # SELM iterations 1..T
+        runs = shift_runs
         rewards = [x for r in runs for x in _ranker_rewards(ranker, r.run_dir, f"iter{t}", test)]
         hist_shift[str(t)] = {"hist": (np.histogram(rewards, bins=bins)[0] / len(rewards)).round(4).tolist(),
                               "mean": round(float(np.mean(rewards)), 4)}
@@ -149,6 +178,8 @@ def _logps(model_dir: Path, records: list[dict], cfg) -> np.ndarray:
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    if torch.cuda.is_available():
+        model.to("cuda")
     pairs, _ = tokenize_pairs(records, tokenizer, max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length)
     with torch.no_grad():
         return compute_reference_logps(model, pairs, pad_token_id=tokenizer.pad_token_id, batch_size=128).numpy()
@@ -163,7 +194,7 @@ def implicit_rewards(spec, fig4, fig5, test_rows: list[dict]) -> tuple[dict, dic
     out4, out5 = {}, {}
     for base in spec.bases:
         dpo = {r.seed: r for r in cells[f"{base}/alpha0.0"]}
-        selm = {r.seed: r for r in cells[f"{base}/alpha{float(fig4.selm_alpha)}"]}
+        selm = {r.seed: r for r in cells[f"{base}/alpha{selm_alpha(fig4, base)}"]}
         run_cfg = _run_config(dpo[min(dpo)])
         train, beta = run_cfg.train, float(run_cfg.train.beta)
         if any(float(_run_config(r).train.beta) != beta for r in (*dpo.values(), *selm.values())):
@@ -215,9 +246,10 @@ def ablations(spec, fig) -> dict:
             n_pairs = np.mean([_json(r.run_dir / f"iter{t}" / "model" / "train_metrics.json")["n_pairs"] for r in runs])
             seen_pairs += n_pairs
             mt = [_json(r.eval_dir / f"iter{t}" / "metrics.json")["mt_bench_average"] for r in runs]
-            rs = [_json(r.run_dir / f"iter{t}" / "eval.json")["mean_reward"] for r in runs]
-            points.append({"iteration": t, "pairs_k": round(seen_pairs / 1000, 3), "mt_bench": summarize(mt),
-                           "r_star": summarize(rs)})
+            point = {"iteration": t, "pairs_k": round(seen_pairs / 1000, 3), "mt_bench": summarize(mt)}
+            if _has_r_star(runs[0].run_dir, t):
+                point["r_star"] = summarize([_json(r.run_dir / f"iter{t}" / "eval.json")["mean_reward"] for r in runs])
+            points.append(point)
         label = "iterative (rank y_w, y_l, y_ref)" if path == fig.iterative else path.split("/")[1]
         series[label] = {"cell": path, "points": points}
     return series
@@ -228,13 +260,17 @@ def ablations(spec, fig) -> dict:
 def paired_main(spec, experiment: str) -> dict:
     """SELM vs iterative DPO per base and iteration, paired by seed: r*, coverage, LC, MT-Bench, lm-eval."""
     cells = _runs_by_cell(spec, experiment)
-    alphas = sorted({r.alpha for runs in cells.values() for r in runs if r.alpha > 0})
     out = {}
     for base in spec.bases:
         dpo = {r.seed: r for r in cells[f"{base}/alpha0.0"]}
+        alphas = sorted({r.alpha for cell, runs in cells.items() if cell.startswith(f"{base}/") for r in runs
+                         if r.alpha > 0})
         for alpha in alphas:
             selm = {r.seed: r for r in cells[f"{base}/alpha{alpha}"]}
             seeds = sorted(set(dpo) & set(selm))
+            if len(seeds) < 2:  # the paper's protocol has one seed: a paired test needs two
+                out[f"{base}/alpha{alpha}"] = {"seeds": seeds, "iterations": [], "note": "fewer than 2 seeds: no test"}
+                continue
             rows = []
             for t in _iterations(dpo[seeds[0]].run_dir):
                 def loop_metric(run, key, t=t):
@@ -245,7 +281,10 @@ def paired_main(spec, experiment: str) -> dict:
                     return _json(run.eval_dir / f"iter{t}" / "metrics.json")[key]
 
                 row = {"iteration": t}
-                for key in ("mean_reward", "frac_correct", "frac_prompts_covered", "mean_best_of_k", "mean_distinct"):
+                loop_keys = ("mean_reward", "frac_correct") if _has_r_star(dpo[seeds[0]].run_dir, t) else ()
+                if loop_keys and "coverage" in _json(dpo[seeds[0]].run_dir / f"iter{t}" / "eval.json"):
+                    loop_keys += ("frac_prompts_covered", "mean_best_of_k", "mean_distinct")
+                for key in loop_keys:
                     row[key] = paired_test([loop_metric(selm[s], key) for s in seeds], [loop_metric(dpo[s], key) for s in seeds])
                 for key in ("alpaca_lc_win_rate", "mt_bench_average", "lmeval_mean"):
                     if all((r.eval_dir / f"iter{t}" / "metrics.json").is_file() for r in (*selm.values(), *dpo.values())):
@@ -287,14 +326,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spec", type=Path, default=Path("experiments/toy.yaml"))
     parser.add_argument("--out", type=Path, default=Path("results/toy/analysis"))
-    parser.add_argument("--test-prefs", type=Path, default=Path("data/world/test_prefs.jsonl"))
     args = parser.parse_args(argv)
     spec = load_experiments(args.spec)
     figs = spec.figures
-    test_rows = read_jsonl(args.test_prefs)[:N_TEST]
-    test = {r["prompt_id"]: r for r in read_jsonl(args.test_prefs)}
-    write_json_atomic(args.out / "paired_tests.json", paired_main(spec, "main"))
-    write_json_atomic(args.out / "regime_map.json", regime_map(spec, figs.regime_map))
+    # the held-out prompts every run answered after each iteration (the loop's data.test_prefs, eval.n_prompts)
+    first = _run_config(expand(spec, figs.figure4_ird.experiment)[0])
+    test_all = read_jsonl(first.data.test_prefs)
+    test_rows, test = test_all[: int(first.eval.n_prompts)], {r["prompt_id"]: r for r in test_all}
+    write_json_atomic(args.out / "paired_tests.json", paired_main(spec, figs.figure4_ird.experiment))
+    if "regime_map" in figs:
+        write_json_atomic(args.out / "regime_map.json", regime_map(spec, figs.regime_map))
     write_json_atomic(args.out / "figure6_ablations.json", ablations(spec, figs.figure6_ablations))
     write_json_atomic(args.out / "figure3_alpha.json", alpha_ablation(spec, figs.figure3_alpha, test))
     write_json_atomic(args.out / "figure2_heatmaps.json", heatmaps(spec, figs.figure2_heatmap))

@@ -4,7 +4,7 @@ written by earlier stages; never edited by hand.
     python -m selm.report.build --spec experiments/toy.yaml --scale toy
 
 Writes results/<scale>/tables/*, results/figures/<scale>/*.png and results/REPORT.md, and logs the
-figures to W&B (offline by default) when params.yaml's logger enables it.
+figures to W&B (offline by default) when the spec's logger config enables it.
 """
 
 from __future__ import annotations
@@ -19,11 +19,12 @@ from omegaconf import OmegaConf
 
 from selm.io import write_json_atomic, write_text_atomic
 from selm.provenance import config_hash, provenance
-from selm.report import eval_tables, figures, toy_table
+from selm.report import analyze, eval_tables, figures, toy_table
 from selm.report.stats import mean_ci
 
 # our (base, method, iteration) -> the paper's (base, method, iteration) in ../paper/*.csv
-PAPER_BASE = {"tiny-sft": "zephyr", "tiny-instruct": "llama3"}
+PAPER_BASE = {"tiny-sft": "zephyr", "tiny-instruct": "llama3",  # the toy bases play the paper's
+              "zephyr-7b-sft": "zephyr", "llama3-8b-instruct": "llama3"}
 LOOP_START = {"zephyr": ("offline_dpo", "0"), "llama3": ("base", "0")}  # what the online iterations start from
 
 
@@ -44,14 +45,16 @@ def _read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def paper_comparison(rows: list[dict], paper1: list[dict], paper2: list[dict], selm_alpha: float) -> list[dict]:
+def paper_comparison(rows: list[dict], paper1: list[dict], paper2: list[dict],
+                     selm_alpha: float | dict[str, float]) -> list[dict]:
     """One row per paper model: ours (mean over seeds) beside the paper's, and each one's change from
     the model the online iterations start from (Zephyr-7B-DPO / Llama-3-8B-Instruct and their roles)."""
     paper = {(r["base"], r["method"], r["iteration"]): {**r, **p} for r in paper1 for p in paper2
              if (p["base"], p["method"], p["iteration"]) == (r["base"], r["method"], r["iteration"])}
     ours: dict[tuple, list[dict]] = {}
     for r in rows:
-        if r["method"].startswith("SELM") and f"alpha={selm_alpha:g}" not in r["method"]:
+        alpha = selm_alpha.get(r["base"], 0.0) if isinstance(selm_alpha, dict) else selm_alpha
+        if r["method"].startswith("SELM") and f"alpha={alpha:g}" not in r["method"]:
             continue
         key = _paper_key(r["base"], r["method"], r["iteration"])
         if key:
@@ -108,8 +111,12 @@ def _fmt_test(t: dict, scale: float = 1.0, digits: int = 3) -> str:
 
 
 def paired_markdown(paired: dict) -> str:
+    if not any(e["iterations"] for e in paired.values()):
+        return "(fewer than 2 seeds per cell: no paired test; the paper's protocol runs one seed)"
     cols = [("mean_reward", "r*"), ("frac_prompts_covered", "high-reward coverage"), ("alpaca_lc_win_rate", "AE2 LC"),
             ("mt_bench_average", "MT avg"), ("lmeval_mean", "lm-eval mean")]
+    present = {k for e in paired.values() for row in e["iterations"] for k in row}
+    cols = [c for c in cols if c[0] in present]
     lines = ["| base / SELM alpha | iteration | " + " | ".join(c for _, c in cols) + " |",
              "|---|---|" + "---|" * len(cols)]
     for cell, entry in paired.items():
@@ -119,7 +126,9 @@ def paired_markdown(paired: dict) -> str:
     return "\n".join(lines)
 
 
-def coverage_markdown(paired: dict) -> str:
+def coverage_markdown(paired: dict) -> str | None:
+    if not any("frac_prompts_covered" in row for e in paired.values() for row in e["iterations"]):
+        return None  # no true reward at this scale
     lines = ["| base / SELM alpha | iteration | coverage DPO | coverage SELM | best-of-8 r* DPO | best-of-8 r* SELM "
              "| distinct of 8 DPO | distinct of 8 SELM |", "|---|---|---|---|---|---|---|---|"]
     for cell, entry in paired.items():
@@ -160,9 +169,9 @@ def regime_conclusion(regimes: dict) -> str:
     return "\n".join(parts)
 
 
-def _log_figures_to_wandb(paths: list[Path], scale: str) -> None:
-    params = OmegaConf.load("params.yaml") if Path("params.yaml").exists() else None
-    if params is None or not params.logger.wandb:
+def _log_figures_to_wandb(paths: list[Path], scale: str, logger) -> None:
+    params = OmegaConf.create({"logger": logger})
+    if not params.logger.wandb:
         return
     import os
 
@@ -188,12 +197,16 @@ def main(argv: list[str] | None = None) -> None:
     tables = Path("results") / args.scale / "tables"
     analysis = Path("results") / args.scale / "analysis"
     figdir = Path("results") / "figures" / args.scale
-    selm_alpha = float(spec.figures.figure2_heatmap.selm_alpha)
+    heat = spec.figures.figure2_heatmap
+    selm_alpha = {b: analyze.selm_alpha(heat, b) for b in spec.bases}
 
-    # tables: true reward per iteration, headroom, evaluations, paper comparison
-    toy_table.main(["--runs", "runs/main", "--models", "models", "--out", str(tables)])
-    eval_tables.main(["--evals", "evals", "--bases", *spec.bases, "--out", str(tables)])
-    rows = eval_tables.collect(Path("evals"), list(spec.bases))
+    # tables: true reward per iteration and headroom (toy world only), evaluations, paper comparison
+    main_runs = Path("runs") / heat.experiment
+    if any(json.loads(p.read_text()).get("iter1", {}).get("mean_reward") is not None
+           for p in main_runs.glob("*/alpha*/seed*/summary.json")):
+        toy_table.main(["--runs", str(main_runs), "--models", "models", "--out", str(tables)])
+    eval_tables.main(["--evals", "evals", "--bases", *spec.bases, "--experiment", heat.experiment, "--out", str(tables)])
+    rows = eval_tables.collect(Path("evals"), list(spec.bases), heat.experiment)
     comparison = paper_comparison(rows, _read_csv(args.paper / "table1_alpacaeval_mtbench.csv"),
                                   _read_csv(args.paper / "table2_academic.csv"), selm_alpha)
     buf = io.StringIO()
@@ -208,14 +221,17 @@ def main(argv: list[str] | None = None) -> None:
                       "from the model the online iterations start from. Paper: results/paper/*.csv (SELM.md). Generated "
                       "by `python -m selm.report.build`; do not edit.\n\n" + comparison_markdown(comparison) + "\n")
     load = lambda name: json.loads((analysis / name).read_text())  # noqa: E731
-    paired, regimes = load("paired_tests.json"), load("regime_map.json")
+    paired = load("paired_tests.json")
+    regimes = load("regime_map.json") if (analysis / "regime_map.json").is_file() else None
 
     # figures
     fig1, fig1_facts = figures.figure1_concept(figdir)
     pngs = [fig1, *figures.figure2_heatmaps(load("figure2_heatmaps.json"), figdir),
             *figures.figure3(load("figure3_alpha.json"), figdir), *figures.figure4(load("figure4_ird.json"), figdir),
             *figures.figure5(load("figure5_own_samples.json"), figdir),
-            *figures.figure6(load("figure6_ablations.json"), figdir), *figures.regime_map(regimes, figdir)]
+            *figures.figure6(load("figure6_ablations.json"), figdir)]
+    if regimes is not None:
+        pngs += figures.regime_map(regimes, figdir)
 
     report = render_report(args, spec, comparison, paired, regimes, load, fig1_facts, tables, figdir)
     write_text_atomic(args.report, report)
@@ -224,7 +240,7 @@ def main(argv: list[str] | None = None) -> None:
         run_configs[str(cfg_path.parent)] = config_hash(json.loads(cfg_path.read_text()))
     write_json_atomic(tables / "provenance.json", {**provenance(command="dvc repro dvc.yaml (report stage)"),
                                                     "runs": run_configs})
-    _log_figures_to_wandb(pngs, args.scale)
+    _log_figures_to_wandb(pngs, args.scale, analyze.spec_config(spec).logger)
     print(f"wrote {args.report}, {len(pngs)} figures in {figdir}")
 
 
@@ -233,8 +249,9 @@ def render_report(args, spec, comparison, paired, regimes, load, fig1_facts, tab
 
     return render(args=args, spec=spec, comparison=comparison, paired=paired, regimes=regimes, load=load,
                   fig1_facts=fig1_facts, tables=tables, figdir=figdir, paired_md=paired_markdown(paired),
-                  coverage_md=coverage_markdown(paired), regime_md=regime_markdown(regimes),
-                  regime_conclusion=regime_conclusion(regimes), comparison_md=comparison_markdown(comparison))
+                  coverage_md=coverage_markdown(paired), regime_md=regime_markdown(regimes) if regimes else None,
+                  regime_conclusion=regime_conclusion(regimes) if regimes else None,
+                  comparison_md=comparison_markdown(comparison))
 
 
 if __name__ == "__main__":

@@ -86,8 +86,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--evals", type=Path, default=Path("evals"))
     parser.add_argument("--out", type=Path, default=Path("results/toy"))
     parser.add_argument("--bases", nargs="*", default=None, help="only these bases (default: all under --evals)")
+    parser.add_argument("--experiment", default="main", help="the experiment whose runs fill the tables")
     args = parser.parse_args(argv)
-    rows = collect(args.evals, args.bases)
+    rows = collect(args.evals, args.bases, args.experiment)
     if not rows:
         raise SystemExit(f"{args.evals}: no metrics.json found")
     lm_fields = sorted({k for r in rows for k in r if k.startswith("lmeval_")})

@@ -90,7 +90,7 @@ def figure3(data: dict, out: Path) -> list[Path]:
                     label=f"alpha={float(alpha):g}" + (" (DPO)" if float(alpha) == 0 else ""))
     ax.set_xlabel("iteration")
     ax.set_ylabel("AlpacaEval LC win rate (%)")
-    ax.set_title("alpha ablation (tiny-sft), mean ± 95% CI", fontsize=9)
+    ax.set_title("Figure 3: alpha ablation, mean ± 95% CI", fontsize=9)
     ax.legend(fontsize=7)
     centers = (np.array(data["bins"][:-1]) + np.array(data["bins"][1:])) / 2
     for alpha, hist in sorted(data["hist_by_alpha_iter2"].items(), key=lambda kv: float(kv[0])):
@@ -100,7 +100,7 @@ def figure3(data: dict, out: Path) -> list[Path]:
         axes[2].plot(centers, h["hist"], marker=".", label=f"iteration {t} (mean {h['mean']:.3f})")
     axes[2].set_title(f"reward shift over iterations ({data['shift_cell']})", fontsize=9)
     for a in axes[1:]:
-        a.set_xlabel("ranker reward (r* + ranker noise)")
+        a.set_xlabel("ranker reward of the greedy answer")
         a.set_ylabel("fraction of prompts")
         a.legend(fontsize=7)
     return [_save(fig, out / "figure3_alpha.png")]
@@ -132,18 +132,21 @@ def figure5(data: dict, out: Path) -> list[Path]:
 
 
 def figure6(data: dict, out: Path) -> list[Path]:
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4))
+    keys = ["mt_bench"] + (["r_star"] if all("r_star" in p for s in data.values() for p in s["points"]) else [])
+    fig, axes = plt.subplots(1, len(keys), figsize=(6.5 * len(keys), 4), squeeze=False)
+    axes = axes[0]
     for label, s in data.items():
         xs = [p["pairs_k"] for p in s["points"]]
-        for ax, key in zip(axes, ("mt_bench", "r_star")):
+        for ax, key in zip(axes, keys):
             ax.errorbar(xs, [p[key]["mean"] for p in s["points"]], yerr=[p[key]["ci95"] for p in s["points"]],
                         marker="o", capsize=3, label=label)
-    axes[0].set_ylabel("MT-Bench (toy judge)")
-    axes[1].set_ylabel("true reward r*")
+    axes[0].set_ylabel("MT-Bench")
+    if len(axes) > 1:
+        axes[1].set_ylabel("true reward r*")
     for ax in axes:
         ax.set_xlabel("training pairs seen (k)")
         ax.legend(fontsize=7)
-    fig.suptitle("Figure 6: iterative-DPO ablations (tiny-sft, alpha 0), mean ± 95% CI", fontsize=10)
+    fig.suptitle("Figure 6: iterative-DPO ablations (alpha 0), mean ± 95% CI over seeds", fontsize=10)
     return [_save(fig, out / "figure6_ablations.png")]
 
 

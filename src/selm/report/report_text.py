@@ -110,7 +110,7 @@ def plain_agreement(comparison: list[dict], paired: dict, fig3: dict, fig4: dict
 
 
 def render(*, args, spec, comparison, paired, regimes, load, fig1_facts, tables: Path, figdir: Path, paired_md: str,
-           coverage_md: str, regime_md: str, regime_conclusion: str, comparison_md: str) -> str:
+           coverage_md: str | None, regime_md: str | None, regime_conclusion: str | None, comparison_md: str) -> str:
     report = args.report
     prov = provenance(command="dvc repro dvc.yaml")
     fig3, fig4, fig5, fig6 = (load("figure3_alpha.json"), load("figure4_ird.json"), load("figure5_own_samples.json"),
@@ -131,9 +131,8 @@ def render(*, args, spec, comparison, paired, regimes, load, fig1_facts, tables:
         f"every run's config hash are in `{_rel(tables / 'provenance.json', report)}`, each run's composed config in "
         "`runs/<experiment>/<cell>/seed<seed>/config.json`.",
         "",
-        f"Scale: the toy world (DESIGN.md section 3): tiny-sft plays Zephyr-7B-SFT, tiny-instruct plays "
-        f"Llama-3-8B-Instruct; the oracle ranker plays PairRM and the oracle judge plays GPT-4. Seeds {seeds} for "
-        "every cell; ± and [brackets] are 95% t intervals over seeds; SELM-vs-DPO comparisons are paired by seed.",
+        f"Scale: {str(spec.get('description', args.scale)).strip()} Seeds {seeds} for every cell; ± and [brackets] are "
+        "95% t intervals over seeds; SELM-vs-DPO comparisons are paired by seed.",
         "",
         "## What agrees with the paper and what does not",
         "",
@@ -162,14 +161,15 @@ def render(*, args, spec, comparison, paired, regimes, load, fig1_facts, tables:
         "",
         _selm_vs_dpo_sentence(paired),
         "",
-        "### Exploration: high-reward coverage",
-        "",
-        "For each held-out prompt, 8 samples at T = 1 from the checkpoint: coverage is the fraction of prompts with "
-        "at least one fully correct sample (r* = 1); also the mean best-of-8 r* and the mean number of distinct "
-        "answers among the 8. This is the paper's exploration claim measured directly.",
-        "",
-        coverage_md,
-        "",
+        *([] if coverage_md is None else [
+            "### Exploration: high-reward coverage",
+            "",
+            "For each held-out prompt, 8 samples at T = 1 from the checkpoint: coverage is the fraction of prompts "
+            "with at least one fully correct sample (r* = 1); also the mean best-of-8 r* and the mean number of "
+            "distinct answers among the 8. This is the paper's exploration claim measured directly.",
+            "",
+            coverage_md,
+            ""]),
         "## Figures",
         "",
         "### Figure 1: the concept",
@@ -219,10 +219,16 @@ def render(*, args, spec, comparison, paired, regimes, load, fig1_facts, tables:
         "",
         img("figure6_ablations.png"),
         "",
-        "Final point of each variant (MT-Bench, r*): " + "; ".join(
-            f"{label}: {s['points'][-1]['mt_bench']['mean']:.2f}, {s['points'][-1]['r_star']['mean']:.3f}"
+        "Final point of each variant (MT-Bench" + (", r*" if all("r_star" in s["points"][-1] for s in fig6.values())
+                                                   else "") + "): " + "; ".join(
+            f"{label}: {s['points'][-1]['mt_bench']['mean']:.2f}"
+            + (f", {s['points'][-1]['r_star']['mean']:.3f}" if "r_star" in s["points"][-1] else "")
             for label, s in fig6.items()) + ".",
         "",
+    ]
+    if regime_md is None:
+        return "\n".join(out) + "\n"
+    out += [
         "## Regime map: when does optimism help?",
         "",
         "Each regime changes one factor of the standard tiny-sft setting: `weak_corpus` re-annotates the offline "
