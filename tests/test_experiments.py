@@ -179,3 +179,39 @@ def test_evaluations_reach_wandb_once(tmp_path, monkeypatch):
     evaluate_run(cfg, tmp_path / "evals")
     evaluate_run(cfg, tmp_path / "evals")
     assert logged == [1, 2]
+
+
+def _worker_pid() -> int:
+    return os.getpid()
+
+
+@pytest.mark.slow
+def test_workers_exit_when_their_stage_is_killed(tmp_path):
+    """kill -9 of the stage (dvc repro) must not leave its worker processes behind, idle and holding memory."""
+    script = tmp_path / "stage.py"
+    script.write_text(
+        "import os, sys, time\n"
+        "from concurrent.futures import ProcessPoolExecutor\n"
+        "from multiprocessing import get_context\n"
+        "sys.path.insert(0, sys.argv[1])\n"
+        "from selm.experiments import _init_worker\n"
+        "from test_experiments import _worker_pid\n"
+        "if __name__ == '__main__':\n"
+        "    pool = ProcessPoolExecutor(1, mp_context=get_context('spawn'), initializer=_init_worker,\n"
+        "                               initargs=(1, os.getpid()))\n"
+        "    print(pool.submit(_worker_pid).result(), flush=True)\n"
+        "    time.sleep(600)\n")
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT / 'tests'}"}
+    proc = subprocess.Popen([sys.executable, str(script), str(ROOT / "tests")], env=env, stdout=subprocess.PIPE, text=True)
+    worker = int(proc.stdout.readline())
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 15
+    while time.time() < deadline:
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    os.kill(worker, signal.SIGKILL)
+    pytest.fail(f"worker {worker} outlived its killed parent")

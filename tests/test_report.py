@@ -127,3 +127,15 @@ def test_report_of_a_single_seed_scale_without_true_reward(tmp_path):
     assert "high-reward coverage" not in text.split("## Figures")[1] and "Regime map" not in text
     assert "Final point of each variant (MT-Bench): iterative: 7.50." in text
     assert "Figure 4" in text and "Figure 5" in text
+
+
+def test_figure6_claims_compare_the_last_points():
+    from selm.report.report_text import _figure6_claims
+
+    point = lambda mt, ci: {"points": [{"mt_bench": {"mean": mt, "ci95": ci}}]}  # noqa: E731
+    fig6 = {"iterative (rank y_w, y_l, y_ref)": point(7.5, 0.01), "rank_w_ref": point(7.0, 0.01),
+            "stepwise": point(7.6, 0.2), "offline": point(7.55, 0.2)}
+    lines = _figure6_claims(fig6)
+    assert lines[0].endswith("MT-Bench 7.500 vs 7.000: **agrees** in direction.")  # 0.5 apart, intervals 0.02
+    assert lines[1].endswith("**does not agree**.")  # stepwise above iterative
+    assert lines[2].endswith("(intervals overlap): **agrees** in direction, within the seed intervals.")

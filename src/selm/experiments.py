@@ -146,10 +146,20 @@ def evaluate_run(cfg: DictConfig, out_root: Path) -> None:
             log_eval_to_wandb(cfg, t, metrics)
 
 
-def _init_worker(threads: int) -> None:
+def _init_worker(threads: int, parent: int | None = None) -> None:
     import torch
 
     torch.set_num_threads(threads)
+    if parent is not None:  # a worker whose stage was killed (kill -9 of dvc repro) must not linger
+        import threading
+        import time
+
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(1.0)
+            os._exit(1)
+
+        threading.Thread(target=watch, daemon=True).start()
 
 
 def _execute_safely(run: Run, params_file: Path) -> tuple[str, str | None]:
@@ -173,7 +183,7 @@ def run_experiment(name: str, spec_file: Path, params_file: Path, workers: int |
         results = [_execute_safely(r, params_file) for r in runs]
     else:
         with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
-                                 initializer=_init_worker, initargs=(threads,)) as pool:
+                                 initializer=_init_worker, initargs=(threads, os.getpid())) as pool:
             results = list(pool.map(_execute_safely, runs, [params_file] * len(runs)))
     for run_name, error in results:
         if error:

@@ -67,7 +67,31 @@ def _verdict(agree: bool | None) -> str:
     return {True: "**agrees**", False: "**does not agree**", None: "**no detectable difference**"}[agree]
 
 
-def plain_agreement(comparison: list[dict], paired: dict, fig3: dict, fig4: dict, fig5: dict) -> str:
+def _figure6_claims(fig6: dict) -> list[str]:
+    """Figure 6's orderings on the last point of each variant (the paper's y axis is MT-Bench)."""
+    final = {label.split(" ")[0]: s["points"][-1] for label, s in fig6.items()}
+    lines = []
+    for claim, better, worse in (("ranking {y_w, y_l, y_ref} beats ranking {y_w, y_ref}", "iterative", "rank_w_ref"),
+                                 ("iterative DPO beats stepwise DPO", "iterative", "stepwise"),
+                                 ("stepwise DPO beats offline DPO", "stepwise", "offline")):
+        if better not in final or worse not in final:
+            continue
+        parts, verdicts, overlaps = [], [], []
+        for key, label in (("mt_bench", "MT-Bench"), ("r_star", "r*")):
+            if key in final[better] and key in final[worse]:
+                a, b = final[better][key], final[worse][key]
+                overlaps.append(abs(a["mean"] - b["mean"]) < a["ci95"] + b["ci95"])
+                parts.append(f"{label} {a['mean']:.3f} vs {b['mean']:.3f}" + (" (intervals overlap)" if overlaps[-1] else ""))
+                verdicts.append(a["mean"] > b["mean"])
+        within = ", within the seed intervals" if all(overlaps) else ", partly within the seed intervals" if any(overlaps) else ""
+        verdict = ("**agrees** in direction" + within
+                   if all(verdicts) else "**does not agree**" if not any(verdicts) else "**mixed**")
+        lines.append(f"- *{claim} (Figure 6)* (paper: yes). Ours, last point: " + "; ".join(parts) + ": " + verdict + ".")
+    return lines
+
+
+def plain_agreement(comparison: list[dict], paired: dict, fig3: dict, fig4: dict, fig5: dict,
+                    fig6: dict | None = None) -> str:
     """The paper's claims one by one, each with what our runs measured and a verdict."""
     lines = []
     dpo_deltas = [r["AE2 LC ours delta"] for r in comparison if r["method"] == "dpo" and "AE2 LC ours delta" in r]
@@ -113,6 +137,7 @@ def plain_agreement(comparison: list[dict], paired: dict, fig3: dict, fig4: dict
                  f"{largest:g} is {'the' if final[largest] == min(final.values()) else 'not the'} lowest). 'A small "
                  f"positive alpha is best': the best is alpha {best:g}, but the differences among the smaller alphas are "
                  "within the seed CIs of the curves, so this part is not resolved.")
+    lines += _figure6_claims(fig6 or {})
     ok4 = all(d["mean_chosen"] > 0 and d["mean_rejected"] < 0 for d in fig4.values())
     lines.append("- *SELM's implicit reward exceeds DPO's on chosen answers and falls below it on rejected ones "
                  "(Figure 4)* (paper: yes). Ours: " + "; ".join(
@@ -152,7 +177,7 @@ def render(*, args, spec, comparison, paired, regimes, load, fig1_facts, tables:
         "",
         "## What agrees with the paper and what does not",
         "",
-        plain_agreement(comparison, paired, fig3, fig4, fig5),
+        plain_agreement(comparison, paired, fig3, fig4, fig5, fig6),
         "",
         "## Tables 1 and 2 beside the paper",
         "",
