@@ -95,15 +95,11 @@ def expand(spec: DictConfig, name: str, source: str = "experiments") -> list[Run
 def run_config(run: Run, params_file: Path | None) -> DictConfig:
     """The run's entry config (conf/loop.yaml, or the spec's config_name): groups, then params.yaml's
     shared sections (toy scale), then alpha and seed, then the cell's values."""
-    from selm.cli.stage import SHARED_SECTIONS
+    from selm.cli.stage import merge_shared_sections
     from selm.config import compose_config
 
     cfg = compose_config(run.config_name, [f"{k}={v}" for k, v in run.groups.items()])
-    if run.use_params and params_file is not None and Path(params_file).exists():
-        params = OmegaConf.load(params_file)
-        for section in SHARED_SECTIONS:
-            if section in params:
-                cfg[section] = OmegaConf.merge(cfg[section], params[section])
+    merge_shared_sections(cfg, params_file if run.use_params else None)
     cfg.train.alpha = run.alpha
     cfg.train.seed = run.seed
     for key, value in run.values.items():

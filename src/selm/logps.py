@@ -100,10 +100,18 @@ def compute_reference_logps(
     return torch.cat(out)
 
 
-def load_cached_reference_logps(model_dir, pairs: list[TokenizedPair], cache_dir, precision: str = "fp32"):
-    """The cached reference log-probs of exactly these pairs under this model and precision, or None."""
-    path = Path(cache_dir) / f"{reference_cache_key(model_dir, pairs, precision)}.safetensors"
-    return load_file(path)["ref_logps"] if path.exists() else None
+def load_cached_reference_logps(model_dir, pairs: list[TokenizedPair], cache_dir,
+                                precision: str = "fp32") -> tuple[torch.Tensor | None, str]:
+    """(the cached reference log-probs of exactly these pairs under this model and precision, or None;
+    the cache key). The key hashes every checkpoint byte, so callers keep it rather than recompute it."""
+    key = reference_cache_key(model_dir, pairs, precision)
+    path = Path(cache_dir) / f"{key}.safetensors"
+    return (load_file(path)["ref_logps"] if path.exists() else None), key
+
+
+def store_reference_logps(logps: torch.Tensor, key: str, cache_dir, model_dir) -> None:
+    with atomic_path(Path(cache_dir) / f"{key}.safetensors") as tmp:
+        save_file({"ref_logps": logps.contiguous()}, str(tmp), metadata={"model_dir": str(model_dir), "n": str(len(logps))})
 
 
 def cached_reference_logps(
@@ -114,13 +122,11 @@ def cached_reference_logps(
 
     Returns (logps, key, hit).
     """
-    key = reference_cache_key(model_dir, pairs, precision)
-    path = Path(cache_dir) / f"{key}.safetensors"
-    if path.exists():
-        return load_file(path)["ref_logps"], key, True
+    cached, key = load_cached_reference_logps(model_dir, pairs, cache_dir, precision)
+    if cached is not None:
+        return cached, key, True
     logps = compute_reference_logps(
         model, pairs, pad_token_id=pad_token_id, batch_size=batch_size, autocast_dtype=autocast_dtype
     )
-    with atomic_path(path) as tmp:
-        save_file({"ref_logps": logps.contiguous()}, str(tmp), metadata={"model_dir": str(model_dir), "n": str(len(pairs))})
+    store_reference_logps(logps, key, cache_dir, model_dir)
     return logps, key, False

@@ -26,7 +26,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from selm.data import PairCollator, PairDataset, load_pairs
 from selm.io import write_json_atomic
-from selm.logps import cached_reference_logps, reference_cache_key
+from selm.logps import compute_reference_logps, load_cached_reference_logps, store_reference_logps
 from selm.provenance import provenance
 from selm.trainer import SELMTrainer
 
@@ -110,7 +110,7 @@ def wandb_run_id(cfg: DictConfig) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
 
 
-def init_wandb(cfg: DictConfig, config: dict | None = None):
+def init_wandb(cfg: DictConfig):
     """Open the W&B run ourselves so it carries the whole composed config, group and name."""
     if not cfg.logger.wandb:
         return None
@@ -124,7 +124,7 @@ def init_wandb(cfg: DictConfig, config: dict | None = None):
         id=wandb_run_id(cfg),
         resume="allow",
         dir=cfg.logger.dir,
-        config=config if config is not None else OmegaConf.to_container(cfg, resolve=True),
+        config=OmegaConf.to_container(cfg, resolve=True),
         reinit="finish_previous",
         # no system-metrics sampler or code snapshot: they cost seconds per run on 2 cores
         settings=wandb.Settings(x_disable_stats=True, x_disable_meta=True, save_code=False, console="off",
@@ -165,12 +165,10 @@ def reference_logps(cfg: DictConfig, init_dir: Path, pairs, precision: str, toke
     """(logps, cache key, cache hit) of chosen, rejected and y_ref under pi_ref, from the cache or
     computed under no_grad: with the freshly loaded policy when pi_ref is the init checkpoint, else
     with pi_ref loaded for this pass only. On a GPU the pass runs there, and the model goes back."""
-    from selm.logps import load_cached_reference_logps, reference_cache_key
-
     ref_dir = reference_dir(cfg, init_dir)
-    cached = load_cached_reference_logps(ref_dir, pairs, cfg.paths.ref_cache_dir, precision)
+    cached, key = load_cached_reference_logps(ref_dir, pairs, cfg.paths.ref_cache_dir, precision)
     if cached is not None:  # no model load at all (a 7B reference costs minutes to load)
-        return cached, reference_cache_key(ref_dir, pairs, precision), True
+        return cached, key, True
     ref_model = policy if (policy is not None and ref_dir == init_dir) else None
     if ref_model is None:
         ref_model = AutoModelForCausalLM.from_pretrained(ref_dir, dtype=torch.float32)
@@ -178,28 +176,26 @@ def reference_logps(cfg: DictConfig, init_dir: Path, pairs, precision: str, toke
     if torch.cuda.is_available():
         ref_model.to(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
     try:
-        return cached_reference_logps(
-            ref_model, ref_dir, pairs, cache_dir=cfg.paths.ref_cache_dir, pad_token_id=tokenizer.pad_token_id,
-            batch_size=cfg.train.ref_batch_size, precision=precision,
-            autocast_dtype=torch.bfloat16 if precision == "bf16" else None,
-        )
+        logps = compute_reference_logps(ref_model, pairs, pad_token_id=tokenizer.pad_token_id,
+                                        batch_size=cfg.train.ref_batch_size,
+                                        autocast_dtype=torch.bfloat16 if precision == "bf16" else None)
     finally:
         ref_model.to(home)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+    store_reference_logps(logps, key, cfg.paths.ref_cache_dir, ref_dir)
+    return logps, key, False
 
 
-def _cached_reference_only(cfg: DictConfig, init_dir: Path, pairs, precision: str):
-    from selm.logps import load_cached_reference_logps
-
+def _cached_reference_only(cfg: DictConfig, init_dir: Path, pairs, precision: str) -> tuple[torch.Tensor, str]:
     ref_dir = reference_dir(cfg, init_dir)
-    found = load_cached_reference_logps(ref_dir, pairs, cfg.paths.ref_cache_dir, precision)
+    found, key = load_cached_reference_logps(ref_dir, pairs, cfg.paths.ref_cache_dir, precision)
     if found is None:
         raise RuntimeError(
             f"DeepSpeed ZeRO-3: no cached reference log-probs for {ref_dir} and {cfg.pairs} in "
             f"{cfg.paths.ref_cache_dir}; compute them first on one GPU: python -m selm.train --config <this "
             "iteration's config> --reference-only (the loop does this when train.launcher is set)")
-    return found
+    return found, key
 
 
 def precompute_reference(cfg: DictConfig) -> str:
@@ -257,8 +253,7 @@ def train_iteration(cfg: DictConfig, callbacks: list | None = None) -> Path:
     if is_deepspeed_zero3_enabled():
         # a sharded model cannot run the reference pass outside the engine: it must be cached already
         # (the loop precomputes it on one GPU with `python -m selm.train --config F --reference-only`)
-        ref_logps, cache_hit, ref_seconds = _cached_reference_only(cfg, init_dir, pairs, precision), True, 0.0
-        cache_key = reference_cache_key(reference_dir(cfg, init_dir), pairs, precision)
+        (ref_logps, cache_key), cache_hit, ref_seconds = _cached_reference_only(cfg, init_dir, pairs, precision), True, 0.0
         model = AutoModelForCausalLM.from_pretrained(init_dir, dtype=torch.float32)
     else:
         model = AutoModelForCausalLM.from_pretrained(init_dir, dtype=torch.float32)

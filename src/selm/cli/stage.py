@@ -20,21 +20,26 @@ from selm.config import compose_config
 SHARED_SECTIONS = ("train", "generation", "ranker", "data", "eval", "judge", "sft", "scale", "paths")
 
 
-def run_config(params_file: Path, base: str, alpha: float | None = None, seed: int | None = None,
-               extra: list[str] | None = None, groups: list[str] | None = None) -> DictConfig:
-    """conf/loop.yaml composed for one grid item, with the shared values taken from params.yaml.
-    `groups` are further group choices (variant=stepwise); `extra` dotted values applied last."""
-    overrides = [f"model={base}", *(groups or [])]
-    if alpha is not None:
-        overrides.append(f"train.alpha={alpha}")
-    if seed is not None:
-        overrides.append(f"train.seed={seed}")
-    cfg = compose_config("loop", overrides)
-    if params_file.exists():
+def merge_shared_sections(cfg: DictConfig, params_file: Path | None) -> DictConfig:
+    """Overlay params.yaml's shared sections (where DVC's `-S` edits land) on a composed config."""
+    if params_file is not None and Path(params_file).exists():
         params = OmegaConf.load(params_file)
         for section in SHARED_SECTIONS:
             if section in params:
                 cfg[section] = OmegaConf.merge(cfg[section], params[section])
+    return cfg
+
+
+def run_config(params_file: Path, base: str, alpha: float | None = None, seed: int | None = None,
+               extra: list[str] | None = None) -> DictConfig:
+    """conf/loop.yaml composed for one grid item, with the shared values taken from params.yaml;
+    `extra` dotted values are applied last."""
+    overrides = [f"model={base}"]
+    if alpha is not None:
+        overrides.append(f"train.alpha={alpha}")
+    if seed is not None:
+        overrides.append(f"train.seed={seed}")
+    cfg = merge_shared_sections(compose_config("loop", overrides), params_file)
     if alpha is not None:
         cfg.train.alpha = alpha
     if seed is not None:

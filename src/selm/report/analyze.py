@@ -30,16 +30,11 @@ from selm.report.stats import paired_test, summarize
 
 def spec_config(spec):
     """The spec's entry config as its stages see it (toy: conf/loop.yaml + params.yaml's sections)."""
-    from selm.cli.stage import SHARED_SECTIONS
+    from selm.cli.stage import merge_shared_sections
     from selm.config import compose_config
 
     cfg = compose_config(str(spec.get("config_name", "loop")))
-    if bool(spec.get("params", True)) and Path("params.yaml").exists():
-        params = OmegaConf.load("params.yaml")
-        for section in SHARED_SECTIONS:
-            if section in params:
-                cfg[section] = OmegaConf.merge(cfg[section], params[section])
-    return cfg
+    return merge_shared_sections(cfg, Path("params.yaml") if bool(spec.get("params", True)) else None)
 
 
 def selm_alpha(fig, base: str) -> float:
@@ -257,6 +252,18 @@ def ablations(spec, fig) -> dict:
 
 # --- Beyond the paper: paired tests, coverage, regime map ----------------------------------------------
 
+PAIRED_KEYS = ("mean_reward", "frac_correct", "frac_prompts_covered", "mean_best_of_k", "mean_distinct",
+               "alpaca_lc_win_rate", "mt_bench_average", "lmeval_mean")
+
+
+def _iteration_metrics(run, t: int) -> dict:
+    """Everything measured of a run's iteration t, read once: the loop's eval.json (coverage
+    flattened) and the evaluation's metrics.json, each where it exists."""
+    loop_path, eval_path = run.run_dir / f"iter{t}" / "eval.json", run.eval_dir / f"iter{t}" / "metrics.json"
+    loop = _json(loop_path) if loop_path.is_file() else {}
+    return {**loop, **loop.get("coverage", {}), **(_json(eval_path) if eval_path.is_file() else {})}
+
+
 def paired_main(spec, experiment: str) -> dict:
     """SELM vs iterative DPO per base and iteration, paired by seed: r*, coverage, LC, MT-Bench, lm-eval."""
     cells = _runs_by_cell(spec, experiment)
@@ -273,22 +280,12 @@ def paired_main(spec, experiment: str) -> dict:
                 continue
             rows = []
             for t in _iterations(dpo[seeds[0]].run_dir):
-                def loop_metric(run, key, t=t):
-                    m = _json(run.run_dir / f"iter{t}" / "eval.json")
-                    return m["coverage"][key] if key in ("frac_prompts_covered", "mean_best_of_k", "mean_distinct") else m[key]
-
-                def eval_metric(run, key, t=t):
-                    return _json(run.eval_dir / f"iter{t}" / "metrics.json")[key]
-
+                a = {s: _iteration_metrics(selm[s], t) for s in seeds}
+                b = {s: _iteration_metrics(dpo[s], t) for s in seeds}
                 row = {"iteration": t}
-                loop_keys = ("mean_reward", "frac_correct") if _has_r_star(dpo[seeds[0]].run_dir, t) else ()
-                if loop_keys and "coverage" in _json(dpo[seeds[0]].run_dir / f"iter{t}" / "eval.json"):
-                    loop_keys += ("frac_prompts_covered", "mean_best_of_k", "mean_distinct")
-                for key in loop_keys:
-                    row[key] = paired_test([loop_metric(selm[s], key) for s in seeds], [loop_metric(dpo[s], key) for s in seeds])
-                for key in ("alpaca_lc_win_rate", "mt_bench_average", "lmeval_mean"):
-                    if all((r.eval_dir / f"iter{t}" / "metrics.json").is_file() for r in (*selm.values(), *dpo.values())):
-                        row[key] = paired_test([eval_metric(selm[s], key) for s in seeds], [eval_metric(dpo[s], key) for s in seeds])
+                for key in PAIRED_KEYS:  # each measure every run of the pair has (no r* at the paper scale)
+                    if all(key in a[s] and key in b[s] for s in seeds):
+                        row[key] = paired_test([a[s][key] for s in seeds], [b[s][key] for s in seeds])
                 rows.append(row)
             out[f"{base}/alpha{alpha}"] = {"seeds": seeds, "iterations": rows}
     return out

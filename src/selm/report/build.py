@@ -170,15 +170,15 @@ def regime_conclusion(regimes: dict) -> str:
 
 
 def _log_figures_to_wandb(paths: list[Path], scale: str, logger) -> None:
-    params = OmegaConf.create({"logger": logger})
-    if not params.logger.wandb:
+    """The figures as images of one W&B run, `report/<scale>` (settings as selm.train.init_wandb's)."""
+    if not logger.wandb:
         return
     import os
 
     import wandb
 
-    os.environ.setdefault("WANDB_MODE", params.logger.mode)
-    run = wandb.init(project=params.logger.project, group="report", name=f"report/{scale}", dir=params.logger.dir,
+    os.environ.setdefault("WANDB_MODE", logger.mode)
+    run = wandb.init(project=logger.project, group="report", name=f"report/{scale}", dir=logger.dir,
                      id=f"report-{scale}", resume="allow", reinit="finish_previous",
                      settings=wandb.Settings(x_disable_stats=True, x_disable_meta=True, save_code=False,
                                              console="off", silent=True))
