@@ -2,6 +2,7 @@
 
 import copy
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -202,10 +203,18 @@ def test_wandb_offline_run_carries_metrics_and_config(tiny_model, tmp_path, pair
     train_iteration(cfg)
     runs = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1
-    blob = runs[0].read_bytes()  # the offline record stream stores keys and strings verbatim
-    for key in (b"rewards/chosen", b"rewards/margins", b"loss/optimism", b"logps/pi_response", b"logps/ref_response",
-                b"unit/alpha0.001/iter1", b"learning_rates"):
-        assert key in blob, key
+    keys = (b"rewards/chosen", b"rewards/margins", b"loss/optimism", b"logps/pi_response", b"logps/ref_response",
+            b"unit/alpha0.001/iter1", b"learning_rates")
+    # W&B's service process may still be flushing the record stream when finish() returns on a loaded
+    # machine (seen: only the 7-byte header at first read): wait for it, up to a minute.
+    deadline = time.monotonic() + 60
+    while True:
+        blob = runs[0].read_bytes()  # the offline record stream stores keys and strings verbatim
+        missing = [key for key in keys if key not in blob]
+        if not missing or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert not missing, f"{missing} not in {runs[0]} ({len(blob)} bytes)"
 
 
 def test_gradient_checkpointing_gives_the_same_losses(tiny_model, tmp_path, pairs_file):
