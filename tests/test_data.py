@@ -6,7 +6,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from selm.data import PairCollator, PairDataset, encode_prompt_answer, load_pairs, tokenize_pairs
+from selm.data import (PairCollator, PairDataset, encode_prompt, encode_prompt_answer, load_pairs, pad_token_id,
+                       tokenize_pairs)
 from selm.io import PAIRS_SCHEMA, DataError, read_jsonl, write_jsonl_atomic
 
 
@@ -20,6 +21,27 @@ def test_tiny_template_has_one_bos_and_one_eos(tok):
     assert tok.convert_ids_to_tokens(prompt_ids) == ["<bos>", "<|user|>", *"reverse: abc", "<|assistant|>"]
     assert tok.convert_ids_to_tokens(answer_ids) == ["c", "b", "a", "<eos>"]
     assert tok.decode(prompt_ids + answer_ids) == "<bos><|user|>reverse: abc<|assistant|>cba<eos>"
+
+
+def test_generation_prompt_is_the_training_prompt(tok):
+    prompt_ids, _ = encode_prompt_answer(tok, "reverse: abc", "cba")
+    assert encode_prompt(tok, "reverse: abc") == prompt_ids
+
+
+def test_collator_without_pad_token_pads_with_eos_and_masks_it(tok):
+    import copy
+
+    no_pad = copy.deepcopy(tok)
+    no_pad.pad_token = None
+    assert no_pad.pad_token_id is None and pad_token_id(no_pad) == tok.eos_token_id
+    pairs, _ = tokenize_pairs([{"prompt": "ab", "chosen": "c", "rejected": "dddd"}], no_pad, max_length=32, max_prompt_length=16)
+    batch = PairCollator(pad_token_id(no_pad))([PairDataset(pairs)[0]])
+    # chosen row: <bos><|user|>ab<|assistant|>c<eos> then 3 pads (EOS ids) outside every mask
+    assert batch["input_ids"][0, -4:].tolist() == [tok.eos_token_id] * 4
+    assert batch["attention_mask"][0].tolist() == [1] * 7 + [0] * 3
+    assert batch["completion_mask"][0].tolist() == [0] * 5 + [1] * 2 + [0] * 3
+    with pytest.raises(ValueError, match="PairCollator needs a pad id"):
+        PairCollator(no_pad.pad_token_id)
 
 
 @pytest.mark.parametrize(

@@ -2,10 +2,16 @@
 
 Template decisions (SELM.md section 2 lists the authors' quirks; we fix them on purpose):
 - no system message unless `system_prompt` is set;
-- the prompt is the template rendered with the generation prompt, tokenised WITHOUT the tokenizer's
-  own special tokens, so a template that already writes BOS (Llama-3) does not get a second one;
-- the answer is the rest of the rendered full conversation; EOS is appended only when the template
-  did not end the turn with it, so every answer ends in exactly one EOS (not Zephyr's double EOS);
+- BOS exactly once: a rendered text is tokenised without the tokenizer's own special tokens, and
+  BOS is put in front only when the template did not write it (Llama-3's does, Zephyr's does not)
+  and the tokenizer itself adds BOS (Mistral's and Llama's do; ChatML and GPT-2 style ones do not);
+- the answer's ids are the rest of the ids of the FULL conversation tokenised at once, never the
+  answer tokenised alone (a SentencePiece tokenizer would start it with a prefix-space piece that
+  the model never produces after `<|assistant|>\n`), so prompt + answer is exactly the sequence
+  the model sees and generation (`encode_prompt`) starts from the same prompt ids;
+- the answer ends at the template's end-of-turn EOS (Zephyr's template writes "</s>\n": the
+  newline is dropped); EOS is appended only when the template writes none, so every answer ends in
+  exactly one EOS (not Zephyr's double EOS);
 - a long prompt is truncated from the left to `max_prompt_length`, then the answer from the right
   so that prompt + answer fit `max_length` (the authors' settings).
 
@@ -32,8 +38,36 @@ def render_prompt(tokenizer, prompt: str, system_prompt: str | None = None) -> t
     return messages, tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
+def tokenizer_adds_bos(tokenizer) -> bool:
+    """Whether the tokenizer puts BOS in front of a text when asked for its special tokens."""
+    bos = tokenizer.bos_token_id
+    return bos is not None and tokenizer("a")["input_ids"][:1] == [bos]
+
+
+def encode_text(tokenizer, text: str) -> list[int]:
+    """Token ids of a rendered chat text, with BOS exactly once: the template's, or else the
+    tokenizer's own when it adds one (Zephyr's template writes none, Mistral's tokenizer adds it)."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    bos = tokenizer.bos_token_id
+    if bos is not None and ids[:1] != [bos] and tokenizer_adds_bos(tokenizer):
+        ids = [bos] + ids
+    return ids
+
+
+def encode_prompt(tokenizer, prompt: str, system_prompt: str | None = None) -> list[int]:
+    """Token ids of the templated prompt, ready for generation: the same ids training puts in front
+    of every answer (`encode_prompt_answer`)."""
+    _, text = render_prompt(tokenizer, prompt, system_prompt)
+    return encode_text(tokenizer, text)
+
+
 def encode_prompt_answer(tokenizer, prompt: str, answer: str, system_prompt: str | None = None):
-    """Token ids of the templated prompt and of the answer that follows it (ending in one EOS)."""
+    """Token ids of the templated prompt and of the answer that follows it (ending in one EOS).
+
+    prompt ids + answer ids == the ids of the whole conversation (up to the answer's EOS) tokenised
+    at once, and the prompt ids are `encode_prompt`'s. Only when a token of the conversation would
+    straddle the prompt/answer border is the answer tokenised on its own after the prompt ids.
+    """
     messages, prompt_text = render_prompt(tokenizer, prompt, system_prompt)
     full_text = tokenizer.apply_chat_template(
         messages + [{"role": "assistant", "content": answer}], tokenize=False
@@ -48,8 +82,15 @@ def encode_prompt_answer(tokenizer, prompt: str, answer: str, system_prompt: str
     if eos and eos in answer_text:
         # Some templates (Zephyr's) write "</s>\n" after a turn: the answer ends at its EOS.
         answer_text = answer_text[: answer_text.rindex(eos) + len(eos)]
-    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
-    answer_ids = tokenizer(answer_text, add_special_tokens=False)["input_ids"]
+    prompt_ids = encode_text(tokenizer, prompt_text)
+    full_ids = encode_text(tokenizer, prompt_text + answer_text)
+    if full_ids[: len(prompt_ids)] == prompt_ids:
+        answer_ids = full_ids[len(prompt_ids) :]
+    else:
+        # A token of the conversation straddles the border (e.g. byte-level BPE merging the prompt's
+        # "\n" with an answer that starts with "\n"): a model that was given the prompt's ids cannot
+        # produce it, so the answer is tokenised on its own after the prompt, as generation makes it.
+        answer_ids = tokenizer(answer_text, add_special_tokens=False)["input_ids"]
     if not answer_ids or answer_ids[-1] != tokenizer.eos_token_id:
         answer_ids = answer_ids + [tokenizer.eos_token_id]
     return prompt_ids, answer_ids
@@ -142,11 +183,26 @@ class PairDataset(torch.utils.data.Dataset):
         return item
 
 
+def pad_token_id(tokenizer) -> int:
+    """The id to pad batches with: the pad token, else EOS (Llama-3 has no pad token). Padded
+    positions are masked out of attention and of every loss, so the choice never changes a result."""
+    if tokenizer.pad_token_id is not None:
+        return tokenizer.pad_token_id
+    if tokenizer.eos_token_id is not None:
+        return tokenizer.eos_token_id
+    raise ValueError(f"the tokenizer {type(tokenizer).__name__} has neither a pad nor an EOS token: nothing to pad with")
+
+
 @dataclass
 class PairCollator:
     """Stacks B pairs into rows [chosen_1..B, rejected_1..B(, response_1..B)], right-padded."""
 
     pad_token_id: int
+
+    def __post_init__(self):
+        if not isinstance(self.pad_token_id, int):
+            raise ValueError(f"PairCollator needs a pad id (an int), got {self.pad_token_id!r}: "
+                             "pass selm.data.pad_token_id(tokenizer), which falls back to EOS")
 
     def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
         pairs = [item["pair"] for item in items]

@@ -19,7 +19,7 @@ from abc import ABC, abstractmethod
 import torch
 from tqdm.auto import tqdm
 
-from selm.data import render_prompt
+from selm.data import encode_prompt
 
 
 class GenerationBackend(ABC):
@@ -86,8 +86,7 @@ class HFBackend(GenerationBackend):
         self.last_stats: dict[str, float] = {}
 
     def encode(self, prompt: str) -> list[int]:
-        _, text = render_prompt(self.tokenizer, prompt, self.system_prompt)
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return encode_prompt(self.tokenizer, prompt, self.system_prompt)
 
     def _left_pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(r) for r in rows)
@@ -218,8 +217,7 @@ class VLLMBackend(GenerationBackend):
         settings = dict(n=n, do_sample=do_sample, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
         requests, params = [], []
         for i, prompt in enumerate(prompts):
-            _, text = render_prompt(self.tokenizer, prompt, self.system_prompt)
-            requests.append({"prompt_token_ids": self.tokenizer(text, add_special_tokens=False)["input_ids"]})
+            requests.append({"prompt_token_ids": encode_prompt(self.tokenizer, prompt, self.system_prompt)})
             kwargs = sampling_params_kwargs(**settings, seed=seed + i, eos_token_id=self.tokenizer.eos_token_id)
             params.append(self._vllm.SamplingParams(**kwargs))
         outputs = self.llm.generate(requests, params, use_tqdm=self.progress)

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, get_cosine_schedule_with_warmup
 
-from selm.data import encode_prompt_answer
+from selm.data import encode_prompt_answer, pad_token_id
 from selm.generation import HFBackend
 from selm.io import read_jsonl, write_json_atomic
 from selm.world import true_reward
@@ -122,7 +122,7 @@ def train_sft(
     tokenizer = AutoTokenizer.from_pretrained(init_dir)
     model = AutoModelForCausalLM.from_pretrained(init_dir)
     examples, truncated = tokenize_sft(records, tokenizer, max_length=max_length)
-    collate = SFTCollator(tokenizer.pad_token_id)
+    collate = SFTCollator(pad_token_id(tokenizer))
 
     steps_per_epoch = math.ceil(len(examples) / batch_size)
     total_steps = max(1, math.ceil(steps_per_epoch * epochs))

@@ -24,7 +24,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments,
 from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_utils import get_last_checkpoint
 
-from selm.data import PairCollator, PairDataset, load_pairs
+from selm.data import PairCollator, PairDataset, load_pairs, pad_token_id
 from selm.io import write_json_atomic
 from selm.logps import compute_reference_logps, load_cached_reference_logps, store_reference_logps
 from selm.provenance import provenance
@@ -176,7 +176,7 @@ def reference_logps(cfg: DictConfig, init_dir: Path, pairs, precision: str, toke
     if torch.cuda.is_available():
         ref_model.to(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
     try:
-        logps = compute_reference_logps(ref_model, pairs, pad_token_id=tokenizer.pad_token_id,
+        logps = compute_reference_logps(ref_model, pairs, pad_token_id=pad_token_id(tokenizer),
                                         batch_size=cfg.train.ref_batch_size,
                                         autocast_dtype=torch.bfloat16 if precision == "bf16" else None)
     finally:
@@ -266,7 +266,7 @@ def train_iteration(cfg: DictConfig, callbacks: list | None = None) -> Path:
         model=model,
         args=args,
         train_dataset=PairDataset(pairs, ref_logps),
-        data_collator=PairCollator(tokenizer.pad_token_id),
+        data_collator=PairCollator(pad_token_id(tokenizer)),
         beta=t.beta,
         alpha=t.alpha,
         callbacks=callbacks,

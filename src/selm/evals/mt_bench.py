@@ -21,6 +21,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 
+from selm.data import encode_text
 from selm.generation import HFBackend
 from selm.io import read_jsonl, write_jsonl_atomic
 from selm.judges import Judge, SingleItem
@@ -51,7 +52,7 @@ class _ChatHF(HFBackend):
     def encode(self, messages: list[dict]) -> list[int]:
         text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         self.rendered.append(text)
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return encode_text(self.tokenizer, text)  # BOS exactly once, as in training
 
 
 def hf_chat_generator(backend: HFBackend, *, max_new_tokens: int, do_sample: bool = False,

@@ -168,7 +168,7 @@ def _logps(model_dir: Path, records: list[dict], cfg) -> np.ndarray:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from selm.data import tokenize_pairs
+    from selm.data import pad_token_id, tokenize_pairs
     from selm.logps import compute_reference_logps
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -177,7 +177,7 @@ def _logps(model_dir: Path, records: list[dict], cfg) -> np.ndarray:
         model.to("cuda")
     pairs, _ = tokenize_pairs(records, tokenizer, max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length)
     with torch.no_grad():
-        return compute_reference_logps(model, pairs, pad_token_id=tokenizer.pad_token_id, batch_size=128).numpy()
+        return compute_reference_logps(model, pairs, pad_token_id=pad_token_id(tokenizer), batch_size=128).numpy()
 
 
 def implicit_rewards(spec, fig4, fig5, test_rows: list[dict]) -> tuple[dict, dict]:
