@@ -11,6 +11,10 @@ Choices the paper leaves open, recorded here and in the JSON:
   iteration 1 from the same checkpoint (iteration 0 is alpha-free and seeded), so
   r_SELM - r_DPO = beta * (log pi_SELM(y|x) - log pi_DPO(y|x)); averaged over seeds per prompt.
 - Figure 5: each model's own samples (3 at T = 1), implicit reward beta * (log pi_t - log pi_{t-1}).
+- Figures 4 and 5 load each checkpoint in its run's training precision (train.precision: bf16 at the
+  paper scale) and compute log-probs `analysis.batch_size` pairs at a time, the vocabulary
+  log-softmax over `analysis.seq_chunk` positions at a time (the spec's `analysis` section), so
+  memory stays bounded at a 128k vocabulary and 1,024 tokens.
 """
 
 from __future__ import annotations
@@ -164,26 +168,58 @@ def alpha_ablation(spec, fig, test: dict) -> dict:
 
 # --- Figures 4 and 5: implicit rewards -------------------------------------------------------------
 
-def _logps(model_dir: Path, records: list[dict], cfg) -> np.ndarray:
+ANALYSIS_DEFAULTS = {"batch_size": 4, "seq_chunk": 256}
+
+
+def analysis_options(spec) -> dict:
+    """The spec's `analysis` section (Figures 4/5's log-prob passes): `batch_size` pairs per forward
+    pass and `seq_chunk` positions per log-softmax chunk; absent keys take ANALYSIS_DEFAULTS."""
+    section = spec.get("analysis") or {}
+    unknown = sorted(set(section) - set(ANALYSIS_DEFAULTS))
+    if unknown:
+        raise KeyError(f"experiments spec: analysis.{unknown[0]} is not a known key; known: {sorted(ANALYSIS_DEFAULTS)}")
+    options = {**ANALYSIS_DEFAULTS, **section}
+    for key, value in options.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"experiments spec: analysis.{key} must be a positive integer, got {value!r}")
+    return options
+
+
+def _precision(train, run_dir: Path) -> str:
+    """The run's training precision (train.precision of runs/.../config.json: auto, bf16 or fp32)."""
+    from selm.train import resolve_precision
+
+    if train.get("precision") is None:
+        raise KeyError(f"{run_dir / 'config.json'}: no train.precision (the analysis loads models in it)")
+    return resolve_precision(str(train.precision))
+
+
+def _logps(model_dir: Path, records: list[dict], train, precision: str, options: dict) -> np.ndarray:
+    """(N, K) summed completion log-probs of `records` under the checkpoint, in its training
+    precision, `options['batch_size']` pairs at a time (selm.logps.bounded_logps)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from selm.data import tokenize_pairs
-    from selm.logps import compute_reference_logps
+    from selm.logps import bounded_logps
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
     if torch.cuda.is_available():
         model.to("cuda")
-    pairs, _ = tokenize_pairs(records, tokenizer, max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length)
-    with torch.no_grad():
-        return compute_reference_logps(model, pairs, pad_token_id=tokenizer.pad_token_id, batch_size=128).numpy()
+    pairs, _ = tokenize_pairs(records, tokenizer, max_length=train.max_length, max_prompt_length=train.max_prompt_length)
+    logps = bounded_logps(model, pairs, pad_token_id=tokenizer.pad_token_id, batch_size=options["batch_size"],
+                          seq_chunk=options["seq_chunk"])
+    del model
+    return logps.numpy()
 
 
 def implicit_rewards(spec, fig4, fig5, test_rows: list[dict]) -> tuple[dict, dict]:
     from selm.generation import HFBackend
 
     cells = _runs_by_cell(spec, fig4.experiment)
+    options = analysis_options(spec)
     records = [{"prompt": r["prompt"], "chosen": r["chosen"][-1]["content"], "rejected": r["rejected"][-1]["content"]}
                for r in test_rows]
     out4, out5 = {}, {}
@@ -192,13 +228,14 @@ def implicit_rewards(spec, fig4, fig5, test_rows: list[dict]) -> tuple[dict, dic
         selm = {r.seed: r for r in cells[f"{base}/alpha{selm_alpha(fig4, base)}"]}
         run_cfg = _run_config(dpo[min(dpo)])
         train, beta = run_cfg.train, float(run_cfg.train.beta)
+        precision = _precision(train, dpo[min(dpo)].run_dir)
         if any(float(_run_config(r).train.beta) != beta for r in (*dpo.values(), *selm.values())):
             raise ValueError(f"{base}: SELM and DPO runs differ in train.beta; implicit rewards would not compare")
         t = int(fig4.iteration)
         diffs = []
         for seed in sorted(dpo):
-            lp_selm = _logps(selm[seed].run_dir / f"iter{t}" / "model", records, train)
-            lp_dpo = _logps(dpo[seed].run_dir / f"iter{t}" / "model", records, train)
+            lp_selm = _logps(selm[seed].run_dir / f"iter{t}" / "model", records, train, precision, options)
+            lp_dpo = _logps(dpo[seed].run_dir / f"iter{t}" / "model", records, train, precision, options)
             diffs.append(beta * (lp_selm - lp_dpo))
         d = np.mean(diffs, axis=0)  # (prompts, [chosen, rejected])
         out4[base] = {"chosen_sorted": np.sort(d[:, 0]).round(5).tolist(),
@@ -206,7 +243,7 @@ def implicit_rewards(spec, fig4, fig5, test_rows: list[dict]) -> tuple[dict, dic
                       "mean_chosen": round(float(d[:, 0].mean()), 5), "mean_rejected": round(float(d[:, 1].mean()), 5),
                       "frac_chosen_positive": round(float((d[:, 0] > 0).mean()), 4),
                       "frac_rejected_negative": round(float((d[:, 1] < 0).mean()), 4),
-                      "iteration": t, "beta": beta, "seeds": sorted(dpo)}
+                      "iteration": t, "beta": beta, "precision": precision, "seeds": sorted(dpo)}
         t5, k = int(fig5.iteration), int(fig5.samples)
         per_seed = []
         for seed in sorted(dpo):
@@ -218,14 +255,14 @@ def implicit_rewards(spec, fig4, fig5, test_rows: list[dict]) -> tuple[dict, dic
                                                              max_new_tokens=run_cfg.scale.max_new_tokens, seed=seed)
                 own = [{"prompt": r["prompt"], "chosen": s[0], "rejected": s[1], "response": s[2]}
                        for r, s in zip(records, samples)]
-                now = _logps(model_dir, own, train)
-                before = _logps(run.run_dir / f"iter{t5 - 1}" / "model", own, train)
+                now = _logps(model_dir, own, train, precision, options)
+                before = _logps(run.run_dir / f"iter{t5 - 1}" / "model", own, train, precision, options)
                 rewards[name] = (beta * (now - before)).mean(axis=1)
             per_seed.append(rewards["selm"] - rewards["dpo"])
         d5 = np.mean(per_seed, axis=0)
         out5[base] = {"sorted": np.sort(d5).round(5).tolist(), "mean": round(float(d5.mean()), 5),
                       "frac_positive": round(float((d5 > 0).mean()), 4), "iteration": t5, "samples": k,
-                      "beta": beta, "seeds": sorted(dpo)}
+                      "beta": beta, "precision": precision, "seeds": sorted(dpo)}
     return out4, out5
 
 
