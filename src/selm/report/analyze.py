@@ -24,7 +24,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from selm.experiments import expand, load_experiments
 from selm.io import read_jsonl, write_json_atomic
@@ -85,18 +85,44 @@ def _json(path: Path) -> dict:
 
 # --- Figure 2: pairwise AlpacaEval LC heatmaps -------------------------------------------------------
 
-def heatmaps(spec, fig) -> dict:
-    from selm.evals.alpaca import load_outputs, pairwise_matrix
-    from selm.judges import get_judge
+FIGURE2_JUDGE_CACHE = "figure2_judge_cache.jsonl"  # in the analysis folder (a persist output of the stage)
 
-    judge_cfg = spec_config(spec).judge
-    judge = get_judge(judge_cfg.name, **{k: v for k, v in OmegaConf.to_container(judge_cfg, resolve=True).items()
-                                          if k != "name"})
+
+def alpaca_settings(runs: list) -> DictConfig:
+    """The config the runs' checkpoints were evaluated with (selm.experiments.run_config, as the
+    experiment stage composes it): its `judge` and `eval.alpaca_eval` must be the same for every run,
+    or their pairwise win rates would mix judges or LC estimators."""
+    from selm.experiments import run_config
+
+    configs = [(run, run_config(run, Path("params.yaml"))) for run in runs]
+    first_run, first = configs[0]
+
+    def settings(cfg):
+        return OmegaConf.to_container(cfg.judge, resolve=True), OmegaConf.to_container(cfg.eval.alpaca_eval, resolve=True)
+
+    for run, cfg in configs[1:]:
+        if settings(cfg) != settings(first):
+            raise ValueError(f"{run.name} and {first_run.name} were evaluated with different judge or "
+                             "eval.alpaca_eval settings: their outputs cannot share one Figure 2 heatmap")
+    return first
+
+
+def heatmaps(spec, fig, judge_cache: Path) -> dict:
+    """Every model of a base against every other's AlpacaEval outputs as the reference, judged and
+    scored as Table 1 is (selm.evaluate.make_judge, eval.alpaca_eval.glm_data's LC estimator);
+    judgments go through `judge_cache`, so a rerun re-judges nothing."""
+    from selm.evals.alpaca import load_outputs, pairwise_matrix
+    from selm.evals.alpaca_data import glm_data
+    from selm.evaluate import make_judge
+
     cells = _runs_by_cell(spec, fig.experiment)
     out = {}
     for base in spec.bases:
         dpo = {r.seed: r for r in cells[f"{base}/alpha0.0"]}
         selm = {r.seed: r for r in cells[f"{base}/alpha{selm_alpha(fig, base)}"]}
+        cfg = alpaca_settings([*dpo.values(), *selm.values()])
+        glm = glm_data(cfg.eval.alpaca_eval)  # Table 1's GLM data (paper: the official df_gamed.csv; toy: none)
+        judge = make_judge(cfg, judge_cache)
         start_it = 0 if (dpo[min(dpo)].run_dir / "iter0").is_dir() else None
         base_label = "offline DPO (iter0)" if start_it == 0 else "SFT base"
         names = [f"SELM iter{t}" for t in (1, 2, 3)] + [f"DPO iter{t}" for t in (1, 2, 3)] + [base_label]
@@ -108,14 +134,15 @@ def heatmaps(spec, fig) -> dict:
                 outputs[f"DPO iter{t}"] = load_outputs(dpo[seed].eval_dir / f"iter{t}" / "alpaca_outputs.json")
             base_file = (dpo[seed].eval_dir / "iter0" if start_it == 0 else Path("evals/base") / base) / "alpaca_outputs.json"
             outputs[base_label] = load_outputs(base_file)
-            m = pairwise_matrix(outputs, judge)
+            m = pairwise_matrix(outputs, judge, glm)
             # matrix[row][col]: LC win rate of the row model with the column model's outputs as reference
             per_seed.append([[m[col][row]["length_controlled_winrate"] for col in names] for row in names])
         mean = np.mean(np.array(per_seed, dtype=float), axis=0)
         order = sorted(range(len(names)), key=lambda i: -mean[i][names.index(base_label)])
         out[base] = {"models": [names[i] for i in order],
                      "matrix": [[round(float(mean[i][j]), 2) for j in order] for i in order],
-                     "seeds": sorted(dpo), "base_model": base_label,
+                     "seeds": sorted(dpo), "base_model": base_label, "judge": judge.identity("pairwise"),
+                     "lc_glm": f"{glm.glm_name}; {glm.source}" if glm is not None else "neutral difficulties (no glm_data)",
                      "note": "LC win rate (%) of the row model against the column model's outputs, mean over seeds; "
                              "rows and columns ordered by win rate against the base, as in the paper"}
     return out
@@ -372,7 +399,8 @@ def main(argv: list[str] | None = None) -> None:
         write_json_atomic(args.out / "regime_map.json", regime_map(spec, figs.regime_map))
     write_json_atomic(args.out / "figure6_ablations.json", ablations(spec, figs.figure6_ablations))
     write_json_atomic(args.out / "figure3_alpha.json", alpha_ablation(spec, figs.figure3_alpha, test))
-    write_json_atomic(args.out / "figure2_heatmaps.json", heatmaps(spec, figs.figure2_heatmap))
+    write_json_atomic(args.out / "figure2_heatmaps.json",
+                      heatmaps(spec, figs.figure2_heatmap, args.out / FIGURE2_JUDGE_CACHE))
     fig4, fig5 = implicit_rewards(spec, figs.figure4_ird, figs.figure5_own_samples, test_rows)
     write_json_atomic(args.out / "figure4_ird.json", fig4)
     write_json_atomic(args.out / "figure5_own_samples.json", fig5)
