@@ -8,6 +8,7 @@ import hashlib
 import json
 import math
 
+import pandas as pd
 import pytest
 from judge_server import JudgeServer, logprob_reply
 from omegaconf import OmegaConf
@@ -42,8 +43,7 @@ def answer(model: int, i: int) -> str:
     return f"Answer to item {i:02d}" + " more" * model
 
 
-@pytest.fixture
-def paper_like(tmp_path, monkeypatch):
+def make_paper_like(tmp_path, monkeypatch):
     """One base `z` at the paper scale's config (conf/loop_paper.yaml), one seed, DPO and SELM
     iterations 1-3 and the SFT base with AlpacaEval outputs on disk; a df_gamed table as glm_data."""
     monkeypatch.chdir(tmp_path)
@@ -75,26 +75,23 @@ def paper_like(tmp_path, monkeypatch):
     return spec, OmegaConf.create({"experiment": "m", "selm_alpha": 0.001}), tmp_path
 
 
-def test_a_rerun_of_figure2_asks_the_judge_nothing(paper_like):
-    spec, fig, root = paper_like
-    cache = root / "results" / "analysis" / analyze.FIGURE2_JUDGE_CACHE
-    with JudgeServer(default=prefers_longer) as server:
+@pytest.fixture
+def paper_like(tmp_path, monkeypatch):
+    return make_paper_like(tmp_path, monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def judged(tmp_path_factory):
+    """Figure 2 computed twice with one cache, and Table 1's code (selm.evaluate.alpaca_eval) for row
+    'SELM iter2' with column 'DPO iter1''s outputs as the reference set, all against one judge server."""
+    root = tmp_path_factory.mktemp("figure2")
+    with pytest.MonkeyPatch.context() as monkeypatch, JudgeServer(default=prefers_longer) as server:
+        spec, fig, _ = make_paper_like(root, monkeypatch)
+        cache = root / "results" / "analysis" / analyze.FIGURE2_JUDGE_CACHE
         first = analyze.heatmaps(spec(server.base_url), fig, cache)
         asked = len(server.requests)
         again = analyze.heatmaps(spec(server.base_url), fig, cache)
-        assert len(server.requests) == asked  # the rerun: zero judge calls
-    assert asked == 7 * 6 * N  # every ordered pair of different models, every instruction, once
-    assert again == first
-    assert len(read_jsonl(cache)) == asked
-
-
-def test_figure2_lc_is_table1s_estimator_on_the_same_annotations(paper_like):
-    """Row 'SELM iter2' against column 'DPO iter1': the heatmap's LC equals what Table 1's code
-    (selm.evaluate.alpaca_eval) computes for SELM iter2's outputs with DPO iter1's as the reference."""
-    spec, fig, root = paper_like
-    row, col = "SELM iter2", "DPO iter1"
-    with JudgeServer(default=prefers_longer) as server:
-        heat = analyze.heatmaps(spec(server.base_url), fig, root / "analysis" / analyze.FIGURE2_JUDGE_CACHE)["z"]
+        asked_again = len(server.requests) - asked
         # Table 1's code, on a config composed here: the reference set is DPO iter1's outputs
         cfg = compose_config("loop_paper", ["experiment=paper_zephyr"])
         cfg.judge.base_url, cfg.judge.api_key_env = server.base_url, KEY_ENV
@@ -105,14 +102,30 @@ def test_figure2_lc_is_table1s_estimator_on_the_same_annotations(paper_like):
         table1_dir.mkdir()
         (table1_dir / "alpaca_outputs.json").write_text(
             (root / "evals/m/z/alpha0.001/seed42/iter2/alpaca_outputs.json").read_text())
-        table1 = alpaca_eval(cfg, None, make_judge(cfg, table1_dir / "judge_cache.jsonl"), row, table1_dir)
+        table1 = alpaca_eval(cfg, None, make_judge(cfg, table1_dir / "judge_cache.jsonl"), "SELM iter2", table1_dir)
+    return {"first": first, "again": again, "asked": asked, "asked_again": asked_again, "cache": cache,
+            "table1": table1, "table1_dir": table1_dir}
+
+
+@pytest.mark.slow  # the shared fixture: two Figure 2 computations (24 GLM fits, 420 judge requests)
+def test_a_rerun_of_figure2_asks_the_judge_nothing(judged):
+    assert judged["asked_again"] == 0  # the rerun: zero judge calls
+    assert judged["asked"] == 7 * 6 * N  # every ordered pair of different models, every instruction, once
+    assert judged["again"] == judged["first"]
+    assert len(read_jsonl(judged["cache"])) == judged["asked"]
+
+
+@pytest.mark.slow  # the shared fixture: two Figure 2 computations (24 GLM fits, 420 judge requests)
+def test_figure2_lc_is_table1s_estimator_on_the_same_annotations(judged):
+    """Row 'SELM iter2' against column 'DPO iter1': the heatmap's LC equals what Table 1's code
+    (selm.evaluate.alpaca_eval) computes for SELM iter2's outputs with DPO iter1's as the reference."""
+    heat, table1, table1_dir = judged["first"]["z"], judged["table1"], judged["table1_dir"]
+    row, col = "SELM iter2", "DPO iter1"
     assert "length_controlled_v1" in table1["lc_note"] and "df_gamed.csv" in heat["lc_glm"]
     value = heat["matrix"][heat["models"].index(row)][heat["models"].index(col)]
     assert value == round(table1["length_controlled_winrate"], 2)
     # what the heatmap computed before: a neutral GLM on the same annotations, a different number
     annotations = json.loads((table1_dir / "alpaca_annotations.json").read_text())
-    import pandas as pd
-
     neutral = compute_metrics(pd.DataFrame(annotations).set_index("index"))["length_controlled_winrate"]
     assert abs(round(neutral, 2) - value) > 0.05
 
