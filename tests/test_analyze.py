@@ -9,6 +9,17 @@ from omegaconf import OmegaConf
 
 from selm.report import analyze
 
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: one torch thread is faster, and steady on a shared machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 SPEC = {
     "bases": ["tiny-sft"], "seeds": [1, 2, 3],
     "experiments": {
@@ -74,7 +85,8 @@ def test_implicit_reward_differences_of_identical_models_are_zero_and_antisymmet
 
     monkeypatch.chdir(tmp_path)
     other = build_tiny_model(tmp_path / "other", size="small", seed=1)
-    config = {"train": {"beta": 0.1, "max_length": 64, "max_prompt_length": 32}, "scale": {"max_new_tokens": 6}}
+    config = {"train": {"beta": 0.1, "max_length": 64, "max_prompt_length": 32, "precision": "fp32"},
+              "scale": {"max_new_tokens": 6}}
     spec = OmegaConf.create({"bases": ["tiny-sft"], "seeds": [1], "experiments": {
         "main": {"alphas": [0.0, 0.5], "cells": {"tiny-sft": {"model": "tiny-sft"}}}}})
     test = [{"prompt": f"reverse: ab{c}", "chosen": [{"role": "assistant", "content": f"{c}ba"}],
@@ -127,3 +139,52 @@ def test_paper_like_runs_one_seed_and_no_true_reward(tmp_path, monkeypatch):
     assert fig3["curves"]["0.001"]["lc"][2]["mean"] == 20.0 and fig3["curves"]["0.001"]["r_star"] == {}
     # the ranker scores each greedy answer beside the test chosen answer: noiseless oracle, "3" is right
     assert fig3["hist_by_alpha_iter2"] == {"0.0": [1.0, 0.0], "0.001": [0.0, 1.0]}
+
+
+def test_implicit_rewards_load_the_training_precision_and_hold_one_micro_batch_chunk_of_logits(
+        tmp_path, monkeypatch, tiny_model):
+    """Figures 4/5 at a bf16 run: the checkpoints are loaded in bf16, and no log-prob pass ever holds
+    more vocabulary logits than analysis.batch_size pairs x 3 completions x analysis.seq_chunk positions."""
+    import torch
+    from alloc_tracker import AllocationTracker
+    from transformers import AutoConfig
+
+    monkeypatch.chdir(tmp_path)
+    vocab = AutoConfig.from_pretrained(tiny_model).vocab_size
+    config = {"train": {"beta": 0.1, "max_length": 64, "max_prompt_length": 32, "precision": "bf16"},
+              "scale": {"max_new_tokens": 6}}
+    spec = OmegaConf.create({"bases": ["tiny-sft"], "seeds": [1], "analysis": {"batch_size": 2, "seq_chunk": 3},
+                             "experiments": {"main": {"alphas": [0.0, 0.5], "cells": {"tiny-sft": {"model": "tiny-sft"}}}}})
+    test = [{"prompt": f"reverse: abcd{c}", "chosen": [{"role": "assistant", "content": f"{c}dcba"}],
+             "rejected": [{"role": "assistant", "content": f"abcd{c}"}]} for c in "efghijk"]  # 7: not a multiple of 2
+    for cell in ("tiny-sft/alpha0.0", "tiny-sft/alpha0.5"):
+        _make_run(tmp_path, "main", cell, 1, 0.5, tiny_model, config)
+    seen = {"largest": 0, "dtypes": set(), "calls": 0}
+    logps = analyze._logps
+
+    def tracked(*args, **kwargs):
+        with AllocationTracker(vocab) as tracker:
+            out = logps(*args, **kwargs)
+        seen["largest"] = max(seen["largest"], tracker.largest_vocab_numel)
+        seen["dtypes"] |= tracker.vocab_dtypes
+        seen["calls"] += 1
+        return out
+
+    monkeypatch.setattr(analyze, "_logps", tracked)
+    fig4, fig5 = analyze.implicit_rewards(
+        spec, OmegaConf.create({"experiment": "main", "selm_alpha": 0.5, "iteration": 1}),
+        OmegaConf.create({"experiment": "main", "selm_alpha": 0.5, "iteration": 2, "samples": 3}), test)
+    assert seen["calls"] == 6  # Figure 4: 2 models; Figure 5: 2 runs x (now, before)
+    assert 0 < seen["largest"] <= 2 * 3 * 3 * vocab
+    assert torch.bfloat16 in seen["dtypes"]  # the head ran in bf16, only a chunk's log-softmax in fp32
+    assert set(fig4["tiny-sft"]["chosen_sorted"]) == {0.0} and set(fig5["tiny-sft"]["sorted"]) == {0.0}
+    assert fig4["tiny-sft"]["precision"] == "bf16" and len(fig4["tiny-sft"]["chosen_sorted"]) == 7
+
+
+def test_analysis_section_is_checked():
+    assert analyze.analysis_options(OmegaConf.create({})) == analyze.ANALYSIS_DEFAULTS
+    assert analyze.analysis_options(OmegaConf.create({"analysis": {"batch_size": 1}}))["batch_size"] == 1
+    with pytest.raises(ValueError, match="analysis.seq_chunk must be a positive integer, got 0"):
+        analyze.analysis_options(OmegaConf.create({"analysis": {"seq_chunk": 0}}))
+    with pytest.raises(KeyError, match="analysis.batchsize is not a known key"):
+        analyze.analysis_options(OmegaConf.create({"analysis": {"batchsize": 4}}))

@@ -6,6 +6,10 @@ step: no second model is held in memory while training. They are cached on disk 
 hashes exactly what changes them: the checkpoint's weights and config, the token ids (which cover
 data, chat template, tokenizer and lengths) and the precision. A rerun with the same inputs loads
 them instead of recomputing; any change gives a new key.
+
+`bounded_logps` is the inference-only pass of the analyses (Figures 4 and 5) at any vocabulary
+size: micro-batches of pairs, and within each the vocabulary projection and fp32 log-softmax done
+over chunks of positions, so that at most rows x seq_chunk x vocab logits exist at a time.
 """
 
 from __future__ import annotations
@@ -42,6 +46,82 @@ def completion_logps(model, input_ids, attention_mask, completion_mask) -> tuple
     n_tokens = mask.sum(dim=1).clamp(min=1)
     mean_logits = (logits.detach().mean(dim=-1) * mask).sum(dim=1) / n_tokens
     return logps, mean_logits
+
+
+def decoder_and_head(model):
+    """(decoder, lm_head) of a causal LM whose logits are lm_head(decoder's last hidden state).
+
+    Models that transform the logits further (soft-capping, a logit scale) are refused by name; the
+    first micro-batch of `bounded_logps` also checks the split against the model's own forward.
+    """
+    for key in ("final_logit_softcapping", "logit_scale", "logits_scaling"):
+        if getattr(model.config, key, None) not in (None, 1, 1.0):
+            raise ValueError(f"{type(model).__name__}: config.{key}={getattr(model.config, key)!r} transforms the "
+                             "logits after the head; bounded_logps supports plain lm_head(hidden) models only")
+    decoder, head = model.get_decoder(), model.get_output_embeddings()
+    if decoder is model or head is None:
+        raise ValueError(f"{type(model).__name__}: no separate decoder and output head (get_decoder/get_output_embeddings)")
+    return decoder, head
+
+
+def _check_split(model, decoder, head, input_ids, attention_mask) -> None:
+    """The last position's logits of one row, by the model and by head(decoder), must agree."""
+    ids, mask = input_ids[:1], attention_mask[:1]
+    full = model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=1).logits[:, -1].float()
+    split = head(decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state[:, -1:])[:, -1].float()
+    tol = 1e-4 if full.dtype == torch.float32 and next(model.parameters()).dtype == torch.float32 else 5e-2
+    if not torch.allclose(full, split, atol=tol, rtol=tol):
+        raise ValueError(f"{type(model).__name__}: logits are not head(decoder(x)) (max difference "
+                         f"{(full - split).abs().max().item():.3g}); bounded_logps cannot split this model")
+
+
+def chunked_completion_logps(decoder, head, input_ids, attention_mask, completion_mask, *,
+                             seq_chunk: int) -> torch.Tensor:
+    """Per row, the summed log-prob of the completion tokens (as `completion_logps`), without the
+    full [rows, positions, vocab] logits: the head and an fp32 log-softmax run on `seq_chunk`
+    positions at a time, from one position before the first completion token on."""
+    first = int(completion_mask.float().argmax(dim=1).min())
+    start = max(first - 1, 0)  # position t predicts token t+1
+    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    hidden = hidden[:, start:-1]  # the last position predicts past the sequence
+    labels, mask = input_ids[:, start + 1 :], completion_mask[:, start + 1 :].bool()
+    total = torch.zeros(input_ids.shape[0], dtype=torch.float32, device=input_ids.device)
+    for s in range(0, hidden.shape[1], seq_chunk):
+        logits = head(hidden[:, s : s + seq_chunk]).float()
+        token = logits.gather(2, labels[:, s : s + seq_chunk].unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+        del logits
+        total += torch.where(mask[:, s : s + seq_chunk], token, 0.0).sum(dim=1)
+    return total
+
+
+@torch.no_grad()
+def bounded_logps(model, pairs: list[TokenizedPair], *, pad_token_id: int, batch_size: int,
+                  seq_chunk: int) -> torch.Tensor:
+    """(N, K) summed completion log-probs, K = 2 (chosen, rejected) or 3 (+ y_ref), in pair order:
+    `batch_size` pairs per forward pass, the log-softmax over `seq_chunk` positions at a time, in
+    the model's own dtype (fp32 only for the log-softmax of one chunk)."""
+    for name, value in (("batch_size", batch_size), ("seq_chunk", seq_chunk)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"bounded_logps: {name} must be a positive integer, got {value!r}")
+    if not pairs:
+        raise ValueError("bounded_logps: no pairs")
+    was_training = model.training
+    model.eval()
+    decoder, head = decoder_and_head(model)
+    device = next(model.parameters()).device
+    collate, dataset = PairCollator(pad_token_id), PairDataset(pairs)
+    n_kinds = len(pairs[0].completions())
+    out = []
+    for start in range(0, len(pairs), batch_size):
+        batch = {k: v.to(device) for k, v in
+                 collate([dataset[i] for i in range(start, min(start + batch_size, len(pairs)))]).items()}
+        if start == 0:
+            _check_split(model, decoder, head, batch["input_ids"], batch["attention_mask"])
+        logps = chunked_completion_logps(decoder, head, batch["input_ids"], batch["attention_mask"],
+                                         batch["completion_mask"], seq_chunk=seq_chunk)
+        out.append(logps.cpu().view(n_kinds, -1).T)  # rows [chosen_1..B, rejected_1..B, ...] -> one row per pair
+    model.train(was_training)
+    return torch.cat(out)
 
 
 def model_fingerprint(model_dir: str | os.PathLike) -> str:

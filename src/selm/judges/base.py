@@ -79,6 +79,8 @@ class SingleItem:
 
 class Judge(ABC):
     name: str = "judge"
+    # fsync every cached judgment (paid API calls); a judge that costs nothing to ask again turns it off
+    durable_cache: bool = True
 
     def __init__(
         self,
@@ -89,7 +91,8 @@ class Judge(ABC):
     ):
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
-        self.cache = AnnotationCache(cache) if isinstance(cache, (str, os.PathLike)) else cache
+        self.cache = (AnnotationCache(cache, durable=self.durable_cache) if isinstance(cache, (str, os.PathLike))
+                      else cache)
         self.concurrency = concurrency
         # A cached malformed answer is reused by default (it was paid for); True asks again.
         self.retry_errors = retry_errors

@@ -32,6 +32,7 @@ def _rows(source: str | os.PathLike | Iterable[dict] | None) -> list[dict]:
 
 class OracleJudgeAdapter(Judge):
     name = "oracle"
+    durable_cache = False  # free and deterministic: a judgment lost in a crash is simply asked again
 
     def __init__(
         self,

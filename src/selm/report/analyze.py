@@ -11,6 +11,10 @@ Choices the paper leaves open, recorded here and in the JSON:
   iteration 1 from the same checkpoint (iteration 0 is alpha-free and seeded), so
   r_SELM - r_DPO = beta * (log pi_SELM(y|x) - log pi_DPO(y|x)); averaged over seeds per prompt.
 - Figure 5: each model's own samples (3 at T = 1), implicit reward beta * (log pi_t - log pi_{t-1}).
+- Figures 4 and 5 load each checkpoint in its run's training precision (train.precision: bf16 at the
+  paper scale) and compute log-probs `analysis.batch_size` pairs at a time, the vocabulary
+  log-softmax over `analysis.seq_chunk` positions at a time (the spec's `analysis` section), so
+  memory stays bounded at a 128k vocabulary and 1,024 tokens.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from selm.experiments import expand, load_experiments
 from selm.io import read_jsonl, write_json_atomic
@@ -81,18 +85,44 @@ def _json(path: Path) -> dict:
 
 # --- Figure 2: pairwise AlpacaEval LC heatmaps -------------------------------------------------------
 
-def heatmaps(spec, fig) -> dict:
-    from selm.evals.alpaca import load_outputs, pairwise_matrix
-    from selm.judges import get_judge
+FIGURE2_JUDGE_CACHE = "figure2_judge_cache.jsonl"  # in the analysis folder (a persist output of the stage)
 
-    judge_cfg = spec_config(spec).judge
-    judge = get_judge(judge_cfg.name, **{k: v for k, v in OmegaConf.to_container(judge_cfg, resolve=True).items()
-                                          if k != "name"})
+
+def alpaca_settings(runs: list) -> DictConfig:
+    """The config the runs' checkpoints were evaluated with (selm.experiments.run_config, as the
+    experiment stage composes it): its `judge` and `eval.alpaca_eval` must be the same for every run,
+    or their pairwise win rates would mix judges or LC estimators."""
+    from selm.experiments import run_config
+
+    configs = [(run, run_config(run, Path("params.yaml"))) for run in runs]
+    first_run, first = configs[0]
+
+    def settings(cfg):
+        return OmegaConf.to_container(cfg.judge, resolve=True), OmegaConf.to_container(cfg.eval.alpaca_eval, resolve=True)
+
+    for run, cfg in configs[1:]:
+        if settings(cfg) != settings(first):
+            raise ValueError(f"{run.name} and {first_run.name} were evaluated with different judge or "
+                             "eval.alpaca_eval settings: their outputs cannot share one Figure 2 heatmap")
+    return first
+
+
+def heatmaps(spec, fig, judge_cache: Path) -> dict:
+    """Every model of a base against every other's AlpacaEval outputs as the reference, judged and
+    scored as Table 1 is (selm.evaluate.make_judge, eval.alpaca_eval.glm_data's LC estimator);
+    judgments go through `judge_cache`, so a rerun re-judges nothing."""
+    from selm.evals.alpaca import load_outputs, pairwise_matrix
+    from selm.evals.alpaca_data import glm_data
+    from selm.evaluate import make_judge
+
     cells = _runs_by_cell(spec, fig.experiment)
     out = {}
     for base in spec.bases:
         dpo = {r.seed: r for r in cells[f"{base}/alpha0.0"]}
         selm = {r.seed: r for r in cells[f"{base}/alpha{selm_alpha(fig, base)}"]}
+        cfg = alpaca_settings([*dpo.values(), *selm.values()])
+        glm = glm_data(cfg.eval.alpaca_eval)  # Table 1's GLM data (paper: the official df_gamed.csv; toy: none)
+        judge = make_judge(cfg, judge_cache)
         start_it = 0 if (dpo[min(dpo)].run_dir / "iter0").is_dir() else None
         base_label = "offline DPO (iter0)" if start_it == 0 else "SFT base"
         names = [f"SELM iter{t}" for t in (1, 2, 3)] + [f"DPO iter{t}" for t in (1, 2, 3)] + [base_label]
@@ -104,14 +134,15 @@ def heatmaps(spec, fig) -> dict:
                 outputs[f"DPO iter{t}"] = load_outputs(dpo[seed].eval_dir / f"iter{t}" / "alpaca_outputs.json")
             base_file = (dpo[seed].eval_dir / "iter0" if start_it == 0 else Path("evals/base") / base) / "alpaca_outputs.json"
             outputs[base_label] = load_outputs(base_file)
-            m = pairwise_matrix(outputs, judge)
+            m = pairwise_matrix(outputs, judge, glm)
             # matrix[row][col]: LC win rate of the row model with the column model's outputs as reference
             per_seed.append([[m[col][row]["length_controlled_winrate"] for col in names] for row in names])
         mean = np.mean(np.array(per_seed, dtype=float), axis=0)
         order = sorted(range(len(names)), key=lambda i: -mean[i][names.index(base_label)])
         out[base] = {"models": [names[i] for i in order],
                      "matrix": [[round(float(mean[i][j]), 2) for j in order] for i in order],
-                     "seeds": sorted(dpo), "base_model": base_label,
+                     "seeds": sorted(dpo), "base_model": base_label, "judge": judge.identity("pairwise"),
+                     "lc_glm": f"{glm.glm_name}; {glm.source}" if glm is not None else "neutral difficulties (no glm_data)",
                      "note": "LC win rate (%) of the row model against the column model's outputs, mean over seeds; "
                              "rows and columns ordered by win rate against the base, as in the paper"}
     return out
@@ -164,26 +195,58 @@ def alpha_ablation(spec, fig, test: dict) -> dict:
 
 # --- Figures 4 and 5: implicit rewards -------------------------------------------------------------
 
-def _logps(model_dir: Path, records: list[dict], cfg) -> np.ndarray:
+ANALYSIS_DEFAULTS = {"batch_size": 4, "seq_chunk": 256}
+
+
+def analysis_options(spec) -> dict:
+    """The spec's `analysis` section (Figures 4/5's log-prob passes): `batch_size` pairs per forward
+    pass and `seq_chunk` positions per log-softmax chunk; absent keys take ANALYSIS_DEFAULTS."""
+    section = spec.get("analysis") or {}
+    unknown = sorted(set(section) - set(ANALYSIS_DEFAULTS))
+    if unknown:
+        raise KeyError(f"experiments spec: analysis.{unknown[0]} is not a known key; known: {sorted(ANALYSIS_DEFAULTS)}")
+    options = {**ANALYSIS_DEFAULTS, **section}
+    for key, value in options.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"experiments spec: analysis.{key} must be a positive integer, got {value!r}")
+    return options
+
+
+def _precision(train, run_dir: Path) -> str:
+    """The run's training precision (train.precision of runs/.../config.json: auto, bf16 or fp32)."""
+    from selm.train import resolve_precision
+
+    if train.get("precision") is None:
+        raise KeyError(f"{run_dir / 'config.json'}: no train.precision (the analysis loads models in it)")
+    return resolve_precision(str(train.precision))
+
+
+def _logps(model_dir: Path, records: list[dict], train, precision: str, options: dict) -> np.ndarray:
+    """(N, K) summed completion log-probs of `records` under the checkpoint, in its training
+    precision, `options['batch_size']` pairs at a time (selm.logps.bounded_logps)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from selm.data import pad_token_id, tokenize_pairs
-    from selm.logps import compute_reference_logps
+    from selm.logps import bounded_logps
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
     if torch.cuda.is_available():
         model.to("cuda")
-    pairs, _ = tokenize_pairs(records, tokenizer, max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length)
-    with torch.no_grad():
-        return compute_reference_logps(model, pairs, pad_token_id=pad_token_id(tokenizer), batch_size=128).numpy()
+    pairs, _ = tokenize_pairs(records, tokenizer, max_length=train.max_length, max_prompt_length=train.max_prompt_length)
+    logps = bounded_logps(model, pairs, pad_token_id=pad_token_id(tokenizer), batch_size=options["batch_size"],
+                          seq_chunk=options["seq_chunk"])
+    del model
+    return logps.numpy()
 
 
 def implicit_rewards(spec, fig4, fig5, test_rows: list[dict]) -> tuple[dict, dict]:
     from selm.generation import HFBackend
 
     cells = _runs_by_cell(spec, fig4.experiment)
+    options = analysis_options(spec)
     records = [{"prompt": r["prompt"], "chosen": r["chosen"][-1]["content"], "rejected": r["rejected"][-1]["content"]}
                for r in test_rows]
     out4, out5 = {}, {}
@@ -192,13 +255,14 @@ def implicit_rewards(spec, fig4, fig5, test_rows: list[dict]) -> tuple[dict, dic
         selm = {r.seed: r for r in cells[f"{base}/alpha{selm_alpha(fig4, base)}"]}
         run_cfg = _run_config(dpo[min(dpo)])
         train, beta = run_cfg.train, float(run_cfg.train.beta)
+        precision = _precision(train, dpo[min(dpo)].run_dir)
         if any(float(_run_config(r).train.beta) != beta for r in (*dpo.values(), *selm.values())):
             raise ValueError(f"{base}: SELM and DPO runs differ in train.beta; implicit rewards would not compare")
         t = int(fig4.iteration)
         diffs = []
         for seed in sorted(dpo):
-            lp_selm = _logps(selm[seed].run_dir / f"iter{t}" / "model", records, train)
-            lp_dpo = _logps(dpo[seed].run_dir / f"iter{t}" / "model", records, train)
+            lp_selm = _logps(selm[seed].run_dir / f"iter{t}" / "model", records, train, precision, options)
+            lp_dpo = _logps(dpo[seed].run_dir / f"iter{t}" / "model", records, train, precision, options)
             diffs.append(beta * (lp_selm - lp_dpo))
         d = np.mean(diffs, axis=0)  # (prompts, [chosen, rejected])
         out4[base] = {"chosen_sorted": np.sort(d[:, 0]).round(5).tolist(),
@@ -206,7 +270,7 @@ def implicit_rewards(spec, fig4, fig5, test_rows: list[dict]) -> tuple[dict, dic
                       "mean_chosen": round(float(d[:, 0].mean()), 5), "mean_rejected": round(float(d[:, 1].mean()), 5),
                       "frac_chosen_positive": round(float((d[:, 0] > 0).mean()), 4),
                       "frac_rejected_negative": round(float((d[:, 1] < 0).mean()), 4),
-                      "iteration": t, "beta": beta, "seeds": sorted(dpo)}
+                      "iteration": t, "beta": beta, "precision": precision, "seeds": sorted(dpo)}
         t5, k = int(fig5.iteration), int(fig5.samples)
         per_seed = []
         for seed in sorted(dpo):
@@ -218,14 +282,14 @@ def implicit_rewards(spec, fig4, fig5, test_rows: list[dict]) -> tuple[dict, dic
                                                              max_new_tokens=run_cfg.scale.max_new_tokens, seed=seed)
                 own = [{"prompt": r["prompt"], "chosen": s[0], "rejected": s[1], "response": s[2]}
                        for r, s in zip(records, samples)]
-                now = _logps(model_dir, own, train)
-                before = _logps(run.run_dir / f"iter{t5 - 1}" / "model", own, train)
+                now = _logps(model_dir, own, train, precision, options)
+                before = _logps(run.run_dir / f"iter{t5 - 1}" / "model", own, train, precision, options)
                 rewards[name] = (beta * (now - before)).mean(axis=1)
             per_seed.append(rewards["selm"] - rewards["dpo"])
         d5 = np.mean(per_seed, axis=0)
         out5[base] = {"sorted": np.sort(d5).round(5).tolist(), "mean": round(float(d5.mean()), 5),
                       "frac_positive": round(float((d5 > 0).mean()), 4), "iteration": t5, "samples": k,
-                      "beta": beta, "seeds": sorted(dpo)}
+                      "beta": beta, "precision": precision, "seeds": sorted(dpo)}
     return out4, out5
 
 
@@ -335,7 +399,8 @@ def main(argv: list[str] | None = None) -> None:
         write_json_atomic(args.out / "regime_map.json", regime_map(spec, figs.regime_map))
     write_json_atomic(args.out / "figure6_ablations.json", ablations(spec, figs.figure6_ablations))
     write_json_atomic(args.out / "figure3_alpha.json", alpha_ablation(spec, figs.figure3_alpha, test))
-    write_json_atomic(args.out / "figure2_heatmaps.json", heatmaps(spec, figs.figure2_heatmap))
+    write_json_atomic(args.out / "figure2_heatmaps.json",
+                      heatmaps(spec, figs.figure2_heatmap, args.out / FIGURE2_JUDGE_CACHE))
     fig4, fig5 = implicit_rewards(spec, figs.figure4_ird, figs.figure5_own_samples, test_rows)
     write_json_atomic(args.out / "figure4_ird.json", fig4)
     write_json_atomic(args.out / "figure5_own_samples.json", fig5)
