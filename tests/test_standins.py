@@ -279,8 +279,9 @@ def test_training_step_runs_without_pad(standins, tmp_path):
 def test_analyze_implicit_reward_logps_run_without_pad(standins):
     from types import SimpleNamespace
 
-    from selm.report.analyze import _logps
+    from selm.report.analyze import ANALYSIS_DEFAULTS, _logps
 
     records = [{"prompt": p, "chosen": a, "rejected": "no"} for p, a in PAIRS[:2]]
-    logps = _logps(standins["llama3"], records, SimpleNamespace(max_length=64, max_prompt_length=32))
+    logps = _logps(standins["llama3"], records, SimpleNamespace(max_length=64, max_prompt_length=32), "fp32",
+                   dict(ANALYSIS_DEFAULTS, batch_size=1))
     assert logps.shape == (2, 2) and (logps < 0).all()
