@@ -137,6 +137,7 @@ def build_world(root: Path, mt_questions: int = 2) -> None:
     # STAND-IN: until selm.standins lands, the Llama-3 role is played by the char-level tiny Llama
     build_tiny_model(root / "models/rehearsal-llama3", size="small", seed=2)
     build_tiny_pairrm(root / "models/rehearsal-pairrm", seed=0)
+    (root / "conf").symlink_to(CONF_DIR)  # stages run from the repo root: the launcher names conf/accelerate/...
 
 
 def slice_spec(root: Path, port: int) -> Path:
@@ -156,10 +157,12 @@ def test_slice_one_cell_one_iteration_end_to_end(tmp_path):
     build_world(tmp_path)
     port = free_port()
     spec = slice_spec(tmp_path, port)
+    # the launcher `accelerate launch` is found on PATH, as under make (which puts .venv/bin first)
     done = subprocess.run([sys.executable, "-m", "selm.judge_server", "--config-name", "loop_rehearsal",
                            f"judge.base_url=http://127.0.0.1:{port}/v1", "--",
                            sys.executable, "-m", "selm.cli.stage", "experiment", "slice", "--spec", str(spec)],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"})
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     run = tmp_path / "runs/slice/rehearsal-llama3/alpha0.0001/seed42"
     train = pd.read_parquet(FIXTURES / "ultrafeedback/data/train_prefs-00000-of-00001.parquet")
