@@ -65,10 +65,14 @@ judged() {  # the stage's command with the fallback judge server at judge.base_u
 
 echo "GPU smoke test in $WORK ($(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || echo 'no nvidia-smi'))"
 stage check_cuda "$PY" -c "import torch, vllm, deepspeed; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name(0), vllm.__version__, deepspeed.__version__)"
+(( FAILED == 0 )) || { echo "no CUDA GPU with vllm and deepspeed: nothing else can run"; exit 1; }
 stage ultrafeedback "$PY" -m selm.ultrafeedback --out data/rehearsal/ultrafeedback --source tests/fixtures/rehearsal/ultrafeedback
 stage alpaca_data "$PY" -m selm.evals.alpaca_data --out data/rehearsal/alpaca_eval --source tests/fixtures/rehearsal/alpaca_eval
-[[ -f data/rehearsal/mt_bench/question.jsonl ]] ||
+if [[ -f data/rehearsal/mt_bench/question.jsonl ]]; then
+  printf '%-34s %5ss %s\n' mt_bench_data 0 "OK (copied from the repository's data/rehearsal/mt_bench)"
+else
   stage mt_bench_data "$PY" -m selm.small mt-bench --out data/rehearsal/mt_bench --version 26.3
+fi
 # STAND-INS: the models stage of scales/rehearsal/dvc.yaml
 stage models@rehearsal-zephyr "$PY" -m selm.standins --kind zephyr --out models/rehearsal-zephyr
 stage models@rehearsal-llama3 "$PY" -m selm.standins --kind llama3 --out models/rehearsal-llama3
