@@ -143,7 +143,7 @@ def build_world(root: Path, mt_questions: int = 2) -> None:
 def slice_spec(root: Path, port: int) -> Path:
     cell = {"experiment": "rehearsal_llama3", "model.iterations": [1], "judge.base_url": f"http://127.0.0.1:{port}/v1",
             "eval.alpaca_eval.limit": 2, "eval.mt_bench.limit": 2, "eval.mt_bench.references": None,
-            "eval.lmeval.limit": 2, "eval.n_prompts": 2, "logger.wandb": False, "logger.mode": "disabled"}
+            "eval.lmeval.limit": 2, "eval.n_prompts": 0, "logger.wandb": False, "logger.mode": "disabled"}
     spec = {"config_name": "loop_rehearsal", "params": False, "bases": ["rehearsal-llama3"], "seeds": [42],
             "workers": 1, "experiments": {"slice": {"eval": ["alpaca", "mt_bench", "lmeval"], "alphas": [0.0001],
                                                     "cells": {"rehearsal-llama3": cell}}}}
