@@ -121,6 +121,7 @@ def evaluate_checkpoint(cfg: DictConfig, model_dir: str | Path, out: str | Path,
     from selm.train import check_checkpoint
 
     model_dir, out = check_checkpoint(model_dir, "model_dir"), Path(out)
+    judge = make_judge(cfg, out / JUDGE_CACHE)  # first: a judge that cannot work stops this before anything is written
     # Finished parts are reused only under the same settings. The judge cache is kept whatever
     # changed: its keys name the judge, instruction and outputs, and its judgments may be paid for.
     reuse_or_reset(out, {"model_dir": str(model_dir), "model_id": model_id,
@@ -131,7 +132,6 @@ def evaluate_checkpoint(cfg: DictConfig, model_dir: str | Path, out: str | Path,
     if path.exists():
         return json.loads(path.read_text())
     backend = backend_from_config(cfg, model_dir)
-    judge = make_judge(cfg, out / JUDGE_CACHE)
     parts = list(cfg.eval.get("parts", PARTS))
     if set(parts) - set(PARTS):
         raise ValueError(f"eval.parts={parts}: unknown part(s) {sorted(set(parts) - set(PARTS))}; known: {list(PARTS)}")

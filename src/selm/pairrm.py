@@ -277,3 +277,18 @@ def build_tiny_pairrm(path: str | Path, seed: int = 0) -> Path:
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path / "model.safetensors")
     tokenizer.save_pretrained(path)
     return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m selm.pairrm --build-tiny DIR`: a tiny random PairRM (the rehearsal scale's ranker)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m selm.pairrm", description=main.__doc__)
+    parser.add_argument("--build-tiny", required=True, metavar="DIR", help="folder to write the checkpoint to")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    print(f"tiny random PairRM written to {build_tiny_pairrm(args.build_tiny, seed=args.seed)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -53,6 +53,21 @@ def is_local(source: str) -> bool:
     return Path(source).is_dir()
 
 
+def check_source(source: str, splits: Sequence[str] = ()) -> None:
+    """A source meant as a local folder (it exists, is absolute, starts with '.', or its first part is a
+    folder here, e.g. tests/fixtures/...) must exist and hold a file for every split; the error names
+    the folder and the split. Anything else is left to the hub."""
+    path = Path(source)
+    if not path.is_dir():
+        if path.is_absolute() or source.startswith(".") or (len(path.parts) > 1 and Path(path.parts[0]).is_dir()):
+            raise FileNotFoundError(f"source {source}: no such folder")
+        return
+    for split in splits:
+        if not any(path.rglob(f"{split}-*")) and not any(path.rglob(f"{split}.*")):
+            raise FileNotFoundError(f"source {source}: no file for split {split} "
+                                    f"(expected e.g. data/{split}-00000-of-00001.parquet)")
+
+
 def resolve_revision(source: str, revision: str | None) -> str | None:
     """The commit a hub source is read at (pinned for the load, so the manifest names what was read);
     None for a local folder, or when the hub may not be asked (HF_HUB_OFFLINE: datasets' cache is used)."""
@@ -89,6 +104,7 @@ def export(out: str | os.PathLike, source: str = DEFAULT_SOURCE, *, splits: Sequ
     import datasets
 
     out = Path(out)
+    check_source(source, splits)
     commit = resolve_revision(source, revision)
     loaded = load_splits(source, splits, revision=commit or revision, cache_dir=cache_dir)
     manifest = {
@@ -118,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         manifest = export(args.out, args.source, splits=args.splits, revision=args.revision, cache_dir=args.cache_dir)
-    except DataError as e:  # bad data: the message names split, row and key; no traceback needed
+    except (DataError, FileNotFoundError) as e:  # bad data or a missing source file: the message names it
         print(f"error: {e}", file=sys.stderr)
         return 1
     counts = ", ".join(f"{s} {m['rows']}" for s, m in manifest["splits"].items())

@@ -16,6 +16,7 @@ evals/base/<model.name>/. Finished parts are skipped on rerun (selm.evaluate).
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from selm.config import compose_config
@@ -37,7 +38,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=paper_zephyr train.alpha=0")
     args = parser.parse_args(argv)
     cfg = compose_config(args.config_name, args.overrides)
-    if args.base:
+    try:
+        evaluate(cfg, args.base)
+    except (FileNotFoundError, ConnectionError) as e:  # a missing checkpoint, tokenizer or data file; a judge down
+        sys.exit(f"error: {e}")
+
+
+def evaluate(cfg, base: bool) -> None:
+    """The base model (model.path) into evals/base/<model.name>/, or every checkpoint of cfg.run_dir."""
+    if base:
         from selm.evaluate import evaluate_checkpoint
 
         out = Path("evals") / "base" / cfg.model.name  # where the report looks for base models, at every scale

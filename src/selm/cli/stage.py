@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -67,6 +68,35 @@ def sft(cfg: DictConfig) -> None:
           f"best-of-{s.headroom_n} r* {headroom[f'best_of_{s.headroom_n}']['mean']:.3f}")
 
 
+def preflight(name: str, spec_file: Path, params_file: Path) -> None:
+    """What every run of experiment `name` reads, checked before any run starts, so that a missing
+    input stops the stage with one error naming it and nothing written: the base checkpoint (with its
+    tokenizer), the preference data, the ranker's checkpoint, the evaluation data, and a judge server
+    on this machine."""
+    from selm.experiments import expand, load_experiments, run_config
+    from selm.train import check_checkpoint
+
+    seen = set()
+    for run in expand(load_experiments(spec_file), name, str(spec_file)):
+        cfg = run_config(run, params_file)
+        check_checkpoint(cfg.model.path, "model.path")
+        files = {f"data.{k}": cfg.data[k] for k in ("train_prefs", "test_prefs")}
+        if "alpaca" in run.eval_parts:
+            files["eval.alpaca_eval.data"] = cfg.eval.alpaca_eval.data
+        if "mt_bench" in run.eval_parts:
+            files["eval.mt_bench.questions"] = cfg.eval.mt_bench.questions
+        for key, path in files.items():
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"{key}={path}: no such file (its export stage writes it)")
+        if cfg.ranker.name == "pairrm" and not (Path(cfg.ranker.path) / "config.json").is_file():
+            raise FileNotFoundError(f"ranker.path={cfg.ranker.path}: no PairRM checkpoint there")
+        if run.eval_parts and cfg.judge.name == "openai" and cfg.judge.base_url not in seen:
+            from selm.judge_server import check_local_server
+
+            check_local_server(cfg.judge.base_url)
+            seen.add(cfg.judge.base_url)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
@@ -99,9 +129,14 @@ def main(argv: list[str] | None = None) -> None:
         evaluate_checkpoint(cfg, cfg.model.path, Path("evals") / "base" / args.base, f"{args.base}/base")
     else:
         from selm.experiments import run_experiment
+        from selm.io import DataError
 
         if args.set:
             parser.error("--set does not apply to `experiment`: change experiments/*.yaml or params.yaml")
+        try:
+            preflight(args.name, args.spec, args.params)
+        except (FileNotFoundError, DataError, ConnectionError) as e:
+            sys.exit(f"error: experiment {args.name}: {e}")
         run_experiment(args.name, args.spec, args.params, workers=args.workers)
 
 

@@ -42,6 +42,9 @@ ROW_SCHEMA = {key: (str, True) for key in FIELDS}
 
 def fetch(source: str, filename: str, revision: str | None) -> Path:
     """`filename` from a local folder, or from the hub dataset repo `source` (cached by huggingface_hub)."""
+    from selm.ultrafeedback import check_source
+
+    check_source(source)  # a local folder that is missing is named, not sent to the hub
     if Path(source).is_dir():
         path = Path(source) / filename
         if not path.is_file():

@@ -24,6 +24,8 @@ from collections.abc import Callable
 
 import openai
 
+from selm.judge_server import check_local_server
+
 from . import alpaca_prompt, mt_bench_prompt
 from .base import Annotation, Judge, Rating, SingleItem
 
@@ -60,6 +62,7 @@ class OpenAIJudge(Judge):
             raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
         if api_key_env not in os.environ:
             raise KeyError(f"the judge's API key is read from the environment variable {api_key_env}, which is not set")
+        check_local_server(base_url)  # a judge on this machine that is down fails here, before any work
         self.base_url, self.model = base_url, model
         self.max_attempts, self.backoff, self.max_backoff, self._sleep = max_attempts, backoff, max_backoff, sleep
         self.annotator = alpaca_prompt.load_annotator(annotator)

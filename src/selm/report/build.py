@@ -24,7 +24,8 @@ from selm.report.stats import mean_ci
 
 # our (base, method, iteration) -> the paper's (base, method, iteration) in ../paper/*.csv
 PAPER_BASE = {"tiny-sft": "zephyr", "tiny-instruct": "llama3",  # the toy bases play the paper's
-              "zephyr-7b-sft": "zephyr", "llama3-8b-instruct": "llama3"}
+              "zephyr-7b-sft": "zephyr", "llama3-8b-instruct": "llama3",
+              "rehearsal-zephyr": "zephyr", "rehearsal-llama3": "llama3"}  # the rehearsal's stand-ins
 LOOP_START = {"zephyr": ("offline_dpo", "0"), "llama3": ("base", "0")}  # what the online iterations start from
 
 
@@ -66,7 +67,7 @@ def paper_comparison(rows: list[dict], paper1: list[dict], paper2: list[dict],
         if key not in ours:
             continue
         start = LOOP_START[key[0]]
-        row = {"paper_model": p["model"], "our_base": [b for b, pb in PAPER_BASE.items() if pb == key[0]][0],
+        row = {"paper_model": p["model"], "our_base": ours[key][0]["base"],
                "method": key[1], "iteration": key[2], "seeds": len(ours[key])}
         for ours_key, paper_key, label in metrics:
             vals = [float(r[ours_key]) for r in ours[key] if ours_key in r]
