@@ -74,8 +74,8 @@ else
   stage mt_bench_data "$PY" -m selm.small mt-bench --out data/rehearsal/mt_bench --version 26.3
 fi
 # STAND-INS: the models stage of scales/rehearsal/dvc.yaml
-stage models@rehearsal-zephyr "$PY" -m selm.standins --kind zephyr --out models/rehearsal-zephyr
-stage models@rehearsal-llama3 "$PY" -m selm.standins --kind llama3 --out models/rehearsal-llama3
+stage models@rehearsal-zephyr "$PY" -m selm.standins zephyr models/rehearsal-zephyr
+stage models@rehearsal-llama3 "$PY" -m selm.standins llama3 models/rehearsal-llama3
 stage pairrm "$PY" -m selm.pairrm --build-tiny models/rehearsal-pairrm --seed 0
 stage experiment@rehearsal_main judged "$PY" -m selm.cli.stage experiment rehearsal_main --spec "$SPEC"
 stage experiment@rehearsal_ablations judged "$PY" -m selm.cli.stage experiment rehearsal_ablations --spec "$SPEC"

@@ -124,7 +124,7 @@ def build_world(root: Path, mt_questions: int = 2) -> None:
     FastChat-format MT-Bench file, the Llama-3 stand-in and the tiny PairRM."""
     from selm.evals.alpaca_data import export as export_alpaca
     from selm.pairrm import build_tiny_pairrm
-    from selm.tiny import build_tiny_model
+    from selm.standins import build_standin
     from selm.ultrafeedback import export as export_uf
 
     export_uf(root / "data/rehearsal/ultrafeedback", str(FIXTURES / "ultrafeedback"), cache_dir=str(root / ".hf"))
@@ -134,8 +134,7 @@ def build_world(root: Path, mt_questions: int = 2) -> None:
     questions = [{"question_id": 81 + i, "category": "writing",
                   "turns": [f"Write one sentence about topic {i}.", "Now make it shorter."]} for i in range(mt_questions)]
     (mt / "question.jsonl").write_text("".join(json.dumps(q) + "\n" for q in questions))
-    # STAND-IN: until selm.standins lands, the Llama-3 role is played by the char-level tiny Llama
-    build_tiny_model(root / "models/rehearsal-llama3", size="small", seed=2)
+    build_standin("llama3", root / "models/rehearsal-llama3")  # real Llama-3 tokenizer, no pad token
     build_tiny_pairrm(root / "models/rehearsal-pairrm", seed=0)
     (root / "conf").symlink_to(CONF_DIR)  # stages run from the repo root: the launcher names conf/accelerate/...
 
@@ -266,7 +265,7 @@ def test_gpu_smoke_script_parses_and_its_overrides_compose():
     modules = {line.split(" -m ")[1].split()[0] for line in text.splitlines()
                if line.startswith("stage ") and " -m " in line}
     assert {"selm.cli.stage", "selm.cli.evaluate", "selm.report.analyze", "selm.report.build"} <= modules
-    for module in modules - {"selm.standins"}:  # STAND-IN: selm.standins comes with its own branch
+    for module in modules:
         assert importlib.util.find_spec(module) is not None, module
     for experiment in ("rehearsal_zephyr", "rehearsal_llama3"):
         cfg = compose_config("loop_gpu_smoke", [f"experiment={experiment}"])
