@@ -149,29 +149,34 @@ def test_a_retrained_base_redoes_only_its_runs(copy, golden):
         (golden / "runs" / "a_world" / "base" / "eval_identity.json").read_text())["checkpoint"]
 
 
-def test_iteration0_is_trained_once_and_shared_by_every_alpha(copy):
-    """Zephyr's offline-DPO iteration 0 does not depend on alpha: the DPO and SELM cells start from
-    one checkpoint, trained once (on GPUs two trainings would give two different models)."""
+def iteration0_experiment(work: Path, workers: int) -> None:
+    """An experiment of two cells (alpha 0 and 0.5) of a base with the offline-DPO iteration 0 only."""
     from selm.experiments import run_experiment
 
-    work, trained = copy
     params = {"train": {"global_batch_size": 4, "per_device_batch_size": 4},
               "data": {"train_prefs": "world/train_prefs.jsonl", "test_prefs": "world/test_prefs.jsonl",
                        "slice_size": 4},
               "eval": {"n_prompts": 2}, "scale": {"max_new_tokens": 4}, "paths": {"ref_cache_dir": "cache"}}
     cell = {"model": "tiny-sft", "model.path": "bases/a", "model.offline_dpo_iteration": True,
             "model.iterations": [], "logger.wandb": False}
-    spec = {"seeds": [7], "workers": 1, "experiments": {"e": {"eval": [], "alphas": [0.0, 0.5], "cells": {"c": cell}}}}
+    spec = {"seeds": [7], "experiments": {"e": {"eval": [], "alphas": [0.0, 0.5], "cells": {"c": cell}}}}
     (work / "params.yaml").write_text(yaml.safe_dump(params))
     (work / "spec.yaml").write_text(yaml.safe_dump(spec))
-    run_experiment("e", work / "spec.yaml", work / "params.yaml", workers=1)
+    run_experiment("e", work / "spec.yaml", work / "params.yaml", workers=workers)
+
+
+def test_iteration0_is_trained_once_and_shared_by_every_alpha(copy):
+    """Zephyr's offline-DPO iteration 0 does not depend on alpha: the DPO and SELM cells start from
+    one checkpoint, trained once (on GPUs two trainings would give two different models)."""
+    work, trained = copy
+    iteration0_experiment(work, workers=1)
     assert len(trained) == 1
     dpo, selm = (work / "runs" / "e" / "c" / f"alpha{a}" / "seed7" / "iter0" for a in ("0.0", "0.5"))
     weights_dpo, weights_selm = dpo / "model" / "model.safetensors", selm / "model" / "model.safetensors"
     assert weights_dpo.read_bytes() == weights_selm.read_bytes()
     assert os.path.samefile(weights_dpo, weights_selm)  # hard links of one shared checkpoint
     assert (dpo / "eval.json").exists() and (selm / "eval.json").exists()
-    run_experiment("e", work / "spec.yaml", work / "params.yaml", workers=1)
+    iteration0_experiment(work, workers=1)
     assert len(trained) == 1
 
 
@@ -252,3 +257,14 @@ def test_every_stage_depends_on_the_code_and_config_it_reads(pipeline):
         problems += [f"{pipeline}:{stage.name} reads {f}, not in its deps" for f in needed if not covered(f)]
         problems += [f"{pipeline}:{stage.name} depends on README.md" for d in deps if d.name == "README.md"]
     assert not problems, "\n".join(problems)
+
+
+def test_parallel_runs_wait_for_the_one_training_iteration0(copy):
+    """Two worker processes that need the same iteration 0 at once: one trains it, the other waits
+    (a lock) and links the same checkpoint."""
+    work = copy[0]
+    iteration0_experiment(work, workers=2)
+    dpo, selm = (work / "runs" / "e" / "c" / f"alpha{a}" / "seed7" / "iter0" / "model" / "model.safetensors"
+                 for a in ("0.0", "0.5"))
+    assert os.path.samefile(dpo, selm)
+    assert len(list((work / "runs" / "shared" / "tiny-sft").glob("iter0-*/model"))) == 1
