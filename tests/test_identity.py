@@ -99,6 +99,7 @@ def test_unchanged_inputs_and_a_readme_edit_redo_nothing(copy, tmp_path, monkeyp
     assert not [name for name, stage in stages.items() if "README.md" in json.dumps(stage)]
 
 
+@pytest.mark.slow
 def test_a_changed_loss_redoes_every_run_and_an_evaluation_only_edit_none(copy, golden, tmp_path, monkeypatch):
     import selm.trainer
 
@@ -259,6 +260,7 @@ def test_every_stage_depends_on_the_code_and_config_it_reads(pipeline):
     assert not problems, "\n".join(problems)
 
 
+@pytest.mark.slow
 def test_parallel_runs_wait_for_the_one_training_iteration0(copy):
     """Two worker processes that need the same iteration 0 at once: one trains it, the other waits
     (a lock) and links the same checkpoint."""
@@ -268,3 +270,22 @@ def test_parallel_runs_wait_for_the_one_training_iteration0(copy):
                  for a in ("0.0", "0.5"))
     assert os.path.samefile(dpo, selm)
     assert len(list((work / "runs" / "shared" / "tiny-sft").glob("iter0-*/model"))) == 1
+
+
+def test_a_checkpoint_is_hashed_once_per_file_set_across_processes(golden, tmp_path):
+    """The fingerprint memo in the cache folder stands for the hash while the files are untouched
+    (name, device, inode, size, mtime); touching a file makes it hash again."""
+    import selm.logps
+    from selm.logps import model_fingerprint
+
+    model = tmp_path / "model"
+    shutil.copytree(golden / "bases" / "b", model)
+    first = model_fingerprint(model, tmp_path / "memo")
+    (memo,) = (tmp_path / "memo" / "fingerprints").iterdir()
+    assert memo.read_text().strip() == first
+    memo.write_text("f" * 64 + "\n")  # what a later process finds there is taken as is
+    selm.logps._FINGERPRINTS.clear()  # as in a new process
+    assert model_fingerprint(model, tmp_path / "memo") == "f" * 64
+    weights = model / "model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 1))
+    assert model_fingerprint(model, tmp_path / "memo") == first  # the file set changed: hashed again

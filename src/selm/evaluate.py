@@ -157,7 +157,8 @@ def evaluation_identity(cfg: DictConfig, model_dir: Path, model_id: str) -> dict
     def section(name: str):
         return OmegaConf.to_container(cfg[name], resolve=True)
 
-    return {"model_dir": str(model_dir), "model_id": model_id, "checkpoint": model_fingerprint(model_dir),
+    return {"model_dir": str(model_dir), "model_id": model_id,
+            "checkpoint": model_fingerprint(model_dir, cfg.paths.ref_cache_dir),
             "eval": section("eval"), "judge": section("judge"), "generation": section("generation"),
             "scale": section("scale"), "system_prompt": cfg.model.system_prompt,
             "data": eval_data_files(cfg), "code": code_fingerprint(*EVAL_MODULES), "versions": result_versions()}

@@ -31,6 +31,7 @@ import logging
 import os
 import re
 import shutil
+from functools import partial
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -283,7 +284,8 @@ def run_loop(cfg: DictConfig) -> Path:
                            str(cfg.data.test_prefs))[: cfg.eval.n_prompts]
     iterations = ([0] if cfg.model.offline_dpo_iteration else []) + list(cfg.model.iterations)
     code = code_fingerprint(*LOOP_MODULES)
-    base_fp = model_fingerprint(base)
+    fingerprint = partial(model_fingerprint, memo_dir=cfg.paths.ref_cache_dir)  # hashed once per file set
+    base_fp = fingerprint(base)
     run_dir.mkdir(parents=True, exist_ok=True)
     if not (run_dir / "config.json").exists() or json.loads((run_dir / "config.json").read_text()) != run_identity(cfg):
         write_json_atomic(run_dir / "config.json", run_identity(cfg))
@@ -301,11 +303,11 @@ def run_loop(cfg: DictConfig) -> Path:
             identity = _shared_iteration0(cfg, base, base_fp, rows, code, it_dir)
         else:
             reference_fp = base_fp if variant.reference == "base" else "init_checkpoint"
-            identity = iteration_identity(cfg, t, previous_id, model_fingerprint(previous), reference_fp, rows, code)
+            identity = iteration_identity(cfg, t, previous_id, fingerprint(previous), reference_fp, rows, code)
             reuse_or_reset(it_dir, identity, record="identity.json")
             ranker = _train_online_iteration(cfg, t, rows, previous, base, it_dir, ranker)
         model_dir = it_dir / "model"
-        summary[f"iter{t}"] = _evaluate(cfg, model_dir, model_fingerprint(model_dir), test, it_dir, code)
+        summary[f"iter{t}"] = _evaluate(cfg, model_dir, fingerprint(model_dir), test, it_dir, code)
         previous, previous_id = model_dir, identity
     write_json_atomic(run_dir / "summary.json", summary)
     return run_dir
