@@ -76,7 +76,7 @@ def mini(tmp_path_factory, tiny_model):
                  "slice_size": 8},
         "eval": {"n_prompts": 4, "coverage_samples": 2},
         "scale": {"max_new_tokens": 6},
-        "paths": {"ref_cache_dir": str(root / "cache")},
+        "paths": {"ref_cache_dir": str(root / "cache"), "shared_runs": str(root / "shared")},
     }
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     cell = {"model": "tiny-sft", "model.path": str(tiny_model), "model.offline_dpo_iteration": False,

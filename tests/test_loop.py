@@ -86,7 +86,7 @@ def loop_cfg(tiny_model, world, run_dir, *overrides):
     return compose_config("loop", [
         f"model.path={tiny_model}", f"data.train_prefs={world}/train_prefs.jsonl",
         f"data.test_prefs={world}/test_prefs.jsonl", "data.slice_size=8", "eval.n_prompts=6",
-        "logger=none", f"run_dir={run_dir}", f"paths.ref_cache_dir={run_dir}/cache",
+        "logger=none", f"run_dir={run_dir}", f"paths.ref_cache_dir={run_dir}/cache", f"paths.shared_runs={run_dir}/shared",
         "train.global_batch_size=4", "train.per_device_batch_size=4", "scale.max_new_tokens=8", *overrides,
     ])
 

@@ -114,6 +114,54 @@ def flat_metrics(alpaca: dict | None, mt: dict | None, lm: dict | None = None) -
 
 
 PARTS = ("alpaca", "mt_bench", "lmeval")
+EVAL_MODULES = ("selm.evaluate",)  # its code: selm.evaluate and the selm modules it imports
+
+
+def eval_data_files(cfg: DictConfig) -> dict[str, str]:
+    """Content hashes of the files an evaluation reads: AlpacaEval's instructions and references
+    (and the LC GLM table), MT-Bench's questions and reference answers, and for lm-eval the conf
+    file of its suite, the task folders it includes and the world files its tasks read."""
+    from selm.evals.lmeval import LMEVAL_CONF_DIR, REPO_ROOT, load_lmeval_config
+    from selm.provenance import tree_sha256
+
+    def state(path) -> str:
+        return tree_sha256(path) if Path(path).exists() else "missing"
+
+    e, files = cfg.eval, {}
+    for key in ("alpaca_eval.data", "alpaca_eval.glm_data", "mt_bench.questions", "mt_bench.references"):
+        value = OmegaConf.select(e, key)
+        if value:
+            files[key] = state(value)
+    name = e.lmeval.config
+    if name is not None:
+        conf = Path(name) if Path(str(name)).suffix else LMEVAL_CONF_DIR / f"{name}.yaml"
+        files["lmeval.config"] = state(conf)
+        suite = load_lmeval_config(name) if conf.is_file() else {}
+        for include in suite.get("include_path") or []:
+            files[f"lmeval.include_path:{include}"] = state(REPO_ROOT / include)
+        # as lm-eval's run_config: eval.lmeval.world (relative to here) wins over the suite's (to the repo)
+        world = Path(e.lmeval.world) if e.lmeval.world else REPO_ROOT / suite["world"] if suite.get("world") else None
+        for task in suite.get("tasks") or []:
+            if isinstance(task, dict) and task.get("world_file") and world is not None:
+                files[f"lmeval.world:{task['world_file']}"] = state(world / task["world_file"])
+    return files
+
+
+def evaluation_identity(cfg: DictConfig, model_dir: Path, model_id: str) -> dict:
+    """What a checkpoint's evaluation depends on: the checkpoint's content (the fingerprint the
+    reference cache uses), the evaluation, judge and generation-backend settings, the data files
+    they read, the code."""
+    from selm.logps import model_fingerprint
+    from selm.provenance import code_fingerprint, result_versions
+
+    def section(name: str):
+        return OmegaConf.to_container(cfg[name], resolve=True)
+
+    return {"model_dir": str(model_dir), "model_id": model_id,
+            "checkpoint": model_fingerprint(model_dir, cfg.paths.ref_cache_dir),
+            "eval": section("eval"), "judge": section("judge"), "generation": section("generation"),
+            "scale": section("scale"), "system_prompt": cfg.model.system_prompt,
+            "data": eval_data_files(cfg), "code": code_fingerprint(*EVAL_MODULES), "versions": result_versions()}
 
 
 def evaluate_checkpoint(cfg: DictConfig, model_dir: str | Path, out: str | Path, model_id: str) -> dict:
@@ -122,12 +170,9 @@ def evaluate_checkpoint(cfg: DictConfig, model_dir: str | Path, out: str | Path,
 
     model_dir, out = check_checkpoint(model_dir, "model_dir"), Path(out)
     judge = make_judge(cfg, out / JUDGE_CACHE)  # first: a judge that cannot work stops this before anything is written
-    # Finished parts are reused only under the same settings. The judge cache is kept whatever
+    # Finished parts are reused only under the same identity. The judge cache is kept whatever
     # changed: its keys name the judge, instruction and outputs, and its judgments may be paid for.
-    reuse_or_reset(out, {"model_dir": str(model_dir), "model_id": model_id,
-                         "eval": OmegaConf.to_container(cfg.eval, resolve=True),
-                         "judge": OmegaConf.to_container(cfg.judge, resolve=True)},
-                   record="eval_config.json", keep=(JUDGE_CACHE,))
+    reuse_or_reset(out, evaluation_identity(cfg, model_dir, model_id), record="eval_config.json", keep=(JUDGE_CACHE,))
     path = out / "metrics.json"
     if path.exists():
         return json.loads(path.read_text())

@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
+from selm.judges.reachable import LOOPBACK, JudgeServerDown, check_local_server, is_listening  # noqa: F401 (re-exported)
+
 
 @dataclass
 class Reply:
@@ -152,9 +154,6 @@ class JudgeServer:
 
 # ---------------------------------------------------------------- the fallback judge and the stage wrapper
 
-LOOPBACK = ("127.0.0.1", "localhost")
-
-
 def _digest(body: dict) -> int:
     return int(hashlib.sha256(json.dumps(body.get("messages"), sort_keys=True).encode()).hexdigest()[:12], 16)
 
@@ -175,25 +174,6 @@ def loopback_port(base_url: str) -> int:
     if url.hostname not in LOOPBACK or url.port is None:
         raise ValueError(f"judge.base_url={base_url}: the local judge server serves 127.0.0.1:<port> only")
     return url.port
-
-
-def is_listening(port: int, host: str = "127.0.0.1", timeout: float = 1.0) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        return s.connect_ex((host, port)) == 0
-
-
-class JudgeServerDown(ConnectionError):
-    """A judge URL on this machine has no server listening."""
-
-
-def check_local_server(base_url: str) -> None:
-    """A judge URL on this machine (127.0.0.1, localhost) must have a server listening before any work
-    is done; remote APIs are left to the judge's retries."""
-    url = urlsplit(base_url)
-    if url.hostname in LOOPBACK and not is_listening(url.port or (443 if url.scheme == "https" else 80)):
-        raise JudgeServerDown(f"judge.base_url={base_url}: no judge server is listening there (start one, e.g. "
-                              "python -m selm.judge_server -- COMMAND, or point judge.base_url at yours)")
 
 
 def serve_while(command: list[str], base_url: str, api_key_env: str) -> int:

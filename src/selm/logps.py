@@ -124,11 +124,14 @@ def bounded_logps(model, pairs: list[TokenizedPair], *, pad_token_id: int, batch
     return torch.cat(out)
 
 
-def model_fingerprint(model_dir: str | os.PathLike) -> str:
+def model_fingerprint(model_dir: str | os.PathLike, memo_dir: str | os.PathLike | None = None) -> str:
     """sha256 over the checkpoint's weight and config files (content, not names or dates).
 
     Nothing is written into the checkpoint folder: it may be a DVC-tracked output. Hashing costs
-    about a minute for a 7B checkpoint, small beside the iteration it keys.
+    about a minute for a 7B checkpoint, so it is done once per file set: the result is kept in this
+    process and, with `memo_dir`, in `memo_dir/fingerprints/` under a digest of the files' names,
+    devices, inodes, sizes and modification times (a copy, a rewrite or a DVC checkout changes
+    those, and the checkpoint is hashed again).
     """
     model_dir = Path(model_dir)
     files = sorted(
@@ -138,18 +141,36 @@ def model_fingerprint(model_dir: str | os.PathLike) -> str:
     )
     if not any(p.suffix in {".safetensors", ".bin"} for p in files):
         raise FileNotFoundError(f"{model_dir}: no model weights (*.safetensors or *.bin) in this checkpoint folder")
+    # once per process and file set: the loop's identities, the reference cache key and the
+    # evaluations ask for the same checkpoints (a hard-linked copy has the same device and inodes)
+    state = tuple((p.name, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) for p in files for st in [p.stat()])
+    if state in _FINGERPRINTS:
+        return _FINGERPRINTS[state]
+    memo = None
+    if memo_dir:
+        memo = Path(memo_dir) / "fingerprints" / f"{hashlib.sha256(repr(state).encode()).hexdigest()}.txt"
+    if memo is not None and memo.is_file():
+        _FINGERPRINTS[state] = memo.read_text().strip()
+        return _FINGERPRINTS[state]
     h = hashlib.sha256()
     for p in files:
         h.update(p.name.encode())
         with p.open("rb") as f:
             for chunk in iter(lambda: f.read(1 << 24), b""):
                 h.update(chunk)
-    return h.hexdigest()
+    _FINGERPRINTS[state] = h.hexdigest()
+    if memo is not None:
+        with atomic_path(memo) as tmp:
+            tmp.write_text(_FINGERPRINTS[state] + "\n")
+    return _FINGERPRINTS[state]
 
 
-def reference_cache_key(model_dir, pairs: list[TokenizedPair], precision: str) -> str:
+_FINGERPRINTS: dict[tuple, str] = {}
+
+
+def reference_cache_key(model_dir, pairs: list[TokenizedPair], precision: str, memo_dir=None) -> str:
     h = hashlib.sha256()
-    for part in (model_fingerprint(model_dir), pairs_fingerprint(pairs), precision, "completion_logps/v1"):
+    for part in (model_fingerprint(model_dir, memo_dir), pairs_fingerprint(pairs), precision, "completion_logps/v1"):
         h.update(part.encode())
         h.update(b"\0")
     return h.hexdigest()[:32]
@@ -184,7 +205,7 @@ def load_cached_reference_logps(model_dir, pairs: list[TokenizedPair], cache_dir
                                 precision: str = "fp32") -> tuple[torch.Tensor | None, str]:
     """(the cached reference log-probs of exactly these pairs under this model and precision, or None;
     the cache key). The key hashes every checkpoint byte, so callers keep it rather than recompute it."""
-    key = reference_cache_key(model_dir, pairs, precision)
+    key = reference_cache_key(model_dir, pairs, precision, memo_dir=cache_dir)
     path = Path(cache_dir) / f"{key}.safetensors"
     return (load_file(path)["ref_logps"] if path.exists() else None), key
 

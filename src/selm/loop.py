@@ -8,20 +8,37 @@
         greedy answers of pi_t on the test prompts, true reward  -> iter{t}/eval.json
 
 A base with `offline_dpo_iteration` (Zephyr's role) first runs iteration 0: plain DPO on slice 0
-with the ORIGINAL pairs. Every output is written atomically and a stage whose output exists is
-skipped, so a rerun after a crash picks up where it stopped.
+with the ORIGINAL pairs. It depends on neither alpha nor the variant, so it is trained once per
+(base, seed, iteration-0 settings) in a shared folder (`paths.shared_runs`) and hard-linked into
+every run that starts from it: SELM and DPO then start from the same bytes, also on GPUs whose
+kernels are not deterministic (Figure 4 compares their log-probs).
+
+Every output is written atomically and a stage whose output exists is skipped, so a rerun after a
+crash picks up where it stopped; but only under the same identity. Each iteration folder records
+`identity.json`: the digest of everything its checkpoint depends on (the run's config, the
+content of its data slice, the fingerprint of the checkpoint it starts from and of its reference,
+the identity of iteration t-1, the code the loop imports, the numeric packages' versions). When
+it differs from the one computed now, the folder starts afresh, and so does every later one,
+whose identity chains from it. The per-iteration evaluations (eval.json) record theirs in
+`eval_identity.json` (checkpoint fingerprint, test prompts, evaluation settings, code).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+import re
+import shutil
+from functools import partial
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from selm.generation import backend_from_config
 from selm.io import DataError, read_jsonl, reuse_or_reset, write_json_atomic, write_jsonl_atomic, write_text_atomic
+from selm.provenance import code_fingerprint, digest, result_versions, tree_sha256
 
 log = logging.getLogger(__name__)
 
@@ -184,17 +201,75 @@ def iteration_config(cfg: DictConfig, t: int, init: Path, pairs: Path, out: Path
 # What the loop's outputs depend on; changing anything else (judges, evaluation sets, W&B
 # names) must not throw finished iterations away.
 LOOP_SECTIONS = ("model", "train", "data", "generation", "ranker", "variant", "scale")
+# The code of the loop: selm.loop and every selm module it imports (training, generation, ranking,
+# the toy world's r*); see selm.provenance for why modules and not the whole package.
+LOOP_MODULES = ("selm.loop",)
 
 
 def run_identity(cfg: DictConfig) -> dict:
+    """The run's config (runs/.../config.json, which the analyses read)."""
     config = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in LOOP_SECTIONS}
     config["eval"] = {"n_prompts": cfg.eval.n_prompts, "coverage_samples": cfg.eval.coverage_samples}
     return config
 
 
+def named_files(value) -> dict[str, str]:
+    """Content hashes of the existing files and folders a config section names by path (a string
+    with a '/', or one word of it: `train.launcher` names an accelerate config), e.g. PairRM's
+    folder; the data files and the base model are hashed more precisely elsewhere."""
+    found = {}
+    if isinstance(value, dict):
+        for v in value.values():
+            found.update(named_files(v))
+    elif isinstance(value, list):
+        for v in value:
+            found.update(named_files(v))
+    elif isinstance(value, str):
+        for word in value.split():
+            if "/" in word and Path(word).exists():
+                found[word] = tree_sha256(word)
+    return found
+
+
+def iteration_identity(cfg: DictConfig, t: int, previous: dict, init_fp: str, reference_fp: str,
+                       rows: list[dict], code: str) -> dict:
+    """What iteration t's checkpoint depends on. `previous` is iteration t-1's identity (or the
+    base's), so a change anywhere upstream reaches every later iteration."""
+    config = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in LOOP_SECTIONS}
+    sections = {k: v for k, v in config.items() if k not in ("model", "data")}
+    return {"iteration": t, "previous": digest(previous), "init_checkpoint": init_fp,
+            "reference_checkpoint": reference_fp, "config": config, "slice": digest(rows),
+            "files": named_files(sections), "code": code, "versions": result_versions()}
+
+
+def iteration0_identity(cfg: DictConfig, base_fp: str, rows: list[dict], code: str) -> dict:
+    """What the offline-DPO iteration 0 depends on: the base, its slice of the corpus, the training
+    settings (alpha aside: the step is plain DPO), the code. Not the variant, the ranker or the
+    generation settings, which only later iterations use."""
+    train = OmegaConf.to_container(cfg.train, resolve=True)
+    train.pop("alpha")
+    return {"iteration": 0, "step": "offline DPO on the original pairs", "base": base_fp,
+            "system_prompt": cfg.model.system_prompt, "train": train, "slice": digest(rows),
+            "files": named_files(train), "code": code, "versions": result_versions()}
+
+
+def eval_identity(cfg: DictConfig, model_fp: str, test: list[dict], code: str) -> dict:
+    """What a loop evaluation (eval.json) depends on."""
+    return {"checkpoint": model_fp, "test": digest(test),
+            "eval": {"n_prompts": cfg.eval.n_prompts, "coverage_samples": cfg.eval.coverage_samples},
+            "generation": OmegaConf.to_container(cfg.generation, resolve=True),
+            "scale": OmegaConf.to_container(cfg.scale, resolve=True), "system_prompt": cfg.model.system_prompt,
+            "code": code, "versions": result_versions()}
+
+
+def _iteration_dirs(run_dir: Path) -> dict[int, Path]:
+    return {int(m.group(1)): p for p in run_dir.glob("iter*") if (m := re.fullmatch(r"iter(\d+)", p.name))}
+
+
 def run_loop(cfg: DictConfig) -> Path:
     """Run (or resume) every iteration of one base x method x seed; return the run folder."""
-    from selm.train import check_checkpoint, train_iteration
+    from selm.logps import model_fingerprint
+    from selm.train import check_checkpoint
 
     run_dir = Path(cfg.run_dir)
     base = check_checkpoint(cfg.model.path, "model.path")
@@ -207,43 +282,133 @@ def run_loop(cfg: DictConfig) -> Path:
     prefs = select_families(read_jsonl(cfg.data.train_prefs, PREFS_SCHEMA), cfg.data.families, str(cfg.data.train_prefs))
     test = select_families(read_jsonl(cfg.data.test_prefs, PREFS_SCHEMA), cfg.data.families,
                            str(cfg.data.test_prefs))[: cfg.eval.n_prompts]
-    ranker = None
     iterations = ([0] if cfg.model.offline_dpo_iteration else []) + list(cfg.model.iterations)
-    reuse_or_reset(run_dir, run_identity(cfg), record="config.json")  # a changed config restarts the run
+    code = code_fingerprint(*LOOP_MODULES)
+    fingerprint = partial(model_fingerprint, memo_dir=cfg.paths.ref_cache_dir)  # hashed once per file set
+    base_fp = fingerprint(base)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not (run_dir / "config.json").exists() or json.loads((run_dir / "config.json").read_text()) != run_identity(cfg):
+        write_json_atomic(run_dir / "config.json", run_identity(cfg))
+    for t, stale in _iteration_dirs(run_dir).items():  # iterations this config no longer runs
+        if t not in iterations:
+            shutil.rmtree(stale)
 
-    summary = {"base": _evaluate(cfg, base, test, run_dir / "base")}
-    previous = base
+    summary = {"base": _evaluate(cfg, base, base_fp, test, run_dir / "base", code)}
+    previous, previous_id, ranker = base, {"base": base_fp}, None
     for t in iterations:
         it_dir = run_dir / f"iter{t}"
         rows = prefs_slice(prefs, slice_index(t, cfg.model.offline_dpo_iteration), cfg.data.slice_size,
                            str(cfg.data.train_prefs))
-        pairs_path = it_dir / "pairs.jsonl"
-        if not pairs_path.exists():
-            if t == 0 or variant.pairs == "original":
-                write_jsonl_atomic(pairs_path, original_pairs(rows, str(cfg.data.train_prefs)))
-            else:
-                responses_path = it_dir / "responses.jsonl"
-                if not responses_path.exists():
-                    responses = generate_responses(backend_from_config(cfg, previous), rows, cfg.generation, cfg.train.seed + t)
-                    write_jsonl_atomic(responses_path, responses)
-                    _release_accelerator_memory()  # the generation engine is gone; training needs the memory
-                responses = read_jsonl(responses_path, RESPONSES_SCHEMA)
-                ranker = ranker or _make_ranker(cfg)
-                pairs, stats = rank_pairs(rows, responses, ranker, tuple(variant.candidates))
-                write_json_atomic(it_dir / "ranking_stats.json", stats)
-                write_jsonl_atomic(pairs_path, pairs)
+        if t == 0:
+            identity = _shared_iteration0(cfg, base, base_fp, rows, code, it_dir)
+        else:
+            reference_fp = base_fp if variant.reference == "base" else "init_checkpoint"
+            identity = iteration_identity(cfg, t, previous_id, fingerprint(previous), reference_fp, rows, code)
+            reuse_or_reset(it_dir, identity, record="identity.json")
+            ranker = _train_online_iteration(cfg, t, rows, previous, base, it_dir, ranker)
         model_dir = it_dir / "model"
-        if not (model_dir / "config.json").exists():
-            reference = base if variant.reference == "base" else None
-            tcfg = iteration_config(cfg, t, previous, pairs_path, model_dir, reference)
-            if cfg.train.get("launcher"):
-                launch_training(tcfg, it_dir)
-            else:
-                train_iteration(tcfg)
-        summary[f"iter{t}"] = _evaluate(cfg, model_dir, test, it_dir)
-        previous = model_dir
+        summary[f"iter{t}"] = _evaluate(cfg, model_dir, fingerprint(model_dir), test, it_dir, code)
+        previous, previous_id = model_dir, identity
     write_json_atomic(run_dir / "summary.json", summary)
     return run_dir
+
+
+def _train_online_iteration(cfg: DictConfig, t: int, rows: list[dict], previous: Path, base: Path, it_dir: Path,
+                            ranker):
+    """Pairs of iteration t (ranked y_ref of pi_{t-1}, or the original ones), then pi_t; each step
+    skipped when its output exists. Returns the ranker (built once per run, when first needed)."""
+    variant = cfg.variant
+    pairs_path = it_dir / "pairs.jsonl"
+    if not pairs_path.exists():
+        if variant.pairs == "original":
+            write_jsonl_atomic(pairs_path, original_pairs(rows, str(cfg.data.train_prefs)))
+        else:
+            responses_path = it_dir / "responses.jsonl"
+            if not responses_path.exists():
+                responses = generate_responses(backend_from_config(cfg, previous), rows, cfg.generation, cfg.train.seed + t)
+                write_jsonl_atomic(responses_path, responses)
+                _release_accelerator_memory()  # the generation engine is gone; training needs the memory
+            responses = read_jsonl(responses_path, RESPONSES_SCHEMA)
+            ranker = ranker or _make_ranker(cfg)
+            pairs, stats = rank_pairs(rows, responses, ranker, tuple(variant.candidates))
+            write_json_atomic(it_dir / "ranking_stats.json", stats)
+            write_jsonl_atomic(pairs_path, pairs)
+    model_dir = it_dir / "model"
+    if not (model_dir / "config.json").exists():
+        reference = base if variant.reference == "base" else None
+        _train(iteration_config(cfg, t, previous, pairs_path, model_dir, reference), it_dir)
+    return ranker
+
+
+def _train(tcfg: DictConfig, it_dir: Path) -> None:
+    from selm.train import train_iteration
+
+    if tcfg.train.get("launcher"):
+        launch_training(tcfg, it_dir)
+    else:
+        train_iteration(tcfg)
+
+
+def _shared_iteration0(cfg: DictConfig, base: Path, base_fp: str, rows: list[dict], code: str, it_dir: Path) -> dict:
+    """The run's iteration 0: trained once in `paths.shared_runs/<base>/iter0-seed<seed>-<identity>/`
+    (under a lock, so parallel runs wait for the first), then hard-linked into `it_dir` (pairs and
+    checkpoint). Returns the run's iteration-0 identity: the shared one's digest."""
+    shared_id = iteration0_identity(cfg, base_fp, rows, code)
+    identity = {"iteration": 0, "shared": digest(shared_id)}
+    reuse_or_reset(it_dir, identity, record="identity.json")
+    if (it_dir / "model" / "config.json").exists():
+        return identity
+    shared = Path(cfg.paths.shared_runs) / cfg.model.name / f"iter0-seed{cfg.train.seed}-{identity['shared'][:16]}"
+    with _exclusive(shared.with_name(shared.name + ".lock")):
+        reuse_or_reset(shared, shared_id, record="identity.json")
+        pairs_path, model_dir = shared / "pairs.jsonl", shared / "model"
+        if not pairs_path.exists():
+            write_jsonl_atomic(pairs_path, original_pairs(rows, str(cfg.data.train_prefs)))
+        if not (model_dir / "config.json").exists():
+            neutral = OmegaConf.merge(cfg, {"train": {"alpha": 0.0}, "run_dir": str(shared), "run": {
+                "experiment": "shared", "cell": f"{cfg.model.name}/offline_dpo", "method": "offline_dpo"}})
+            _train(iteration_config(neutral, 0, base, pairs_path, model_dir), shared)
+    _link_copy(pairs_path, it_dir / "pairs.jsonl")
+    _link_copy(model_dir, it_dir / "model")
+    return identity
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path):
+    """An exclusive advisory lock (flock) held for the block; the kernel drops it if the holder dies."""
+    import fcntl
+
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _link_copy(src: Path, dst: Path) -> None:
+    """`dst` becomes a copy of file or folder `src` made of hard links (a plain copy across file
+    systems), built beside `dst` and renamed into place, so it appears whole or not at all."""
+    tmp = dst.with_name(f".{dst.name}.linking")
+    if tmp.is_dir():
+        shutil.rmtree(tmp)
+    elif tmp.exists():
+        tmp.unlink()
+
+    def link(a: str, b: str) -> None:
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+
+    if src.is_dir():
+        shutil.copytree(src, tmp, copy_function=link)
+    else:
+        link(str(src), str(tmp))
+    if dst.is_dir():
+        shutil.rmtree(dst)
+    os.replace(tmp, dst)
 
 
 def _release_accelerator_memory() -> None:
@@ -282,12 +447,16 @@ def _make_ranker(cfg: DictConfig):
     return get_ranker(cfg.ranker)
 
 
-def _evaluate(cfg: DictConfig, model_dir: Path, test: list[dict], out_dir: Path) -> dict:
+def _evaluate(cfg: DictConfig, model_dir: Path, model_fp: str, test: list[dict], out_dir: Path, code: str) -> dict:
     path = out_dir / "eval.json"
     if not test:  # eval.n_prompts = 0: no true reward outside the toy world (paper scale)
         return {}
-    if path.exists():
+    identity, record = eval_identity(cfg, model_fp, test, code), out_dir / "eval_identity.json"
+    if record.exists() and json.loads(record.read_text()) == identity and path.exists():
         return json.loads(path.read_text())
+    for stale in (path, out_dir / "eval_answers.jsonl"):  # made under another identity, or none
+        stale.unlink(missing_ok=True)
+    write_json_atomic(record, identity)
     metrics, rows = evaluate_true_reward(backend_from_config(cfg, model_dir), test, cfg.generation,
                                          coverage_samples=cfg.eval.coverage_samples)
     write_jsonl_atomic(out_dir / "eval_answers.jsonl", rows)

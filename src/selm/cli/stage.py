@@ -91,7 +91,7 @@ def preflight(name: str, spec_file: Path, params_file: Path) -> None:
         if cfg.ranker.name == "pairrm" and not (Path(cfg.ranker.path) / "config.json").is_file():
             raise FileNotFoundError(f"ranker.path={cfg.ranker.path}: no PairRM checkpoint there")
         if run.eval_parts and cfg.judge.name == "openai" and cfg.judge.base_url not in seen:
-            from selm.judge_server import check_local_server
+            from selm.judges.reachable import check_local_server
 
             check_local_server(cfg.judge.base_url)
             seen.add(cfg.judge.base_url)

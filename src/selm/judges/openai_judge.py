@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 import openai
 
-from selm.judge_server import check_local_server
+from selm.judges.reachable import check_local_server
 
 from . import alpaca_prompt, mt_bench_prompt
 from .base import Annotation, Judge, Rating, SingleItem
