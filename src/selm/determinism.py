@@ -14,10 +14,15 @@ stage entry points (the `selm.cli` package) then, before torch is imported, pin:
 Worker processes inherit the environment. (`python -m selm.sft` and other modules run outside
 `selm.cli` do not apply it: set the variables above yourself there.)
 
-What it can and cannot guarantee: it removes the differences that come from the code path (vector
-width, FMA use, blocking by thread count) on x86-64 CPUs running the same pinned wheels, and the
-measurements in the README say how far that was checked. It cannot cover another torch/MKL build,
-another OS libm, or another architecture (ARM), and it is slower (one thread, no AVX kernels).
+What it can and cannot guarantee. Measured on one 2-core AMD EPYC (AVX2), 40 SFT steps of the toy
+tiny-sft stage: the same settings twice give bit-identical weights; 1 vs 2 threads give identical
+weights by default, but ATen's AVX2 vs default kernels, and MKL with vs without MKL_CBWR, each give
+different bits (max |weight difference| 2.4e-7 after 40 steps, which the full SFT grows into a
+different base). So a CPU with another vector width (AVX-512) takes another code path by default;
+the mode pins ATen's and MKL's paths to ones every x86-64 CPU has, which removes that source, but
+bit-identity across CPU models was not tested (one CPU model here). It cannot cover another
+torch/MKL build, another OS libm, or another architecture (ARM). Cost: ~2x CPU per SFT step
+(45-50 ms at one AVX2 thread vs 94-115 ms in this mode).
 """
 
 from __future__ import annotations
