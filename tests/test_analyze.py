@@ -74,9 +74,11 @@ def test_regime_map_verdicts(fake_runs):
     # +0.2 with sd 0.1 over 3 seeds: half-width 4.302653 * 0.1 / sqrt(3) = 0.2484, CI [-0.048, 0.448] holds 0
     standard = out["standard"]["selm"]["0.5"]
     assert standard["diff"]["ci_low"] == pytest.approx(0.2 - 0.2484, abs=1e-3)
-    assert standard["verdict"] == "no detectable effect"
+    assert standard["verdict"] == "inconclusive"
     weak = out["weak"]["selm"]["0.5"]
-    assert weak["diff"]["mean_diff"] == pytest.approx(-0.05) and weak["verdict"] == "hurts"  # constant difference
+    # exactly -0.05 in every seed: zero spread, so no t-test (no p-value, no interval) and no verdict
+    assert weak["diff"]["mean_diff"] == pytest.approx(-0.05) and weak["verdict"] == "inconclusive"
+    assert weak["diff"]["p_value"] is None and weak["diff"]["ci_low"] is None
     assert out["weak"]["dpo_final_r_star"]["mean"] == pytest.approx(0.45)
 
 

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import pytest
 import yaml
 from omegaconf import OmegaConf
 
@@ -26,11 +27,15 @@ def test_dvc_config_enables_hydra_on_loop():
 
 def test_stage_config_takes_shared_values_from_params_and_grid_item(tmp_path):
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"train": {"beta": 0.2, "alpha": 0.5}, "eval": {"n_prompts": 7}}))
+    params.write_text(yaml.safe_dump({"train": {"beta": 0.2}, "eval": {"n_prompts": 7}}))
     cfg = run_config(params, "tiny-instruct", alpha=0.01, seed=3)
     assert cfg.model.name == "tiny-instruct"
     assert (cfg.train.beta, cfg.train.alpha, cfg.train.seed, cfg.eval.n_prompts) == (0.2, 0.01, 3, 7)
     assert cfg.run_dir == "runs/adhoc/tiny-instruct/iterative/alpha0.01/seed3"
+    # an alpha in params.yaml would be overridden by the grid item's: refused, not silently ignored
+    params.write_text(yaml.safe_dump({"train": {"beta": 0.2, "alpha": 0.5}}))
+    with pytest.raises(ValueError, match="train.alpha is set per run by the grid"):
+        run_config(params, "tiny-instruct", alpha=0.01, seed=3)
 
 
 def test_dvc_experiment_outs_hold_every_run_and_persist():

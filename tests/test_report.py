@@ -19,11 +19,15 @@ def test_paired_test_by_hand():
 
 
 def test_paired_test_edge_cases():
-    assert paired_test([1.0, 2.0], [1.0, 2.0])["p_value"] == 1.0  # identical: no evidence
-    assert paired_test([2.0, 3.0], [1.0, 2.0])["p_value"] == 0.0  # constant nonzero difference
+    # zero spread (identical, or the same nonzero difference in every seed): no t-test at all, not
+    # p = 1 / p = 0 with a zero-width interval
+    for a, b in (([1.0, 2.0], [1.0, 2.0]), ([2.0, 3.0], [1.0, 2.0])):
+        t = paired_test(a, b)
+        assert (t["p_value"], t["ci_low"], t["ci_high"], t["ci95"], t["sd"]) == (None, None, None, None, 0.0)
     with pytest.raises(ValueError, match="at least 2"):
         paired_test([1.0], [2.0])
     assert summarize([1.0, 2.0, 3.0]) == {"mean": 2.0, "ci95": round(4.302653 / math.sqrt(3), 5), "n": 3}
+    assert summarize([1.0]) == {"mean": 1.0, "ci95": None, "n": 1}  # one seed: no interval
 
 
 def _ours(base, method, iteration, seed, lc, mt):
@@ -53,12 +57,15 @@ def test_paper_comparison_pairs_roles_and_deltas():
 
 
 def test_regime_conclusion_counts_verdicts():
-    regimes = {"standard": {"selm": {"0.1": {"verdict": "no detectable effect"}, "1.0": {"verdict": "hurts"}}},
-               "weak": {"selm": {"0.1": {"verdict": "helps"}}}}
+    # the verdicts are recomputed from the paired differences (n = 3, sd 0.001: MDE 0.0031, so the
+    # between-machine floor 0.016 decides): -0.05 hurts, +0.05 helps, +0.01 is below the floor
+    d = lambda m: {"mean_diff": m, "sd": 0.001, "n": 3}  # noqa: E731
+    regimes = {"standard": {"selm": {"0.1": {"diff": d(0.01)}, "1.0": {"diff": d(-0.05)}}},
+               "weak": {"selm": {"0.1": {"diff": d(0.05)}}}}
     text = regime_conclusion(regimes)
     assert "**helps** in 1 cell(s): weak at alpha=0.1" in text
     assert "**hurts** in 1 cell(s): standard at alpha=1" in text
-    assert "**no detectable effect** in 1 cell(s)" in text
+    assert "**inconclusive** in 1 cell(s): standard at alpha=0.1" in text
 
 
 def test_figures_are_written_from_analysis_data(tmp_path):
@@ -68,8 +75,9 @@ def test_figures_are_written_from_analysis_data(tmp_path):
     assert path.stat().st_size > 10_000
     # the point of the sketch: optimism moves the argmax towards the unexplored true maximum
     assert abs(facts["optimistic_argmax"] - facts["true_argmax"]) < abs(facts["vanilla_argmax"] - facts["true_argmax"])
-    regimes = {"standard": {"selm": {"0.1": {"verdict": "hurts", "diff": {"mean_diff": -0.1, "ci_low": -0.2,
-                                                                          "ci_high": -0.05}}}}}
+    regimes = {"standard": {"selm": {"0.1": {"diff": {"mean_diff": -0.1, "ci_low": -0.2, "ci_high": -0.05, "n": 3}},
+                                     "1.0": {"diff": {"mean_diff": -0.1, "sd": 0.0, "n": 3, "ci_low": None,
+                                                      "ci_high": None}}}}}  # zero spread: a point, no bar
     assert figures.regime_map(regimes, tmp_path)[0].stat().st_size > 5_000
     heat = {"b": {"models": ["A", "B"], "matrix": [[50.0, 60.0], [40.0, 50.0]], "seeds": [1]}}
     first = figures.figure2_heatmaps(heat, tmp_path)[0].read_bytes()
@@ -79,21 +87,28 @@ def test_figures_are_written_from_analysis_data(tmp_path):
 def test_plain_agreement_verdicts_follow_the_numbers():
     from selm.report.report_text import plain_agreement
 
-    comparison = [{"method": "dpo", "AE2 LC ours delta": 1.0}, {"method": "dpo", "AE2 LC ours delta": -0.5}]
-    t = lambda m, lo, hi: {"mean_diff": m, "ci_low": lo, "ci_high": hi}  # noqa: E731
-    paired = {"b/alpha0.1": {"iterations": [{"iteration": 3, "mean_reward": t(0.02, 0.01, 0.03),
-                                              "alpaca_lc_win_rate": t(-1.0, -2.0, -0.5)}]}}
+    # LC of the loop's start 30 (one evaluation: a fixed reference); DPO iter1 31 +- 0.5 (n 3, se
+    # 0.5 / 4.302653 = 0.1162, MDE 5.3633 * 0.1162 = 0.623: +1 is beyond it), iter2 29.9 +- 0.5 (-0.1: inconclusive)
+    row = lambda m, it, lc, ci, n: {"our_base": "b", "method": m, "iteration": it, "seeds": n,  # noqa: E731
+                                    "AE2 LC ours": lc, "AE2 LC ours ci95": ci}
+    comparison = [row("base", "0", 30.0, None, 1), row("dpo", "1", 31.0, 0.5, 3), row("dpo", "2", 29.9, 0.5, 3)]
+    # paired SELM - DPO over 3 seeds with sd 0.001 (MDE 5.3633 * 0.001 / sqrt 3 = 0.0031): r* +0.02 is
+    # beyond the MDE and the r* floor 0.016; LC -1.0 with sd 0.1 (MDE 0.31) is a clear "SELM lower"
+    t = lambda m, sd: {"mean_diff": m, "sd": sd, "n": 3, "ci_low": m - 0.1, "ci_high": m + 0.1}  # noqa: E731
+    paired = {"b/alpha0.1": {"iterations": [{"iteration": 3, "mean_reward": t(0.02, 0.001),
+                                              "alpaca_lc_win_rate": t(-1.0, 0.1)}]}}
     fig3 = {"hist_by_iteration": {"1": {"mean": 0.5}, "2": {"mean": 0.4}},
             "curves": {"0.0": {"lc": {"3": {"mean": 40.0}}}, "1.0": {"lc": {"3": {"mean": 41.0}}}}}
     fig4 = {"b": {"mean_chosen": 0.1, "mean_rejected": -0.1}}
     fig5 = {"b": {"mean": -0.1, "frac_positive": 0.4}}
     lines = plain_agreement(comparison, paired, fig3, fig4, fig5).splitlines()
-    assert "1 of 2" in lines[0] and lines[0].endswith("**does not agree**.")
+    assert "1 of 2" in lines[0] and lines[0].endswith("**inconclusive**.")  # iter2's -0.1 is within its MDE
     assert lines[1].endswith("**does not agree** (SELM lower).")  # LC CI below 0
     assert lines[2].endswith("**agrees**.")  # r* CI above 0
-    assert "0.500 -> 0.400" in lines[3] and lines[3].endswith("**does not agree**.")
-    assert "'Too large an alpha hurts': **does not agree**" in lines[4]
-    assert lines[5].endswith("**agrees**.") and lines[6].endswith("**does not agree**.")
+    assert "0.500 -> 0.400" in lines[3] and lines[3].endswith("no interval: **inconclusive**.")  # no r* curve
+    assert "'Too large an alpha hurts' (alpha 1 below each other alpha by more than the seeds resolve: 0 of 1): " \
+           "**inconclusive**" in lines[4]  # one seed per curve here: no interval
+    assert lines[5].endswith("**inconclusive**.") and lines[6].endswith("**inconclusive**.")  # no per-prompt values
 
 
 def test_report_of_a_single_seed_scale_without_true_reward(tmp_path):
@@ -132,10 +147,15 @@ def test_report_of_a_single_seed_scale_without_true_reward(tmp_path):
 def test_figure6_claims_compare_the_last_points():
     from selm.report.report_text import _figure6_claims
 
-    point = lambda mt, ci: {"points": [{"mt_bench": {"mean": mt, "ci95": ci}}]}  # noqa: E731
+    point = lambda mt, ci: {"points": [{"mt_bench": {"mean": mt, "ci95": ci, "n": 3}}]}  # noqa: E731
     fig6 = {"iterative (rank y_w, y_l, y_ref)": point(7.5, 0.01), "rank_w_ref": point(7.0, 0.01),
-            "stepwise": point(7.6, 0.2), "offline": point(7.55, 0.2)}
+            "stepwise": point(8.0, 0.2), "offline": point(7.95, 0.2)}
     lines = _figure6_claims(fig6)
-    assert lines[0].endswith("MT-Bench 7.500 vs 7.000: **agrees** in direction.")  # 0.5 apart, intervals 0.02
-    assert lines[1].endswith("**does not agree**.")  # stepwise above iterative
-    assert lines[2].endswith("(intervals overlap): **agrees** in direction, within the seed intervals.")
+    # se of each side = ci95 / t(0.975, 2) = ci95 / 4.302653; the difference's se is their root sum of
+    # squares; MDE = (4.302653 + 1.060660) * se
+    # 7.5 - 7.0: se 0.003287, MDE 0.0176 -> higher
+    assert "MT-Bench 7.500 vs 7.000 (+0.500, MDE 0.018: higher): **agrees**." in lines[0]
+    # 7.5 - 8.0: se 0.046541, MDE 0.2496 -> lower
+    assert "(-0.500, MDE 0.250: lower): **does not agree**." in lines[1]
+    # 8.0 - 7.95: se 0.065737, half-width 0.2828 -> holds 0
+    assert "(+0.050, 95% interval includes 0; MDE 0.353: inconclusive): **inconclusive**." in lines[2]

@@ -96,7 +96,7 @@ def run_config(run: Run, params_file: Path | None) -> DictConfig:
     """The run's entry config (conf/loop.yaml, or the spec's config_name): groups, then params.yaml's
     shared sections (toy scale), then alpha and seed, then the cell's values."""
     from selm.cli.stage import merge_shared_sections
-    from selm.config import compose_config
+    from selm.config import compose_config, validate_config
 
     cfg = compose_config(run.config_name, [f"{k}={v}" for k, v in run.groups.items()])
     merge_shared_sections(cfg, params_file if run.use_params else None)
@@ -108,7 +108,7 @@ def run_config(run: Run, params_file: Path | None) -> DictConfig:
     cfg.run.cell = run.cell
     cfg.run_dir = str(run.run_dir)
     cfg.eval.parts = list(run.eval_parts)
-    return cfg
+    return validate_config(cfg)  # the cell's values too: a nonsense one fails here, naming its key
 
 
 def execute(run: Run, params_file: Path) -> dict:

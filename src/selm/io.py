@@ -63,28 +63,87 @@ def validate_record(record: Any, schema: Schema, where: str) -> dict:
     return record
 
 
-def iter_jsonl(path: str | os.PathLike, schema: Schema | None = None) -> Iterator[dict]:
-    """Yield the records of a JSONL file, validating each; blank lines are skipped."""
+# A record longer than this is refused (a runaway line, or a whole file without line breaks); the
+# longest UltraFeedback record is ~0.1 MB.
+MAX_RECORD_BYTES = 16 * 2**20
+
+
+def _strict_object(pairs: list[tuple[str, Any]]) -> dict:
+    keys = [k for k, _ in pairs]
+    dup = next((k for k in keys if keys.count(k) > 1), None)
+    if dup is not None:
+        raise ValueError(f"duplicate key '{dup}'")
+    return dict(pairs)
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def loads_strict(text: str) -> Any:
+    """json.loads that refuses what Python's json lets through: NaN / Infinity and duplicate keys."""
+    return json.loads(text, object_pairs_hook=_strict_object, parse_constant=_no_constant)
+
+
+def _decode_line(raw: bytes, where: str, max_bytes: int) -> str:
+    if len(raw) > max_bytes:
+        raise DataError(f"{where}: record longer than {max_bytes} bytes (a missing line break?)")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{where}: not UTF-8 (byte {e.start + 1} of the line)") from None
+
+
+def iter_jsonl(path: str | os.PathLike, schema: Schema | None = None, *,
+               max_bytes: int = MAX_RECORD_BYTES) -> Iterator[dict]:
+    """Yield the records of a JSONL file, validating each; blank lines are skipped.
+
+    Read as common tools write it: a UTF-8 byte-order mark at the start and Windows line ends are
+    accepted, any non-ASCII UTF-8 text is kept as is. Refused with file:line named: bytes that are not
+    UTF-8, a line longer than `max_bytes`, malformed JSON, NaN / Infinity, duplicate keys."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(iter(lambda: f.readline(max_bytes + 1), b""), start=1):
+            where = f"{path}:{lineno}"
+            line = _decode_line(raw, where, max_bytes)
+            if lineno == 1:
+                line = line.removeprefix("\ufeff")
             if not line.strip():
                 continue
-            where = f"{path}:{lineno}"
             try:
-                record = json.loads(line)
+                record = loads_strict(line)
             except json.JSONDecodeError as e:
                 raise DataError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
+            except ValueError as e:
+                raise DataError(f"{where}: {e}") from None
             yield validate_record(record, schema, where) if schema is not None else record
 
 
-def read_jsonl(path: str | os.PathLike, schema: Schema | None = None, *, allow_empty: bool = False) -> list[dict]:
-    records = list(iter_jsonl(path, schema))
+def read_jsonl(path: str | os.PathLike, schema: Schema | None = None, *, allow_empty: bool = False,
+               max_bytes: int = MAX_RECORD_BYTES) -> list[dict]:
+    records = list(iter_jsonl(path, schema, max_bytes=max_bytes))
     if not records and not allow_empty:
         raise DataError(f"{path}: no records (an empty file cannot feed a stage)")
     return records
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """One JSON document (a BOM is accepted); bad bytes or JSON are refused naming file:line."""
+    path = Path(path)
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not UTF-8") from None
+    try:
+        return loads_strict(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
+    except ValueError as e:
+        raise DataError(f"{path}: {e}") from None
 
 
 @contextlib.contextmanager

@@ -7,11 +7,12 @@
 import hydra
 from omegaconf import DictConfig
 
-from selm.config import CONF_DIR
+from selm.config import CONF_DIR, validate_config
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="loop", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    validate_config(cfg)  # a nonsense value fails here, naming its key
     from selm.loop import run_loop
 
     print(f"run finished: {run_loop(cfg)}")

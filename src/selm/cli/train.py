@@ -7,11 +7,12 @@
 import hydra
 from omegaconf import DictConfig
 
-from selm.config import CONF_DIR
+from selm.config import CONF_DIR, validate_config
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    validate_config(cfg)  # a nonsense value fails here, naming its key
     from selm.train import train_iteration  # heavy imports after Hydra has parsed the command line
 
     out = train_iteration(cfg)

@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from selm.experiments import expand, load_experiments
 from selm.io import read_jsonl, write_json_atomic
-from selm.report.stats import paired_test, summarize
+from selm.report.stats import paired_test, regime_verdict, summarize
 
 
 
@@ -375,7 +375,7 @@ def regime_map(spec, fig) -> dict:
             selm = final_rewards(path)
             seeds = sorted(set(dpo) & set(selm))
             test = paired_test([selm[s] for s in seeds], [dpo[s] for s in seeds])
-            verdict = "helps" if test["ci_low"] > 0 else "hurts" if test["ci_high"] < 0 else "no detectable effect"
+            verdict = regime_verdict(test)["verdict"]
             alpha = path.rsplit("alpha", 1)[1]
             entry["selm"][alpha] = {"cell": path, "final_r_star": summarize(list(selm.values())), "diff": test,
                                     "verdict": verdict}

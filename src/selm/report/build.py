@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from selm.io import write_json_atomic, write_text_atomic
 from selm.provenance import config_hash, provenance
 from selm.report import analyze, eval_tables, figures, toy_table
-from selm.report.stats import mean_ci
+from selm.report.stats import fmt_mean_ci, fmt_test, fmt_threshold, mean_ci, regime_verdict
 
 # our (base, method, iteration) -> the paper's (base, method, iteration) in ../paper/*.csv
 PAPER_BASE = {"tiny-sft": "zephyr", "tiny-instruct": "llama3",  # the toy bases play the paper's
@@ -76,7 +76,7 @@ def paper_comparison(rows: list[dict], paper1: list[dict], paper2: list[dict],
             mean, ci = mean_ci(vals)
             start_vals = [float(r[ours_key]) for r in ours.get((key[0], *start), []) if ours_key in r]
             row[f"{label} ours"] = round(mean, 2)
-            row[f"{label} ours ci95"] = round(ci, 2)
+            row[f"{label} ours ci95"] = None if ci is None else round(ci, 2)
             row[f"{label} paper"] = float(p[paper_key])
             if start_vals:
                 row[f"{label} ours delta"] = round(mean - mean_ci(start_vals)[0], 2)
@@ -96,8 +96,8 @@ def comparison_markdown(rows: list[dict]) -> str:
                 cells += ["n/a", f"{r.get(f'{l} paper', 'n/a')}"]
                 continue
             d = r.get(f"{l} ours delta")
-            spread = f" ± {r[f'{l} ours ci95']:.2f}" if r["seeds"] > 1 else ""
-            cells.append(f"{r[f'{l} ours']:.2f}{spread}" + (f" ({d:+.2f})" if d is not None else ""))
+            cells.append(fmt_mean_ci(r[f"{l} ours"], r.get(f"{l} ours ci95") if r["seeds"] > 1 else None, 2)
+                         + (f" ({d:+.2f})" if d is not None else ""))
             cells.append(f"{r[f'{l} paper']:.2f} ({r[f'{l} paper delta']:+.2f})")
         ours_name = f"{r['our_base']} " + {"sft": "SFT base", "base": "SFT base", "offline_dpo": "iter0 (offline DPO)",
                                            "dpo": f"iterative DPO iter{r['iteration']}",
@@ -107,8 +107,8 @@ def comparison_markdown(rows: list[dict]) -> str:
 
 
 def _fmt_test(t: dict, scale: float = 1.0, digits: int = 3) -> str:
-    return (f"{t['mean_diff'] * scale:+.{digits}f} [{t['ci_low'] * scale:+.{digits}f}, {t['ci_high'] * scale:+.{digits}f}]"
-            f" p={t['p_value']:.2f} ({t['n_a_greater']}/{t['n']})")
+    return fmt_test({**t, **{k: t[k] * scale for k in ("mean_diff", "ci_low", "ci_high") if t.get(k) is not None}},
+                    digits)
 
 
 def paired_markdown(paired: dict) -> str:
@@ -141,13 +141,15 @@ def coverage_markdown(paired: dict) -> str | None:
 
 
 def regime_markdown(regimes: dict) -> str:
-    lines = ["| regime | DPO final r* | SELM alpha | SELM final r* | SELM - DPO (95% CI, p, SELM better in) | verdict |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| regime | DPO final r* | SELM alpha | SELM final r* | SELM - DPO (95% CI, p, SELM better in) "
+             "| threshold | verdict |", "|---|---|---|---|---|---|---|"]
     for name, e in regimes.items():
         for alpha, s in sorted(e["selm"].items(), key=lambda kv: float(kv[0])):
-            lines.append(f"| {name} | {e['dpo_final_r_star']['mean']:.3f} ± {e['dpo_final_r_star']['ci95']:.3f} | "
-                         f"{float(alpha):g} | {s['final_r_star']['mean']:.3f} ± {s['final_r_star']['ci95']:.3f} | "
-                         f"{_fmt_test(s['diff'])} | {s['verdict']} |")
+            v = regime_verdict(s["diff"])
+            dpo, selm = e["dpo_final_r_star"], s["final_r_star"]
+            lines.append(f"| {name} | {fmt_mean_ci(dpo['mean'], dpo['ci95'])} | {float(alpha):g} | "
+                         f"{fmt_mean_ci(selm['mean'], selm['ci95'])} | {_fmt_test(s['diff'])} | {fmt_threshold(v)} | "
+                         f"{v['verdict']}" + (f" ({v['reason']})" if v["verdict"] == "inconclusive" else "") + " |")
     return "\n".join(lines)
 
 
@@ -157,15 +159,15 @@ def regime_conclusion(regimes: dict) -> str:
     for name, e in regimes.items():
         for alpha, s in e["selm"].items():
             n += 1
-            by_verdict.setdefault(s["verdict"], []).append(
-                f"{name} at alpha={float(alpha):g} ({s['diff']['mean_diff']:+.3f} r*)" if "diff" in s
-                else f"{name} at alpha={float(alpha):g}")
+            by_verdict.setdefault(regime_verdict(s["diff"])["verdict"], []).append(
+                f"{name} at alpha={float(alpha):g} ({s['diff']['mean_diff']:+.3f} r*)")
     parts = []
-    for verdict in ("helps", "hurts", "no detectable effect"):
+    for verdict in ("helps", "hurts", "inconclusive"):
         cells = by_verdict.get(verdict, [])
         parts.append(f"- optimism **{verdict}** in {len(cells)} cell(s)" + (": " + "; ".join(sorted(cells)) if cells else ""))
-    parts.append(f"- Read with care: {n} comparisons at the 95% level with 3 seeds each, so about {0.05 * n:.1f} "
-                 "verdicts are expected to be wrong by chance alone; the size of each difference (in r*, on a "
+    parts.append(f"- Read with care: {n} comparisons at the 95% level, so about {0.05 * n:.1f} verdicts are expected "
+                 "to be wrong by chance alone, and the seed intervals hold the SFT base fixed: another machine's SFT "
+                 "base moves every cell (hence the between-machine floor); the size of each difference (in r*, on a "
                  "0-1 scale) says more than its verdict.")
     return "\n".join(parts)
 

@@ -13,6 +13,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from selm.report.stats import regime_verdict  # noqa: E402
+
 DPI = 110
 
 
@@ -152,15 +154,16 @@ def figure6(data: dict, out: Path) -> list[Path]:
 
 def regime_map(data: dict, out: Path) -> list[Path]:
     labels, means, lows, highs, colors = [], [], [], [], []
-    palette = {"helps": "tab:green", "hurts": "tab:red", "no detectable effect": "tab:grey"}
+    palette = {"helps": "tab:green", "hurts": "tab:red", "inconclusive": "tab:grey"}
     for regime, entry in data.items():
         for alpha, s in sorted(entry["selm"].items(), key=lambda kv: float(kv[0])):
             labels.append(f"{regime}, alpha={float(alpha):g}")
             d = s["diff"]
             means.append(d["mean_diff"])
-            lows.append(d["mean_diff"] - d["ci_low"])
-            highs.append(d["ci_high"] - d["mean_diff"])
-            colors.append(palette[s["verdict"]])
+            no_interval = d.get("ci_low") is None  # zero spread over seeds: no t-test, no bar
+            lows.append(0.0 if no_interval else d["mean_diff"] - d["ci_low"])
+            highs.append(0.0 if no_interval else d["ci_high"] - d["mean_diff"])
+            colors.append(palette[regime_verdict(d)["verdict"]])
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(labels) + 1.2))
     y = np.arange(len(labels))
     ax.errorbar(means, y, xerr=[lows, highs], fmt="none", ecolor="k", capsize=3)
@@ -169,5 +172,5 @@ def regime_map(data: dict, out: Path) -> list[Path]:
     ax.set_yticks(y, labels, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("final-iteration r*: SELM - iterative DPO (paired by seed, 95% CI)")
-    ax.set_title("Regime map: where optimism helps (green), hurts (red) or does nothing (grey)", fontsize=9)
+    ax.set_title("Regime map: where optimism helps (green), hurts (red) or is inconclusive (grey)", fontsize=9)
     return [_save(fig, out / "regime_map.png")]

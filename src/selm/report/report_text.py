@@ -7,10 +7,28 @@ import os
 from pathlib import Path
 
 from selm.provenance import provenance
+from selm.report.stats import MACHINE_FLOOR, effect_verdict, fmt_threshold, sample_test, summary_diff
+
+# what a verdict on "a > b" is called in the report
+WORDS = {"positive": "**agrees**", "negative": "**does not agree**", "inconclusive": "**inconclusive**"}
 
 
 def _rel(path: Path, report: Path) -> str:
     return os.path.relpath(path, report.parent)
+
+
+def _verdict_note(v: dict) -> str:
+    """What the difference was held against ('MDE 0.004, floor 0.016') and, when inconclusive, why."""
+    if v["verdict"] != "inconclusive":
+        return fmt_threshold(v)
+    return v["reason"] if "below the" in v["reason"] or v["threshold"] is None else f"{v['reason']}; {fmt_threshold(v)}"
+
+
+def _interval(t: dict) -> str:
+    """'[-0.002, +0.001]', or why there is none."""
+    if t.get("ci_low") is None:
+        return "no interval (same difference in every seed)" if t.get("n", 0) >= 2 else "no interval (one seed)"
+    return f"[{t['ci_low']:+.3f}, {t['ci_high']:+.3f}]"
 
 
 def _selm_vs_dpo_sentence(paired: dict) -> str:
@@ -20,12 +38,12 @@ def _selm_vs_dpo_sentence(paired: dict) -> str:
             continue
         last = entry["iterations"][-1]
         parts = []
-        for key, label, scale in (("mean_reward", "r*", 1), ("alpaca_lc_win_rate", "AE2 LC", 1),
-                                  ("mt_bench_average", "MT-Bench", 1)):
+        for key, label in (("mean_reward", "r*"), ("alpaca_lc_win_rate", "AE2 LC"), ("mt_bench_average", "MT-Bench")):
             if key in last:
                 t = last[key]
-                sig = "SELM higher" if t["ci_low"] > 0 else "SELM lower" if t["ci_high"] < 0 else "no detectable difference"
-                parts.append(f"{label} {t['mean_diff']:+.3f} (95% CI [{t['ci_low']:+.3f}, {t['ci_high']:+.3f}]: {sig})")
+                v = effect_verdict(t, MACHINE_FLOOR.get(key, 0.0))
+                sig = {"positive": "SELM higher", "negative": "SELM lower", "inconclusive": "inconclusive"}[v["verdict"]]
+                parts.append(f"{label} {t['mean_diff']:+.3f} (95% CI {_interval(t)}, {_verdict_note(v)}: {sig})")
         lines.append(f"- {cell}, iteration {last['iteration']}: " + "; ".join(parts) + ".")
     return "\n".join(lines)
 
@@ -63,12 +81,23 @@ def _paper_agreement(comparison: list[dict]) -> str:
     return " ".join(text)
 
 
-def _verdict(agree: bool | None) -> str:
-    return {True: "**agrees**", False: "**does not agree**", None: "**no detectable difference**"}[agree]
+def _combine(verdicts: list[str]) -> str:
+    """One verdict on a claim made of several comparisons: agrees only if every one is a definitive
+    "positive"; does not agree if some are negative and none positive; mixed if both; else inconclusive."""
+    if verdicts and all(v == "positive" for v in verdicts):
+        return "**agrees**"
+    if "negative" in verdicts:
+        return "**mixed**" if "positive" in verdicts else "**does not agree**"
+    return "**inconclusive**"
+
+
+def _summary(mean: float, ci: float | None, n: int) -> dict:
+    return {"mean": mean, "ci95": ci, "n": n}
 
 
 def _figure6_claims(fig6: dict) -> list[str]:
-    """Figure 6's orderings on the last point of each variant (the paper's y axis is MT-Bench)."""
+    """Figure 6's orderings on the last point of each variant (the paper's y axis is MT-Bench): the
+    difference of the two variants' seed means against its minimum detectable effect."""
     final = {label.split(" ")[0]: s["points"][-1] for label, s in fig6.items()}
     lines = []
     for claim, better, worse in (("ranking {y_w, y_l, y_ref} beats ranking {y_w, y_ref}", "iterative", "rank_w_ref"),
@@ -76,29 +105,106 @@ def _figure6_claims(fig6: dict) -> list[str]:
                                  ("stepwise DPO beats offline DPO", "stepwise", "offline")):
         if better not in final or worse not in final:
             continue
-        parts, verdicts, overlaps = [], [], []
+        parts, verdicts = [], []
         for key, label in (("mt_bench", "MT-Bench"), ("r_star", "r*")):
             if key in final[better] and key in final[worse]:
                 a, b = final[better][key], final[worse][key]
-                overlaps.append(abs(a["mean"] - b["mean"]) < a["ci95"] + b["ci95"])
-                parts.append(f"{label} {a['mean']:.3f} vs {b['mean']:.3f}" + (" (intervals overlap)" if overlaps[-1] else ""))
-                verdicts.append(a["mean"] > b["mean"])
-        within = ", within the seed intervals" if all(overlaps) else ", partly within the seed intervals" if any(overlaps) else ""
-        verdict = ("**agrees** in direction" + within
-                   if all(verdicts) else "**does not agree**" if not any(verdicts) else "**mixed**")
-        lines.append(f"- *{claim} (Figure 6)* (paper: yes). Ours, last point: " + "; ".join(parts) + ": " + verdict + ".")
+                v = effect_verdict(summary_diff(a, b), MACHINE_FLOOR.get(key, 0.0))
+                verdicts.append(v["verdict"])
+                parts.append(f"{label} {a['mean']:.3f} vs {b['mean']:.3f} ({v['mean_diff']:+.3f}, {_verdict_note(v)}: "
+                             f"{v['verdict'].replace('positive', 'higher').replace('negative', 'lower')})")
+        lines.append(f"- *{claim} (Figure 6)* (paper: yes). Ours, last point: " + "; ".join(parts) + ": "
+                     + _combine(verdicts) + ".")
     return lines
+
+
+def _dpo_improves(comparison: list[dict]) -> str | None:
+    """Each (base, iteration) of iterative DPO against the model the loop starts from, AlpacaEval LC."""
+    start = {r["our_base"]: r for r in comparison if (r["method"], r["iteration"]) in (("offline_dpo", "0"), ("base", "0"))}
+    verdicts, parts = [], []
+    for r in comparison:
+        s = start.get(r["our_base"])
+        if r["method"] != "dpo" or s is None or "AE2 LC ours" not in r or "AE2 LC ours" not in s:
+            continue
+        v = effect_verdict(summary_diff(_summary(r["AE2 LC ours"], r.get("AE2 LC ours ci95"), r["seeds"]),
+                                        _summary(s["AE2 LC ours"], s.get("AE2 LC ours ci95"), s["seeds"])))
+        verdicts.append(v["verdict"])
+        parts.append(f"{r['our_base']} iter{r['iteration']} {v['mean_diff']:+.2f} ({_verdict_note(v)})")
+    if not verdicts:
+        return None
+    n_up = sum(v == "positive" for v in verdicts)
+    return (f"- *Iterative DPO improves AlpacaEval LC over the loop's start model at every iteration* (paper: yes). "
+            f"Ours: {n_up} of {len(verdicts)} (base, iteration) cells improve by more than they can be told apart "
+            f"from the start: " + "; ".join(parts) + f": {_combine(verdicts)}.")
+
+
+def _greedy_reward_rises(fig3: dict) -> str:
+    """Figure 3 right: the ranker's mean reward of greedy answers per SELM iteration; the verdict uses
+    the true reward r* of the same cell (seed intervals), the ranker means having none."""
+    means = [h["mean"] for _, h in sorted(fig3["hist_by_iteration"].items(), key=lambda kv: int(kv[0]))]
+    text = (f"- *The reward of greedy answers moves up over SELM iterations (Figure 3 right)* (paper: yes). Ours: "
+            f"mean ranker reward {' -> '.join(f'{m:.3f}' for m in means)}")
+    curve = next((c for c in fig3["curves"].values() if c.get("cell") == fig3.get("shift_cell")), None)
+    rstar = {int(t): s for t, s in (curve or {}).get("r_star", {}).items() if int(t) >= 1}
+    if len(rstar) < 2:
+        return text + ": one value per iteration, no interval: **inconclusive**."
+    steps = [effect_verdict(summary_diff(rstar[t], rstar[t - 1]), MACHINE_FLOOR["r_star"])
+             for t in sorted(rstar)[1:] if t - 1 in rstar]
+    return (text + "; r* of the same checkpoints " + " -> ".join(f"{rstar[t]['mean']:.3f}" for t in sorted(rstar))
+            + " (steps " + ", ".join(f"{v['mean_diff']:+.3f} ({_verdict_note(v)})" for v in steps) + "): "
+            + _combine([v["verdict"] for v in steps]) + ".")
+
+
+def _alpha_claims(fig3: dict) -> str:
+    """Figure 3 left: final LC per alpha; 'too large an alpha hurts' holds if the largest alpha is
+    below every other by more than the difference the seeds can resolve."""
+    final = {float(a): c["lc"][max(c["lc"], key=int)] for a, c in fig3["curves"].items()}
+    largest = max(final)
+    below = [effect_verdict(summary_diff(final[a], final[largest]))["verdict"] for a in final if a != largest]
+    best = max(final, key=lambda a: final[a]["mean"])
+    best_vs = [effect_verdict(summary_diff(final[best], final[a]))["verdict"] for a in final if a != best]
+    resolved = bool(best_vs) and all(v == "positive" for v in best_vs)
+    return (f"- *A small positive alpha is best and a too large alpha hurts (Figure 3 left)* (paper: alpha 0.001 "
+            "above both 0 and 0.01). Ours, final LC: " + ", ".join(f"alpha {a:g}: {s['mean']:.2f}" for a, s in sorted(final.items()))
+            + f". 'Too large an alpha hurts' (alpha {largest:g} below each other alpha by more than the seeds resolve: "
+            f"{sum(v == 'positive' for v in below)} of {len(below)}): {_combine(below)}. 'A small positive alpha is best': "
+            f"the best mean is alpha {best:g}, " + ("above every other alpha beyond its MDE." if resolved else
+                                                     "but not above every other alpha beyond the MDE: **inconclusive**."))
+
+
+def _implicit_reward_claims(fig4: dict, fig5: dict) -> list[str]:
+    """Figures 4 and 5: per-prompt implicit-reward differences (seeds pooled) against their MDE."""
+    v4, parts4 = [], []
+    for b, d in fig4.items():
+        c = effect_verdict(sample_test(d["chosen_sorted"])) if "chosen_sorted" in d else None
+        r = effect_verdict(sample_test(d["rejected_sorted"])) if "rejected_sorted" in d else None
+        if c is None or r is None:
+            v4.append("inconclusive")
+        else:  # chosen should be positive, rejected negative
+            v4 += [c["verdict"], {"positive": "negative", "negative": "positive"}.get(r["verdict"], "inconclusive")]
+        parts4.append(f"{b} {d['mean_chosen']:+.5f} / {d['mean_rejected']:+.5f}"
+                      + (f" (MDE {c['mde']:.5f} / {r['mde']:.5f})" if c and r and c["mde"] and r["mde"] else ""))
+    v5, parts5 = [], []
+    for b, d in fig5.items():
+        v = effect_verdict(sample_test(d["sorted"])) if "sorted" in d else None
+        v5.append(v["verdict"] if v else "inconclusive")
+        parts5.append(f"{b} {d['mean']:+.5f} ({100 * d['frac_positive']:.0f}% of prompts > 0"
+                      + (f", MDE {v['mde']:.5f})" if v and v["mde"] else ")"))
+    return ["- *SELM's implicit reward exceeds DPO's on chosen answers and falls below it on rejected ones "
+            "(Figure 4)* (paper: yes). Ours, per-prompt means over seeds: " + "; ".join(parts4) + f": {_combine(v4)}.",
+            "- *SELM's own samples carry higher implicit reward than DPO's (Figure 5)* (paper: yes). Ours: "
+            + "; ".join(parts5) + f": {_combine(v5)}."]
 
 
 def plain_agreement(comparison: list[dict], paired: dict, fig3: dict, fig4: dict, fig5: dict,
                     fig6: dict | None = None) -> str:
-    """The paper's claims one by one, each with what our runs measured and a verdict."""
+    """The paper's claims one by one, each with what our runs measured and a verdict: agrees / does not
+    agree only when the difference is beyond the smallest one the design can detect (stats.effect_verdict),
+    otherwise inconclusive."""
     lines = []
-    dpo_deltas = [r["AE2 LC ours delta"] for r in comparison if r["method"] == "dpo" and "AE2 LC ours delta" in r]
-    if dpo_deltas:
-        lines.append(f"- *Iterative DPO improves AlpacaEval LC over the loop's start model at every iteration* (paper: "
-                     f"yes). Ours: {sum(d > 0 for d in dpo_deltas)} of {len(dpo_deltas)} (base, iteration) cells "
-                     f"improve: {_verdict(all(d > 0 for d in dpo_deltas))}.")
+    dpo = _dpo_improves(comparison)
+    if dpo:
+        lines.append(dpo)
     if not any(entry["iterations"] for entry in paired.values()):
         # one seed (the paper's protocol): the plain difference of the last iteration, no interval
         by_key = {(r["our_base"], r["method"], r["iteration"]): r for r in comparison}
@@ -109,7 +215,7 @@ def plain_agreement(comparison: list[dict], paired: dict, fig3: dict, fig4: dict
             diff = r["AE2 LC ours"] - d["AE2 LC ours"]
             lines.append(f"- *SELM beats iterative DPO (AlpacaEval LC), iteration {it}* (paper: "
                          f"{r['AE2 LC paper'] - d['AE2 LC paper']:+.2f}). Ours, {base}: {diff:+.2f} from one seed, "
-                         f"so without an interval: {_verdict(diff > 0)} in sign.")
+                         f"so without an interval: **inconclusive**.")
     for cell, entry in paired.items():
         if not entry["iterations"]:
             continue
@@ -119,34 +225,16 @@ def plain_agreement(comparison: list[dict], paired: dict, fig3: dict, fig4: dict
             if key not in last:
                 continue
             t = last[key]
-            agree = True if t["ci_low"] > 0 else False if t["ci_high"] < 0 else None
+            v = effect_verdict(t, MACHINE_FLOOR.get(key, 0.0))
             paper = ("paper: LC +2.06 Zephyr, +1.50 Llama-3" if key == "alpaca_lc_win_rate" else
                      "the paper cannot measure this; its exploration claim implies SELM >= DPO")
             lines.append(f"- *SELM beats iterative DPO at the last iteration ({label})* ({paper}). Ours, {cell} "
-                         f"iteration {last['iteration']}: {t['mean_diff']:+.3f} [{t['ci_low']:+.3f}, {t['ci_high']:+.3f}]: "
-                         f"{_verdict(agree)}" + (" (SELM lower)" if agree is False else "") + ".")
-    means = [h["mean"] for _, h in sorted(fig3["hist_by_iteration"].items(), key=lambda kv: int(kv[0]))]
-    lines.append(f"- *The reward of greedy answers moves up over SELM iterations (Figure 3 right)* (paper: yes). Ours: "
-                 f"mean ranker reward {' -> '.join(f'{m:.3f}' for m in means)}: "
-                 f"{_verdict(all(b > a for a, b in zip(means, means[1:])))}.")
-    final = {float(a): c["lc"][max(c["lc"], key=int)]["mean"] for a, c in fig3["curves"].items()}
-    best, largest = max(final, key=final.get), max(final)
-    lines.append(f"- *A small positive alpha is best and a too large alpha hurts (Figure 3 left)* (paper: alpha 0.001 "
-                 f"above both 0 and 0.01). Ours, final LC: " + ", ".join(f"alpha {a:g}: {v:.2f}" for a, v in sorted(final.items()))
-                 + f". 'Too large an alpha hurts': {_verdict(final[largest] == min(final.values()))} (alpha "
-                 f"{largest:g} is {'the' if final[largest] == min(final.values()) else 'not the'} lowest). 'A small "
-                 f"positive alpha is best': the best is alpha {best:g}, but the differences among the smaller alphas are "
-                 "within the seed CIs of the curves, so this part is not resolved.")
+                         f"iteration {last['iteration']}: {t['mean_diff']:+.3f} {_interval(t)}, {_verdict_note(v)}: "
+                         f"{WORDS[v['verdict']]}" + (" (SELM lower)" if v["verdict"] == "negative" else "") + ".")
+    lines.append(_greedy_reward_rises(fig3))
+    lines.append(_alpha_claims(fig3))
     lines += _figure6_claims(fig6 or {})
-    ok4 = all(d["mean_chosen"] > 0 and d["mean_rejected"] < 0 for d in fig4.values())
-    lines.append("- *SELM's implicit reward exceeds DPO's on chosen answers and falls below it on rejected ones "
-                 "(Figure 4)* (paper: yes). Ours: " + "; ".join(
-                     f"{b} {d['mean_chosen']:+.5f} / {d['mean_rejected']:+.5f}" for b, d in fig4.items())
-                 + f": {_verdict(ok4)}.")
-    ok5 = all(d["mean"] > 0 and d["frac_positive"] > 0.5 for d in fig5.values())
-    lines.append("- *SELM's own samples carry higher implicit reward than DPO's (Figure 5)* (paper: yes). Ours: " + "; ".join(
-        f"{b} {d['mean']:+.5f} ({100 * d['frac_positive']:.0f}% of prompts > 0)" for b, d in fig5.items())
-        + f": {_verdict(ok5)}.")
+    lines += _implicit_reward_claims(fig4, fig5)
     return "\n".join(lines)
 
 
@@ -173,7 +261,11 @@ def render(*, args, spec, comparison, paired, regimes, load, fig1_facts, tables:
         "`runs/<experiment>/<cell>/seed<seed>/config.json`.",
         "",
         f"Scale: {str(spec.get('description', args.scale)).strip()} Seeds {seeds} for every cell; ± and [brackets] are "
-        "95% t intervals over seeds; SELM-vs-DPO comparisons are paired by seed.",
+        "95% t intervals over seeds (none for one seed); SELM-vs-DPO comparisons are paired by seed. A verdict is "
+        "definitive only when the difference's 95% interval excludes 0 and the difference is at least the minimum "
+        "detectable effect (MDE: the smallest true difference this many seeds with this spread detect at alpha 0.05 "
+        f"with 80% power) and, in r*, at least {MACHINE_FLOOR['mean_reward']} (how far the SFT base's r* moved between "
+        "two machines of the same kind); otherwise it says **inconclusive**.",
         "",
         "## What agrees with the paper and what does not",
         "",
@@ -277,8 +369,9 @@ def render(*, args, spec, comparison, paired, regimes, load, fig1_facts, tables:
         + (f" (mean r* of chosen answers {variants['original']['mean_r_chosen']:.3f} -> "
            f"{variants['variant_stats']['mean_r_chosen']:.3f})" if variants else "")
         + "; `sampled_y_ref` samples y_ref at T = 1 instead of greedy; `hard_tasks` keeps the four families with the "
-        "lowest SFT reward (add, count, rotate, sort). Verdicts: the 95% CI of the paired difference in "
-        "final-iteration r* excludes 0 (helps / hurts) or not.",
+        "lowest SFT reward (add, count, rotate, sort). Verdicts: helps / hurts when the 95% CI of the paired "
+        "difference in final-iteration r* excludes 0 and the difference is at least the threshold (the larger of "
+        "its MDE and the between-machine floor), else inconclusive.",
         "",
         img("regime_map.png"),
         "",

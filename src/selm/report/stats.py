@@ -1,45 +1,196 @@
-"""Seed statistics of the report: means with 95% t intervals, and paired tests (SELM vs DPO on the
-same seed, so seed-to-seed variation of the shared start cancels)."""
+"""Seed statistics of the report: means with 95% t intervals, paired tests (SELM vs DPO on the
+same seed, so seed-to-seed variation of the shared start cancels), and the verdict rule.
+
+The verdict rule (`effect_verdict`) calls a difference real only when it is larger than what the
+design can resolve, so that a verdict does not flip when rounding moves the numbers a little (the
+pipeline on another CPU gives a slightly different SFT base, and everything downstream moves):
+
+- one seed: no interval, no verdict ("inconclusive");
+- zero spread over seeds: no t-test either (no p-value, no zero-width interval), "inconclusive";
+- otherwise the 95% t interval of the mean difference must exclude 0 AND the mean difference must
+  be at least the threshold max(MDE, floor), where MDE is the minimum detectable effect of a paired
+  t-test with this many seeds and this spread (two-sided alpha 0.05, power 0.8) and `floor` is the
+  metric's between-machine tolerance (MACHINE_FLOOR), else "inconclusive".
+
+What the floor buys: two copies of the results whose mean differences differ by less than 2 * floor
+(e.g. the same pipeline on two machines) can never get opposite definitive verdicts (positive in one,
+negative in the other); they can still disagree between a definitive verdict and "inconclusive" for
+an effect that sits at the threshold. No threshold rule on continuous numbers can do better.
+"""
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 
 from scipy import stats as sps
 
+ALPHA = 0.05  # two-sided level of the intervals and tests
+POWER = 0.8  # power at which the minimum detectable effect is quoted
+
+# Between-machine tolerance by metric key (the effect below which a difference is treated as a
+# rounding artefact whatever the seeds say). r*: the toy SFT base's greedy r* came out 0.016 apart
+# on two machines of the same kind with the same pins (0.477 vs 0.461), so a difference in r* smaller
+# than that is not called. Metrics without a measured between-machine spread get no floor (0).
+MACHINE_FLOOR = {"mean_reward": 0.016, "r_star": 0.016}
+
+
+@functools.lru_cache(maxsize=None)
+def t_quantile(p: float, dof: int) -> float:
+    """The p quantile of Student's t with `dof` degrees of freedom (cached: the report asks often)."""
+    return float(sps.t.ppf(p, dof))
+
 
 def t95(dof: int) -> float:
     """Two-sided 95% quantile of Student's t with `dof` degrees of freedom."""
-    return float(sps.t.ppf(0.975, dof))
+    return t_quantile(1 - ALPHA / 2, dof)
 
 
-def mean_ci(values: list[float]) -> tuple[float, float]:
-    """Mean and half-width of the 95% t interval (0 for a single value)."""
+def mean_ci(values: list[float]) -> tuple[float, float | None]:
+    """Mean and half-width of the 95% t interval; None for a single value (no interval)."""
     mean = statistics.fmean(values)
     if len(values) < 2:
-        return mean, 0.0
+        return mean, None
     return mean, t95(len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+
+
+def fmt_mean_ci(mean: float, ci: float | None, digits: int = 3) -> str:
+    """'mean ± ci', or just 'mean' when there is no interval (one seed)."""
+    return f"{mean:.{digits}f}" + ("" if ci is None else f" ± {ci:.{digits}f}")
 
 
 def summarize(values: list[float]) -> dict:
     mean, ci = mean_ci([float(v) for v in values])
-    return {"mean": round(mean, 5), "ci95": round(ci, 5), "n": len(values)}
+    return {"mean": round(mean, 5), "ci95": None if ci is None else round(ci, 5), "n": len(values)}
+
+
+def mde(sd: float, n: int, alpha: float = ALPHA, power: float = POWER) -> float:
+    """Minimum detectable effect of a paired t-test of n pairs whose differences have standard
+    deviation sd: (t_{1-alpha/2, n-1} + t_{power, n-1}) * sd / sqrt(n)."""
+    if n < 2:
+        raise ValueError(f"a minimum detectable effect needs at least 2 pairs, got {n}")
+    return mde_se(sd / math.sqrt(n), n - 1, alpha, power)
+
+
+def mde_se(se: float, dof: int, alpha: float = ALPHA, power: float = POWER) -> float:
+    """Minimum detectable effect of a t-test with standard error `se` and `dof` degrees of freedom."""
+    return (t_quantile(1 - alpha / 2, dof) + t_quantile(power, dof)) * se
+
+
+def _se_n(summary: dict) -> tuple[float, int]:
+    """Standard error of a {mean, ci95, n} summary (0 for one value: a fixed reference) and its n."""
+    n = int(summary.get("n", 1))
+    if n < 2 or summary.get("ci95") is None:
+        return 0.0, n
+    return float(summary["ci95"]) / t95(n - 1), n
+
+
+def summary_diff(a: dict, b: dict) -> dict:
+    """a - b for two {mean, ci95, n} summaries of different cells (not paired): standard error
+    sqrt(se_a^2 + se_b^2) with the conservative min(n_a, n_b) - 1 degrees of freedom (a side with one
+    value, e.g. a base model evaluated once, is a fixed reference with se 0). The result is what
+    `effect_verdict` reads; n is 1 when neither side has an interval."""
+    (se_a, n_a), (se_b, n_b) = _se_n(a), _se_n(b)
+    n = min(x for x in (n_a, n_b) if x >= 2) if max(n_a, n_b) >= 2 else 1
+    return {"mean_diff": float(a["mean"]) - float(b["mean"]), "se": math.hypot(se_a, se_b), "dof": n - 1, "n": n}
+
+
+def sample_test(values: list[float]) -> dict:
+    """One-sample view of per-unit values (e.g. per-prompt differences): mean, se = sd / sqrt(n),
+    n - 1 degrees of freedom; what `effect_verdict` reads."""
+    n = len(values)
+    mean = statistics.fmean(values)
+    se = statistics.stdev(values) / math.sqrt(n) if n >= 2 else 0.0
+    return {"mean_diff": mean, "se": se, "dof": n - 1, "n": n}
 
 
 def paired_test(a: list[float], b: list[float]) -> dict:
-    """a - b paired by position: mean difference, its 95% t interval, the two-sided paired t-test
-    p-value, and in how many pairs a > b. Identical pairs give p = 1 (no evidence of a difference)."""
+    """a - b paired by position: mean difference, sd of the differences, its 95% t interval, the
+    two-sided paired t-test p-value, the minimum detectable effect, and in how many pairs a > b.
+    With zero spread there is no t-test: p-value and interval are None (not p = 0 and a zero-width
+    interval)."""
     if len(a) != len(b) or len(a) < 2:
         raise ValueError(f"paired test needs two equal-length lists of at least 2 values, got {len(a)} and {len(b)}")
     diffs = [float(x) - float(y) for x, y in zip(a, b)]
-    mean, ci = mean_ci(diffs)
-    sd = statistics.stdev(diffs)
+    n = len(diffs)
+    mean, sd = statistics.fmean(diffs), statistics.stdev(diffs)
+    if sd <= 1e-9 * max(1.0, max(abs(d) for d in diffs)):
+        sd = 0.0  # the same difference in every pair up to float rounding (0.40 - 0.45 vs 0.35 - 0.40)
+    out = {"mean_diff": round(mean, 5), "sd": round(sd, 6), "n": n, "n_a_greater": sum(d > 0 for d in diffs),
+           "a_mean": round(statistics.fmean(map(float, a)), 5), "b_mean": round(statistics.fmean(map(float, b)), 5)}
     if sd == 0:
-        p = 1.0 if mean == 0 else 0.0
-    else:
-        p = float(2 * sps.t.sf(abs(mean / (sd / math.sqrt(len(diffs)))), len(diffs) - 1))
-    return {"mean_diff": round(mean, 5), "ci95": round(ci, 5), "ci_low": round(mean - ci, 5),
-            "ci_high": round(mean + ci, 5), "p_value": round(p, 4), "n": len(diffs),
-            "n_a_greater": sum(d > 0 for d in diffs), "a_mean": round(statistics.fmean(map(float, a)), 5),
-            "b_mean": round(statistics.fmean(map(float, b)), 5)}
+        return {**out, "ci95": None, "ci_low": None, "ci_high": None, "p_value": None, "mde": 0.0}
+    ci = t95(n - 1) * sd / math.sqrt(n)
+    p = float(2 * sps.t.sf(abs(mean / (sd / math.sqrt(n))), n - 1))
+    return {**out, "ci95": round(ci, 5), "ci_low": round(mean - ci, 5), "ci_high": round(mean + ci, 5),
+            "p_value": round(p, 4), "mde": round(mde(sd, n), 5)}
+
+
+def _se_dof(test: dict) -> tuple[float | None, int]:
+    """Standard error of the mean difference and its degrees of freedom: stored (`se`, `dof`), from
+    the paired differences' sd, or recovered from the interval's half-width (tests written before
+    `sd` was stored: half-width = t95(n-1) * se)."""
+    n = int(test.get("n", 0))
+    if test.get("se") is not None:
+        return float(test["se"]), int(test.get("dof", n - 1))
+    if test.get("sd") is not None:
+        return float(test["sd"]) / math.sqrt(n), n - 1
+    if test.get("ci95") is not None:
+        return float(test["ci95"]) / t95(n - 1), n - 1
+    if test.get("ci_low") is not None:
+        return (float(test["ci_high"]) - float(test["ci_low"])) / 2 / t95(n - 1), n - 1
+    return None, n - 1
+
+
+def effect_verdict(test: dict, floor: float = 0.0) -> dict:
+    """The verdict on a difference (a `paired_test`, `summary_diff` or `sample_test` dict):
+    "positive", "negative" or "inconclusive", with the threshold it was held against and the reason
+    when inconclusive. Definitive only when the 95% interval excludes 0 and |mean| >= max(MDE, floor)
+    (module doc)."""
+    n, mean = int(test.get("n", 0)), float(test["mean_diff"])
+    base = {"mean_diff": mean, "n": n, "floor": floor, "mde": None, "threshold": None}
+    if n < 2:
+        return {**base, "verdict": "inconclusive", "reason": "one seed: no interval"}
+    se, dof = _se_dof(test)
+    if not se:
+        return {**base, "verdict": "inconclusive", "reason": "zero spread: no t-test"}
+    half, detectable = t95(dof) * se, mde_se(se, dof)
+    threshold = max(detectable, floor)
+    base.update(mde=detectable, threshold=threshold, ci_low=mean - half, ci_high=mean + half)
+    if mean - half <= 0 <= mean + half:
+        return {**base, "verdict": "inconclusive", "reason": "95% interval includes 0"}
+    if abs(mean) < threshold:
+        which = "minimum detectable effect" if detectable >= floor else "between-machine floor"
+        return {**base, "verdict": "inconclusive", "reason": f"|effect| below the {which} {threshold:.3g}"}
+    return {**base, "verdict": "positive" if mean > 0 else "negative", "reason": ""}
+
+
+REGIME_WORDS = {"positive": "helps", "negative": "hurts", "inconclusive": "inconclusive"}
+
+
+def regime_verdict(diff: dict) -> dict:
+    """The regime map's verdict on a paired SELM - DPO difference in final r* (`effect_verdict` with
+    r*'s between-machine floor); `verdict` is helps / hurts / inconclusive."""
+    v = effect_verdict(diff, MACHINE_FLOOR["r_star"])
+    return {**v, "verdict": REGIME_WORDS[v["verdict"]]}
+
+
+def fmt_test(t: dict, digits: int = 3) -> str:
+    """'+0.010 [+0.002, +0.018] p=0.03 (3/3)' for a paired test; without interval and p-value when
+    the spread is zero ('+0.010, same in every seed (3/3), no t-test')."""
+    head = f"{t['mean_diff']:+.{digits}f}"
+    if t.get("ci_low") is None or t.get("p_value") is None:
+        return f"{head}, same in every seed ({t['n_a_greater']}/{t['n']}), no t-test"
+    return (f"{head} [{t['ci_low']:+.{digits}f}, {t['ci_high']:+.{digits}f}] p={t['p_value']:.2f} "
+            f"({t['n_a_greater']}/{t['n']})")
+
+
+def fmt_threshold(v: dict, digits: int = 3) -> str:
+    """What a verdict was held against: 'MDE 0.012' (and the floor when it is the larger)."""
+    if v["threshold"] is None:
+        return v["reason"]
+    text = f"MDE {v['mde']:.{digits}f}"
+    if v["floor"] > v["mde"]:
+        text += f", floor {v['floor']:.{digits}f}"
+    return text

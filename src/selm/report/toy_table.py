@@ -20,7 +20,7 @@ from pathlib import Path
 
 from selm.io import write_json_atomic, write_text_atomic
 from selm.provenance import config_hash, provenance
-from selm.report.stats import mean_ci
+from selm.report.stats import fmt_mean_ci, mean_ci
 
 
 
@@ -59,7 +59,7 @@ def markdown(rows: list[dict]) -> str:
         g = groups[key]
         r_mean, r_ci = mean_ci([x["mean_reward"] for x in g])
         c_mean, c_ci = mean_ci([x["frac_correct"] for x in g])
-        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {r_mean:.3f} ± {r_ci:.3f} | {c_mean:.3f} ± {c_ci:.3f} "
+        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {fmt_mean_ci(r_mean, r_ci)} | {fmt_mean_ci(c_mean, c_ci)} "
                      f"| {len(g)} |")
     return "\n".join(lines)
 
