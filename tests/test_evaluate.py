@@ -83,6 +83,38 @@ def test_changed_settings_reevaluate_but_keep_the_judge_cache(tiny_model, world,
     assert (tmp_path / "ev" / "judge_cache.jsonl").read_text() == cache  # nothing judged twice
 
 
+class LmEvalStarted(Exception):
+    """Raised by the stand-in lm-eval run: the test only needs to know what happened before it."""
+
+
+def test_generation_backend_is_closed_before_lm_eval_loads_its_model(tiny_model, world, tmp_path, monkeypatch):
+    import selm.evals.lmeval
+    import selm.generation
+
+    events, backends = [], []
+    make_backend = selm.generation.backend_from_config
+
+    def recording_backend(cfg, model_dir):
+        backend = make_backend(cfg, model_dir)
+        close = backend.close
+        backend.close = lambda: (events.append("close"), close())[1]
+        backends.append(backend)
+        return backend
+
+    def lm_eval(*args, **kwargs):
+        events.append(("lm-eval", backends[0].model is None))
+        raise LmEvalStarted
+
+    monkeypatch.setattr(selm.generation, "backend_from_config", recording_backend)
+    monkeypatch.setattr(selm.evals.lmeval, "run_config", lm_eval)
+    cfg = compose_config("loop", [f"eval.alpaca_eval.data={world}/alpaca_eval.jsonl", f"eval.lmeval.world={world}",
+                                  f"eval.mt_bench.questions={world}/mt_bench.jsonl", "scale.max_new_tokens=4",
+                                  "logger=none", "eval.parts=[mt_bench,lmeval]"])
+    with pytest.raises(LmEvalStarted):
+        evaluate_checkpoint(cfg, tiny_model, tmp_path / "ev", "m")
+    assert events == ["close", ("lm-eval", True)]  # closed once, model released, then lm-eval
+
+
 def test_tables_filter_bases_and_mark_missing_tasks(tmp_path):
     from selm.report.eval_tables import table2_markdown
 

@@ -54,7 +54,7 @@ def test_turn_two_sees_the_models_own_first_answer():
 
 def test_hf_generation_renders_the_whole_conversation_with_the_chat_template(tiny_model, tmp_path):
     backend = get_backend("hf", tiny_model, batch_size=4, progress=False)
-    generate = mt_bench.hf_chat_generator(backend, max_new_tokens=6, do_sample=True, seed=3)
+    generate = mt_bench.chat_generator(backend, max_new_tokens=6, do_sample=True, seed=3)
     rows = mt_bench.generate_answers(generate, QUESTIONS, model_id="tiny")
     mt_bench.write_answers(tmp_path / "tiny.jsonl", rows)
     answers = mt_bench.load_answers(tmp_path / "tiny.jsonl")

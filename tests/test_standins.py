@@ -180,7 +180,6 @@ def test_zephyr_prompt_has_bos_and_answer_has_no_stray_prefix_space(toks):
 
 
 def test_generation_backends_encode_the_training_prompt(standins, toks):
-    from selm.evals.mt_bench import _ChatHF
     from selm.generation import HFBackend
 
     for kind in ("zephyr", "llama3"):
@@ -190,10 +189,8 @@ def test_generation_backends_encode_the_training_prompt(standins, toks):
         ids = backend.generate_ids(["What is 2+2?", "Say hi"], do_sample=False, max_new_tokens=4, seed=0)
         assert [len(a[0]) for a in ids] and all(len(a[0]) <= 4 for a in ids)
         # MT-Bench's multi-turn prompts start with BOS exactly once too
-        chat = _ChatHF(backend.model, backend.tokenizer, progress=False)
-        chat.rendered = []
-        turns = chat.encode([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
-                             {"role": "user", "content": "More?"}])
+        turns = backend.encode_messages([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
+                                         {"role": "user", "content": "More?"}])
         assert turns[0] == toks[kind].bos_token_id and turns.count(toks[kind].bos_token_id) == 1
 
 

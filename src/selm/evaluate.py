@@ -57,7 +57,7 @@ def alpaca_eval(cfg: DictConfig, backend, judge, model_id: str, out: Path) -> di
 
 
 def mt_bench(cfg: DictConfig, backend, judge, model_id: str, out: Path) -> dict:
-    from selm.evals.mt_bench import generate_answers, grade, hf_chat_generator, load_answers, load_questions, summarize
+    from selm.evals.mt_bench import chat_generator, generate_answers, grade, load_answers, load_questions, summarize
 
     path = out / "mt_bench.json"
     if path.exists():
@@ -66,7 +66,7 @@ def mt_bench(cfg: DictConfig, backend, judge, model_id: str, out: Path) -> dict:
     questions = load_questions(m.questions)[: m.limit]
     answers_path = out / "mt_bench_answers.jsonl"
     if not answers_path.exists():
-        generate = hf_chat_generator(backend, **cfg.eval.decoding)
+        generate = chat_generator(backend, **cfg.eval.decoding)
         write_jsonl_atomic(answers_path, generate_answers(generate, questions, model_id=model_id, tstamp=0.0))
     references = load_answers(m.references) if m.references else None
     judgments = grade(questions, load_answers(answers_path), judge, n_runs=m.judge_runs, references=references)
@@ -180,9 +180,14 @@ def evaluate_checkpoint(cfg: DictConfig, model_dir: str | Path, out: str | Path,
     parts = list(cfg.eval.get("parts", PARTS))
     if set(parts) - set(PARTS):
         raise ValueError(f"eval.parts={parts}: unknown part(s) {sorted(set(parts) - set(PARTS))}; known: {list(PARTS)}")
-    metrics = flat_metrics(alpaca_eval(cfg, backend, judge, model_id, out) if "alpaca" in parts else None,
-                           mt_bench(cfg, backend, judge, model_id, out) if "mt_bench" in parts else None,
-                           lm_eval_suite(cfg, model_dir, out) if "lmeval" in parts else None)
+    try:
+        alpaca = alpaca_eval(cfg, backend, judge, model_id, out) if "alpaca" in parts else None
+        mt = mt_bench(cfg, backend, judge, model_id, out) if "mt_bench" in parts else None
+    finally:
+        # lm-eval loads its own HF model onto the same device: the generation engine (vLLM: 90% of
+        # every GPU's memory) must be gone first.
+        backend.close()
+    metrics = flat_metrics(alpaca, mt, lm_eval_suite(cfg, model_dir, out) if "lmeval" in parts else None)
     metrics["model"] = model_id
     metrics["decoding"] = OmegaConf.to_container(cfg.eval.decoding, resolve=True)
     metrics["judge"] = judge.identity("pairwise")

