@@ -46,7 +46,7 @@ def test_mean_ci_by_hand():
     mean, half = mean_ci([1.0, 2.0, 3.0])
     assert mean == 2.0
     assert half == pytest.approx(4.302653 * 1.0 / math.sqrt(3), rel=1e-6)  # t(0.975, df=2) = 4.302653 (tables)
-    assert mean_ci([5.0]) == (5.0, 0.0)
+    assert mean_ci([5.0]) == (5.0, None)  # one seed has no interval (not "± 0.00")
 
 
 def test_table1_groups_seeds(tmp_path):

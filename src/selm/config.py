@@ -52,7 +52,7 @@ RULES: dict[str, Rule] = {
     "train.logging_steps": COUNT, "train.save_steps": COUNT0,
     "generation.temperature": POSITIVE, "generation.top_p": PROBABILITY, "generation.max_new_tokens": COUNT,
     "generation.batch_size": COUNT, "scale.max_new_tokens": COUNT,
-    "data.slice_size": COUNT, "eval.n_prompts": COUNT, "eval.coverage_samples": COUNT0,
+    "data.slice_size": COUNT, "eval.n_prompts": COUNT0, "eval.coverage_samples": COUNT0,
     "ranker.noise": NON_NEGATIVE,
     "sft.epochs": POSITIVE, "sft.lr": POSITIVE, "sft.batch_size": COUNT, "sft.warmup_ratio": FRACTION,
     "sft.max_length": ("int", lambda v: v >= 2, ">= 2"), "sft.seed": ANY_INT, "sft.init_seed": ANY_INT,
