@@ -147,5 +147,5 @@ def test_oracle_judge_cache_is_not_fsynced_and_an_api_judges_is(tmp_path, monkey
     paid API judgments safe (Figure 2 asks it ~200k times at the toy scale)."""
     monkeypatch.setenv(KEY_ENV, "sk-test")
     oracle = get_judge("oracle", cache=str(tmp_path / "o.jsonl"))
-    api = get_judge("openai", base_url="http://127.0.0.1:9/v1", api_key_env=KEY_ENV, cache=str(tmp_path / "a.jsonl"))
+    api = get_judge("openai", base_url="https://judge.invalid/v1", api_key_env=KEY_ENV, cache=str(tmp_path / "a.jsonl"))
     assert oracle.cache.durable is False and api.cache.durable is True

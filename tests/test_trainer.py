@@ -174,9 +174,12 @@ def test_y_ref_is_pushed_down_when_alpha_is_large(tiny_model, tmp_path):
 def test_missing_checkpoint_and_bad_lr_key(tiny_model, tmp_path, pairs_file):
     with pytest.raises(FileNotFoundError, match="init_checkpoint=.*nowhere"):
         train_iteration(train_cfg(tiny_model, pairs_file, tmp_path, f"init_checkpoint={tmp_path}/nowhere"))
-    with pytest.raises(KeyError, match="learning_rates has no entry for iteration 7"):
+    from selm.config import ConfigError
+
+    # refused where the config is composed, naming the key, before any work
+    with pytest.raises(ConfigError, match=r"train.learning_rates: iteration 7 runs but learning_rates\[7\] is missing"):
         train_iteration(train_cfg(tiny_model, pairs_file, tmp_path, "iteration=7"))
-    with pytest.raises(ValueError, match="global_batch_size=6 is not a multiple"):
+    with pytest.raises(ConfigError, match=r"train.global_batch_size: must be a multiple of train.per_device_batch_size \(4\), got 6"):
         train_iteration(train_cfg(tiny_model, pairs_file, tmp_path, "train.global_batch_size=6"))
 
 
