@@ -62,3 +62,14 @@ def train_cfg(tiny_model, pairs, tmp_path, *overrides):
             *overrides,
         ],
     )
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models and ops: one torch thread is faster, and steady on a shared machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

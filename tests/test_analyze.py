@@ -10,15 +10,7 @@ from omegaconf import OmegaConf
 from selm.report import analyze
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one torch thread is faster, and steady on a shared machine."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread is faster and steady
 
 SPEC = {
     "bases": ["tiny-sft"], "seeds": [1, 2, 3],

@@ -16,13 +16,7 @@ VOCAB = 4096
 PAD = 0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny ops: one torch thread is faster, and steady on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread is faster and steady
 
 
 def random_llama(vocab: int = VOCAB, dtype=torch.float32, seed: int = 0) -> LlamaForCausalLM:

@@ -34,14 +34,18 @@ def git_commit(cwd: str | Path | None = None) -> str:
     return head + ("-dirty" if dirty else "")
 
 
-def package_versions() -> dict[str, str]:
+def _versions(names) -> dict[str, str]:
     versions = {"python": platform.python_version()}
-    for name in PACKAGES:
+    for name in names:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = "not installed"
     return versions
+
+
+def package_versions() -> dict[str, str]:
+    return _versions(PACKAGES)
 
 
 def provenance(config: dict | None = None, command: str | None = None) -> dict:
@@ -99,13 +103,7 @@ def tree_sha256(path: str | Path) -> str:
 
 def result_versions() -> dict[str, str]:
     """Python and the versions of the packages whose numerics enter our results."""
-    versions = {"python": platform.python_version()}
-    for name in RESULT_PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
+    return _versions(RESULT_PACKAGES)
 
 
 # Code identity. Why the modules a stage imports and not the whole package + conf tree: an edit of
