@@ -1,4 +1,4 @@
-"""Hydra configs: the paper's hyperparameters (SELM.md section 2), bad keys, multirun over alpha."""
+"""Hydra configs: the paper's hyperparameters (docs/paper.md section 2), bad keys, multirun over alpha."""
 
 import os
 import subprocess
@@ -12,7 +12,7 @@ from conftest import make_pairs, write_jsonl
 from selm.config import compose_config
 from selm.train import gradient_accumulation_steps, learning_rate_for
 
-# SELM.md section 2, typed in by hand from the table.
+# docs/paper.md section 2, typed in by hand from the table.
 PAPER = {
     "paper_zephyr": dict(
         model="HuggingFaceH4/mistral-7b-sft-beta", beta=0.01, alpha=0.001,

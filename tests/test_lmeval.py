@@ -21,7 +21,7 @@ from selm.evals.lmeval import TaskSpec, load_lmeval_config, run_config, run_lmev
 from selm.tiny import build_tokenizer, build_tiny_model
 from selm.world.build import build_world
 
-# SELM.md section 3, typed in by hand: GSM8K 8-shot CoT, HellaSwag 10-shot, ARC-Challenge 25-shot,
+# docs/paper.md section 3, typed in by hand: GSM8K 8-shot CoT, HellaSwag 10-shot, ARC-Challenge 25-shot,
 # TruthfulQA 0-shot (mc2), EQ-Bench 0-shot, OpenBookQA 10-shot.
 PAPER_FEWSHOT = {"gsm8k_cot": 8, "hellaswag": 10, "arc_challenge": 25, "truthfulqa_mc2": 0, "eq_bench": 0, "openbookqa": 10}
 N_ROWS = 8

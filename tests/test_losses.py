@@ -1,4 +1,4 @@
-"""The SELM loss against hand arithmetic (SELM.md section 1)."""
+"""The SELM loss against hand arithmetic (docs/paper.md section 1)."""
 
 import math
 

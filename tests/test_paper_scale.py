@@ -138,9 +138,9 @@ def test_paper_grid_has_the_papers_alphas_and_hyperparameters():
     runs = {r.name: run_config(r, None) for n in spec.experiments for r in expand(spec, n)}
     main = {(c.model.name, c.train.alpha) for n, c in runs.items() if n.startswith("paper_main/")}
     assert main == {("zephyr-7b-sft", 0.0), ("zephyr-7b-sft", 0.001), ("llama3-8b-instruct", 0.0),
-                    ("llama3-8b-instruct", 0.0001)}  # SELM.md: alpha 0.001 Zephyr, 0.0001 Llama-3; 0 = DPO
+                    ("llama3-8b-instruct", 0.0001)}  # docs/paper.md: alpha 0.001 Zephyr, 0.0001 Llama-3; 0 = DPO
     fig3 = {c.train.alpha for n, c in runs.items() if n.startswith(("paper_alpha/", "paper_main/zephyr"))}
-    assert fig3 == {0.01, 0.001, 0.0005, 0.0001, 0.0}  # SELM.md: Figure 3's alphas
+    assert fig3 == {0.01, 0.001, 0.0005, 0.0001, 0.0}  # docs/paper.md: Figure 3's alphas
     assert {c.variant.name for n, c in runs.items() if n.startswith("paper_ablations/")} == \
         {"rank_w_ref", "stepwise", "offline"}
     for cfg in runs.values():

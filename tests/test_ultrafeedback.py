@@ -81,7 +81,7 @@ def test_cli_reports_bad_rows_without_traceback(tmp_path, capsys):
 
 
 def test_paper_slicing_arithmetic():
-    """SELM.md section 2: Zephyr 4 slices of 61,135 // 4 (iteration 0 + SELM 1..3), Llama-3 3 of // 3."""
+    """docs/paper.md section 2: Zephyr 4 slices of 61,135 // 4 (iteration 0 + SELM 1..3), Llama-3 3 of // 3."""
     n = EXPECTED_ROWS["train_prefs"]
     assert (n // 4, n // 3) == (15_283, 20_378)
     rows = list(range(n))

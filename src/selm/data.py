@@ -1,6 +1,6 @@
 """Preference pairs: chat-template rendering, tokenisation, truncation and batch collation.
 
-Template decisions (SELM.md section 2 lists the authors' quirks; we fix them on purpose):
+Template decisions (docs/paper.md section 2 lists the authors' quirks; we fix them on purpose):
 - no system message unless `system_prompt` is set;
 - BOS exactly once: a rendered text is tokenised without the tokenizer's own special tokens, and
   BOS is put in front only when the template did not write it (Llama-3's does, Zephyr's does not)

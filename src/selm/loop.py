@@ -1,4 +1,4 @@
-"""The online SELM loop for one base model, as small stages over files (SELM.md section 2).
+"""The online SELM loop for one base model, as small stages over files (docs/paper.md section 2).
 
     for t in iterations:
         D_t    = t-th contiguous slice of train_prefs (no replay)

@@ -1,7 +1,7 @@
 """SFT stage of the toy scale: train the tiny bases (weak `tiny-sft`, strong `tiny-instruct`).
 
 The paper starts from released SFT models; the toy scale has to make its own from the world's
-imperfect demonstrations (DESIGN.md section 3), so that the online loop has headroom to close.
+imperfect demonstrations (docs/design.md section 3), so that the online loop has headroom to close.
 The loss is completion-only causal LM: prompt tokens are labelled -100, answers end in exactly one
 EOS (tokenised with `selm.data.encode_prompt_answer`, the same template generation uses), so the
 model learns when to stop.
@@ -11,7 +11,7 @@ paper and small scales start from released instruction models), so it needs none
 scale features, and the loop is shorter. Measured on 2 idle cores, 200 steps of batch 32: Trainer
 57-66 ms/step vs loop 55-58 for the 0.45M "base" tiny model, 24-27 vs 19-23 for the 0.11M "small".
 
-`greedy_and_best_of_n` measures the headroom DESIGN.md asks for: mean r* of greedy answers against
+`greedy_and_best_of_n` measures the headroom docs/design.md asks for: mean r* of greedy answers against
 the mean r* of the best of n samples.
 
 Defaults (tiny size "small", 113k parameters; lr 3e-3, batch 32, 8 epochs, cosine, 5% warmup) were

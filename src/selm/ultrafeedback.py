@@ -2,7 +2,7 @@
 
     python -m selm.ultrafeedback --out data/ultrafeedback [--source HUB_ID_OR_LOCAL_DIR] [--revision REV]
 
-Why a stage of its own (SELM.md section 2): the loop slices train_prefs contiguously, one slice per
+Why a stage of its own (docs/paper.md section 2): the loop slices train_prefs contiguously, one slice per
 iteration and no shuffle (Zephyr 4 x 15,283 = 61,135 // 4, Llama-3 3 x 20,378 = 61,135 // 3), so
 the export keeps the dataset's row order exactly; it checks every row here, once, so that a bad row
 is reported by split, row index and key before any GPU hour is spent, not inside iteration 3; and it

@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> None:
     write_text_atomic(tables / "paper_comparison.csv", buf.getvalue())
     write_text_atomic(tables / "paper_comparison.md",
                       "# Tables 1 and 2: ours beside the paper's\n\nOurs: mean ± 95% t interval over seeds; (Δ): change "
-                      "from the model the online iterations start from. Paper: results/paper/*.csv (SELM.md). Generated "
+                      "from the model the online iterations start from. Paper: results/paper/*.csv (docs/paper.md). Generated "
                       "by `python -m selm.report.build`; do not edit.\n\n" + comparison_markdown(comparison) + "\n")
     load = lambda name: json.loads((analysis / name).read_text())  # noqa: E731
     paired = load("paired_tests.json")

@@ -1,4 +1,4 @@
-"""Every figure of the paper (SELM.md section 4) and the regime map, drawn from the analysis JSON
+"""Every figure of the paper (docs/paper.md section 4) and the regime map, drawn from the analysis JSON
 files (selm.report.analyze) into PNGs. Matplotlib's Agg backend: no display needed. Each function
 returns the path it wrote."""
 

@@ -2,7 +2,7 @@
 
 It stands in, at the toy and small scales, for UltraFeedback (preference corpus), UltraChat-style
 SFT data, PairRM (``OracleRanker``), the GPT-4 judge (``OracleJudge``) and the evaluation sets.
-See DESIGN.md section 3.  ``build_world`` is imported lazily so that ``python -m selm.world.build``
+See docs/design.md section 3.  ``build_world`` is imported lazily so that ``python -m selm.world.build``
 does not find its own module already imported.
 """
 

@@ -1,6 +1,6 @@
 """Answer-writing policies: gold, the family's bad habit, and random noise.
 
-Why these three: a throwaway prototype (DESIGN.md section 3) found that the online loop has something
+Why these three: a throwaway prototype (docs/design.md section 3) found that the online loop has something
 to fix only when the SFT model's errors are MODE errors (a consistent, family-specific bad habit that
 preference data can push down), not capability errors.  Demonstrations of ~40% gold, ~45% habit and
 ~15% noise gave SFT greedy r* 0.30-0.43 with best-of-16 0.84-0.87; gold-plus-random-edits alone gave
