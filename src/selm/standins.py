@@ -79,8 +79,9 @@ SPECS = {
         "template": ZEPHYR_TEMPLATE,
         "architecture": "MistralForCausalLM",
         # Mistral-7B's shape, shrunk: grouped-query attention (heads / kv heads = 4), sliding window.
+        # head_dim 32 (wider than hidden_size / heads): vLLM's CPU attention serves head sizes >= 32 only.
         "config": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                       num_key_value_heads=1, max_position_embeddings=32768, sliding_window=4096,
+                       num_key_value_heads=1, head_dim=32, max_position_embeddings=32768, sliding_window=4096,
                        rope_theta=10000.0, rms_norm_eps=1e-5, tie_word_embeddings=False),
     },
     "llama3": {
@@ -91,7 +92,7 @@ SPECS = {
         "template": LLAMA3_TEMPLATE,
         "architecture": "LlamaForCausalLM",
         "config": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                       num_key_value_heads=1, max_position_embeddings=8192, rope_theta=500000.0,
+                       num_key_value_heads=1, head_dim=32, max_position_embeddings=8192, rope_theta=500000.0,
                        rms_norm_eps=1e-5, tie_word_embeddings=False),
     },
 }
