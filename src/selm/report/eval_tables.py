@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 
 from selm.io import write_text_atomic
-from selm.report.stats import mean_ci
+from selm.report.stats import fmt_mean_ci, mean_ci
 from selm.report.toy_table import method_name
 
 TABLE1 = [("alpaca_lc_win_rate", "AE2 LC"), ("alpaca_win_rate", "AE2 WR"), ("alpaca_avg_length", "AE2 len"),
@@ -42,7 +42,7 @@ def table2_markdown(rows: list[dict]) -> str:
                 cells.append("n/a")
                 continue
             mean, ci = mean_ci([float(r[c]) for r in groups[key]])
-            cells.append(f"{mean:.1f} ± {ci:.1f}" if ci else f"{mean:.1f}")
+            cells.append(fmt_mean_ci(mean, ci, 1))
         lines.append(f"| {key[0]} | {key[1]} | {key[2]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -76,7 +76,7 @@ def table1_markdown(rows: list[dict]) -> str:
         cells = []
         for metric, _ in TABLE1:
             mean, ci = mean_ci([float(r[metric]) for r in groups[key]])
-            cells.append(f"{mean:.2f} ± {ci:.2f}" if ci else f"{mean:.2f}")
+            cells.append(fmt_mean_ci(mean, ci, 2))
         lines.append(f"| {key[0]} | {key[1]} | {key[2]} | " + " | ".join(cells) + f" | {len(groups[key])} |")
     return "\n".join(lines)
 
