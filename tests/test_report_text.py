@@ -163,6 +163,7 @@ def test_the_paper_scale_report_has_no_toy_sentence(tmp_path):
     text = render(_paper_scale_data(tmp_path))
     assert [s for s in TOY_ONLY if s in text] == []
     assert "dvc repro scales/paper/dvc.yaml" in text and "six Open LLM Leaderboard v1-style tasks" in text
+    assert "MT avg: the mean of 3 generation runs at FastChat's per-category temperatures" in text
     assert "Regime map" not in text and "high-reward coverage" not in text
     assert "± " not in text.replace("± and", "")  # one seed: no interval anywhere, tables included
     assert "one seed, so no interval and no t-test anywhere" in text

@@ -13,6 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from selm.report.report_text import bin_width_text  # noqa: E402
 from selm.report.stats import regime_verdict  # noqa: E402
 
 DPI = 110
@@ -102,7 +103,8 @@ def figure3(data: dict, out: Path) -> list[Path]:
         axes[2].plot(centers, h["hist"], marker=".", label=f"iteration {t} (mean {h['mean']:.3f})")
     axes[2].set_title(f"reward shift over iterations ({data['shift_cell']})", fontsize=9)
     for a in axes[1:]:
-        a.set_xlabel("ranker reward of the greedy answer")
+        a.set_xlabel(f"ranker reward of the greedy answer\n({bin_width_text(data['bins'])}; outliers in the edge bins)",
+                     fontsize=8)
         a.set_ylabel("fraction of prompts")
         a.legend(fontsize=7)
     return [_save(fig, out / "figure3_alpha.png")]

@@ -30,6 +30,7 @@ REPORT_KEYS = {
     "command": (True, "the command that regenerates this report"),
     "comparability": (True, "how this scale's numbers compare with the paper's"),
     "academic": (True, "what the scale's lm-eval suite is"),
+    "mt_bench": (True, "what the scale's MT-Bench runs repeat (judge or generation)"),
     "untested": (True, "what this scale cannot test"),
     "true_reward": (False, "what r* is (scales with a known true reward)"),
     "coverage": (False, "how high-reward coverage is measured (scales with r*)"),
@@ -215,6 +216,7 @@ def render_tables(data: ReportData) -> str:
     return "\n\n".join(x for x in [
         f"{wording(data, 'comparability')} Δ is the change from the model the online iterations start from"
         + (f" ({starts})" if starts else "") + f". 'academic mean' is the mean of {wording(data, 'academic')}. "
+        f"MT avg: {wording(data, 'mt_bench')} (docs/evaluation.md). "
         f"Full tables: {files} (and `.csv`).",
         data.markdown["comparison"], _direction_agreement(data.comparison), _selm_minus_dpo_means(data.comparison)]
         if x)
