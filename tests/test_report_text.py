@@ -229,3 +229,17 @@ def test_figure3_histograms_keep_all_the_mass():
     assert bin_width_text([-6.0, -5.0, -4.0, -3.0]) == "bins of width 1 over [-6, -3]"
     assert bin_width_text(np.linspace(-0.4, 1.4, 19).round(3).tolist()) == "bins of width 0.1 over [-0.4, 1.4]"
     assert bin_width_text([0.0, 0.5, 2.0]) == "bins with edges 0, 0.5, 2"
+
+
+def test_one_seed_figures_draw_without_error_bars(tmp_path):
+    """The paper scale's one seed has no interval (ci95 None): the figures draw points without bars
+    (matplotlib refuses None as a bar)."""
+    from selm.report import figures
+
+    figs = _paper_scale_figs()
+    fig3 = {**figs["figure3_alpha"], "hist_by_alpha_iter2": {"0.0": [0.5, 0.5, 0.0, 0.0, 0.0, 0.0]},
+            "hist_by_iteration": {"1": {"mean": 0.1, "hist": [0.2] * 5 + [0.0]}}}
+    fig6 = {k: {"points": [{**p, "pairs_k": 61.1, "iteration": 1} for p in v["points"]]}
+            for k, v in figs["figure6_ablations"].items()}
+    assert figures.figure3(fig3, tmp_path)[0].stat().st_size > 10_000
+    assert figures.figure6(fig6, tmp_path)[0].stat().st_size > 10_000

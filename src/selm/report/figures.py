@@ -29,6 +29,11 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def _bar(ci: float | None) -> float:
+    """An error bar's half-width; none (NaN: matplotlib draws no bar) without an interval (one seed)."""
+    return float("nan") if ci is None else float(ci)
+
+
 def figure1_concept(out: Path, seed: int = 0) -> tuple[Path, dict]:
     """The concept: on a 1-D toy reward, a reward model fitted to data that covers only part of the
     input range (vanilla: the ensemble mean), and an optimistic one (mean + 2 sd of a bootstrap
@@ -88,7 +93,7 @@ def figure3(data: dict, out: Path) -> list[Path]:
     for alpha, c in sorted(data["curves"].items(), key=lambda kv: float(kv[0])):
         its = sorted(c["lc"], key=int)
         ys = [c["lc"][t]["mean"] for t in its]
-        es = [c["lc"][t]["ci95"] for t in its]
+        es = [_bar(c["lc"][t]["ci95"]) for t in its]
         ax.errorbar([int(t) for t in its], ys, yerr=es, marker="o", capsize=3,
                     label=f"alpha={float(alpha):g}" + (" (DPO)" if float(alpha) == 0 else ""))
     ax.set_xlabel("iteration")
@@ -142,7 +147,7 @@ def figure6(data: dict, out: Path) -> list[Path]:
     for label, s in data.items():
         xs = [p["pairs_k"] for p in s["points"]]
         for ax, key in zip(axes, keys):
-            ax.errorbar(xs, [p[key]["mean"] for p in s["points"]], yerr=[p[key]["ci95"] for p in s["points"]],
+            ax.errorbar(xs, [p[key]["mean"] for p in s["points"]], yerr=[_bar(p[key]["ci95"]) for p in s["points"]],
                         marker="o", capsize=3, label=label)
     axes[0].set_ylabel("MT-Bench")
     if len(axes) > 1:
