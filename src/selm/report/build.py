@@ -266,7 +266,9 @@ def machine_description() -> str:
     return text
 
 
-def render_report(args, spec, comparison, paired, regimes, load, fig1_facts, tables: Path, figdir: Path) -> str:
+def render_report(args, spec, comparison, paired, regimes, load, fig1_facts, tables: Path, figdir: Path,
+                  extra: list | None = None) -> str:
+    """REPORT.md's text; `extra` sections (report_text.Section: experiments beyond the paper's) come last."""
     from selm.experiments import expand
     from selm.report.report_text import ReportData, render
 
@@ -283,7 +285,7 @@ def render_report(args, spec, comparison, paired, regimes, load, fig1_facts, tab
                   "regime_conclusion": regime_conclusion(regimes) if regimes else None},
         variants=json.loads(variant_stats.read_text()) if regimes and variant_stats.is_file() else {},
         machine=machine_description(), commit=provenance().get("git_commit"),
-        runs={name: len(expand(spec, name, str(args.spec))) for name in spec.experiments})
+        runs={name: len(expand(spec, name, str(args.spec))) for name in spec.experiments}, extra=list(extra or []))
     return render(data)
 
 

@@ -241,12 +241,13 @@ def _paired_sentences(paired: dict) -> str:
 
 def render_paired(data: ReportData) -> str:
     true_reward = wording(data, "true_reward")
-    out = ["Difference SELM - DPO per iteration with its 95% CI, the paired t-test p-value, and in how many seeds "
-           "SELM was higher." + (f" r* is {true_reward}." if true_reward else "") + " AE2 LC, MT avg and lm-eval "
+    out = ["Ours, not the paper's (it runs one seed): the difference SELM - DPO per iteration with its 95% CI, the "
+           "paired t-test p-value, and in how many seeds SELM was higher." + (f" r* is {true_reward}." if true_reward else "") + " AE2 LC, MT avg and lm-eval "
            "are the judge's and the harness's verdicts on the same checkpoints.",
            data.markdown["paired"], _paired_sentences(data.paired)]
     if data.markdown.get("coverage"):
-        out += ["### Exploration: high-reward coverage", wording(data, "coverage") or "", data.markdown["coverage"]]
+        out += ["### Exploration: high-reward coverage", "Ours, not the paper's. " + (wording(data, "coverage") or ""),
+                data.markdown["coverage"]]
     return "\n\n".join(x for x in out if x)
 
 
@@ -428,7 +429,7 @@ def render_regimes(data: ReportData) -> str:
     weak = (f" Weak corpus: mean r* of the chosen answers {v['original']['mean_r_chosen']:.3f} -> "
             f"{v['variant_stats']['mean_r_chosen']:.3f}." if v else "")
     return "\n\n".join([
-        (wording(data, "regimes") or "") + weak + " Verdicts: helps / hurts when the 95% CI of the paired difference "
+        "Ours, not the paper's. " + (wording(data, "regimes") or "") + weak + " Verdicts: helps / hurts when the 95% CI of the paired difference "
         "in final-iteration r* excludes 0 and the difference is at least the threshold (the larger of its MDE and "
         "the between-machine floor), else inconclusive.",
         _img(data, "regime_map.png"), f"**Takeaway:** {takeaway_regimes(data.regimes)}",
