@@ -133,6 +133,7 @@ def test_paper_like_runs_one_seed_and_no_true_reward(tmp_path, monkeypatch):
     assert fig3["curves"]["0.001"]["lc"][2]["mean"] == 20.0 and fig3["curves"]["0.001"]["r_star"] == {}
     # the ranker scores each greedy answer beside the test chosen answer: noiseless oracle, "3" is right
     assert fig3["hist_by_alpha_iter2"] == {"0.0": [1.0, 0.0], "0.001": [0.0, 1.0]}
+    assert fig3["beyond_bins"] == 0.0 and "the true reward r* plus the oracle ranker's" in fig3["reward"]
 
 
 def test_implicit_rewards_load_the_training_precision_and_hold_one_micro_batch_chunk_of_logits(

@@ -151,14 +151,37 @@ def test_loop_writes_nothing_into_the_base_checkpoint(tiny_model, tiny_world, tm
     assert sorted(p.name for p in Path(tiny_model).iterdir()) == before  # it may be a DVC-tracked output
 
 
-def test_rank_w_ref_ranks_only_y_ref_and_y_w():
-    rows = [uf_row("a", "p", "good", "best")]  # y_l would win if it were ranked
-    ranker = TableRanker({"mid": 0.5, "good": 0.7, "best": 0.9})
-    pairs, stats = rank_pairs(rows, [{"prompt_id": "a", "prompt": "p", "response": "mid"}], ranker, ("y_ref", "y_w"))
-    assert (pairs[0]["chosen"], pairs[0]["rejected"], pairs[0]["sources"]) == ("good", "mid", "y_w>y_ref")
-    assert stats["label_flipped"] == 0
-    with pytest.raises(ValueError, match="must start with y_ref"):
-        rank_pairs(rows, [], ranker, ("y_w", "y_l"))
+def test_rank_w_ref_lets_y_ref_replace_the_chosen_or_the_rejected_answer():
+    """Figure 6's label update (docs/paper.md section 4): y_ref is compared with y_w only; if it wins it
+    replaces the chosen answer (pair y_ref > y_l), otherwise the rejected one (pair y_w > y_ref)."""
+    from selm.loop import replace_pairs
+
+    rows = [uf_row("a", "p1", "good", "bad"),    # y_ref "great" beats y_w "good": (great, bad)
+            uf_row("b", "p2", "good", "bad"),    # y_ref "awful" loses to y_w: (good, awful), y_l is not used
+            uf_row("c", "p3", "good", "best"),   # y_ref "mid" loses to y_w; y_l would win a 3-way ranking
+            uf_row("d", "p4", "good", "bad"),    # y_ref ties with y_w: ties go to y_ref, (tie, bad)
+            uf_row("e", "p5", "good", "great")]  # y_ref "great" wins but equals y_l: nothing to learn, dropped
+    responses = [{"prompt_id": pid, "prompt": f"p{i + 1}", "response": y}
+                 for i, (pid, y) in enumerate(zip("abcde", ["great", "awful", "mid", "tie", "great"]))]
+    ranker = TableRanker({"great": 3, "good": 2, "tie": 2, "mid": 1.5, "bad": 1, "awful": 0, "best": 9})
+    pairs, stats = replace_pairs(rows, responses, ranker)
+    assert [(p["chosen"], p["rejected"], p["sources"]) for p in pairs] == [
+        ("great", "bad", "y_ref>y_l"), ("good", "awful", "y_w>y_ref"), ("good", "mid", "y_w>y_ref"),
+        ("tie", "bad", "y_ref>y_l")]
+    assert [p["response"] for p in pairs] == ["great", "awful", "mid", "tie"]  # y_ref stays the optimism target
+    assert stats == {"pairs": 4, "dropped_equal": 1, "label_flipped": 0, "y_ref_chosen": 2, "y_ref_rejected": 2}
+
+
+def test_rank_w_ref_variant_runs_the_replacement_rule(tiny_model, tiny_world, tmp_path):
+    run = run_loop(loop_cfg(tiny_model, tiny_world, tmp_path / "run", "variant=rank_w_ref", "train.alpha=0.0",
+                            "model.offline_dpo_iteration=false", "model.iterations=[1]"))
+    pairs = [json.loads(line) for line in (run / "iter1" / "pairs.jsonl").read_text().splitlines()]
+    prefs = {r["prompt_id"]: r for r in map(json.loads, (tiny_world / "train_prefs.jsonl").read_text().splitlines())}
+    for p in pairs:  # y_ref takes one slot; the other is the corpus's y_l (y_ref won) or y_w (y_ref lost)
+        row = prefs[p["prompt_id"]]
+        expected = {"y_ref>y_l": (p["response"], row["rejected"][-1]["content"]),
+                    "y_w>y_ref": (row["chosen"][-1]["content"], p["response"])}[p["sources"]]
+        assert (p["chosen"], p["rejected"]) == expected
 
 
 def test_family_filter_keeps_order_and_names_unknown_families():

@@ -126,3 +126,56 @@ def test_oracle_grades_toy_questions_over_independent_runs():
     assert poor["average"]["std"] > 0  # runs are independent judge noise, not copies
     with pytest.raises(KeyError, match="only grades the toy world"):
         judge.single(["unknown question"], ["x"])
+
+
+class _RecordingBackend:
+    """Answers 'T=<temperature> sample=<do_sample> seed=<seed>' and records every call's settings."""
+
+    class tokenizer:  # noqa: N801 - stands in for a tokenizer object
+        @staticmethod
+        def apply_chat_template(messages, add_generation_prompt, tokenize):
+            return " | ".join(m["content"] for m in messages)
+
+    def __init__(self):
+        self.calls = []
+
+    def chat(self, conversations, n, **settings):
+        self.calls.append(settings)
+        return [[f"T={settings['temperature']} sample={settings['do_sample']} seed={settings['seed']}"]
+                for _ in conversations]
+
+
+def test_fastchat_category_temperatures():
+    decoding = {"do_sample": False, "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 8, "seed": 0}
+    temps = mt_bench.FASTCHAT_TEMPERATURES
+    assert mt_bench.category_decoding(decoding, "writing", temps) == {**decoding, "do_sample": True, "temperature": 0.7}
+    assert mt_bench.category_decoding(decoding, "stem", temps)["temperature"] == 0.1
+    assert mt_bench.category_decoding(decoding, "math", temps) == decoding  # 0.0: greedy, as FastChat
+    with pytest.raises(KeyError, match="category 'poetry' has no temperature"):
+        mt_bench.category_decoding(decoding, "poetry", temps)
+
+
+def test_generation_runs_give_one_choice_per_run_each_judged_once():
+    backend = _RecordingBackend()
+    decoding = {"do_sample": False, "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 8, "seed": 5}
+    rows = mt_bench.generate_answer_runs(backend, QUESTIONS, decoding=decoding, n_runs=2,
+                                         temperatures=mt_bench.FASTCHAT_TEMPERATURES, model_id="m", tstamp=0.0)
+    writing, math = rows  # question order is kept
+    assert [c["index"] for c in writing["choices"]] == [0, 1]
+    # writing samples at 0.7 with seeds 5 and 6 (decoding.seed + run); math is greedy in both runs
+    assert [c["turns"][0] for c in writing["choices"]] == ["T=0.7 sample=True seed=5", "T=0.7 sample=True seed=6"]
+    assert [c["turns"][1] for c in math["choices"]] == ["T=1.0 sample=False seed=5", "T=1.0 sample=False seed=6"]
+    seen = []
+
+    class Judge:
+        def identity(self, kind):
+            return "j"
+
+        def single_many(self, items):
+            seen.extend((i.run, i.answer_turns[0]) for i in items)
+            return [type("R", (), {"score": 5.0, "raw": "", "error": None, "meta": {}})() for _ in items]
+
+    mt_bench.grade(QUESTIONS[:1], {1: writing}, Judge(), n_runs=2)
+    assert sorted(set(seen)) == [(0, "T=0.7 sample=True seed=5"), (1, "T=0.7 sample=True seed=6")]
+    with pytest.raises(ValueError, match="question 1: 2 answer choices for 3 runs"):
+        mt_bench.grade(QUESTIONS[:1], {1: writing}, Judge(), n_runs=3)

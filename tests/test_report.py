@@ -111,46 +111,13 @@ def test_plain_agreement_verdicts_follow_the_numbers():
     assert lines[5].endswith("**inconclusive**.") and lines[6].endswith("**inconclusive**.")  # no per-prompt values
 
 
-def test_report_of_a_single_seed_scale_without_true_reward(tmp_path):
-    """The paper scale's report: one seed, no r*, no regime map. Sections that need them are left
-    out (not filled with made-up numbers) and the rest still renders."""
-    from argparse import Namespace
-
-    from omegaconf import OmegaConf
-
-    from selm.report.build import coverage_markdown, paired_markdown
-    from selm.report.report_text import render
-
-    paired = {"z/alpha0.001": {"seeds": [42], "iterations": [], "note": "fewer than 2 seeds: no test"}}
-    data = {
-        "figure3_alpha.json": {"curves": {"0.0": {"lc": {"3": {"mean": 20.0}}, "r_star": {}},
-                                          "0.001": {"lc": {"3": {"mean": 22.0}}, "r_star": {}}},
-                               "hist_by_iteration": {"1": {"mean": 0.1}, "2": {"mean": 0.2}},
-                               "shift_cell": "m/z/alpha0.001", "reward": "PairRM logit"},
-        "figure4_ird.json": {"z": {"mean_chosen": 0.01, "mean_rejected": -0.02, "frac_chosen_positive": 0.6,
-                                   "frac_rejected_negative": 0.7}},
-        "figure5_own_samples.json": {"z": {"mean": 0.01, "frac_positive": 0.6}},
-        "figure6_ablations.json": {"iterative": {"points": [{"mt_bench": {"mean": 7.5}}]}},
-    }
-    text = render(args=Namespace(report=tmp_path / "R.md", scale="paper-scale", spec="experiments/paper.yaml"),
-                  spec=OmegaConf.create({"seeds": [42], "bases": ["z"], "description": "the paper's."}),
-                  comparison=[], paired=paired, regimes=None, load=lambda name: data[name],
-                  fig1_facts={"vanilla_argmax": 0.3, "optimistic_argmax": 0.9, "true_argmax": 0.8},
-                  tables=tmp_path / "t", figdir=tmp_path / "f", paired_md=paired_markdown(paired),
-                  coverage_md=coverage_markdown(paired), regime_md=None, regime_conclusion=None, comparison_md="")
-    assert "fewer than 2 seeds per cell: no paired test" in text
-    assert "high-reward coverage" not in text.split("## Figures")[1] and "Regime map" not in text
-    assert "Final point of each variant (MT-Bench): iterative: 7.50." in text
-    assert "Figure 4" in text and "Figure 5" in text
-
-
 def test_figure6_claims_compare_the_last_points():
-    from selm.report.report_text import _figure6_claims
+    from selm.report.claims import figure6_claims
 
     point = lambda mt, ci: {"points": [{"mt_bench": {"mean": mt, "ci95": ci, "n": 3}}]}  # noqa: E731
     fig6 = {"iterative (rank y_w, y_l, y_ref)": point(7.5, 0.01), "rank_w_ref": point(7.0, 0.01),
             "stepwise": point(8.0, 0.2), "offline": point(7.95, 0.2)}
-    lines = _figure6_claims(fig6)
+    lines = [c.line for c in figure6_claims(fig6)]
     # se of each side = ci95 / t(0.975, 2) = ci95 / 4.302653; the difference's se is their root sum of
     # squares; MDE = (4.302653 + 1.060660) * se
     # 7.5 - 7.0: se 0.003287, MDE 0.0176 -> higher

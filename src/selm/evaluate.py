@@ -57,7 +57,8 @@ def alpaca_eval(cfg: DictConfig, backend, judge, model_id: str, out: Path) -> di
 
 
 def mt_bench(cfg: DictConfig, backend, judge, model_id: str, out: Path) -> dict:
-    from selm.evals.mt_bench import chat_generator, generate_answers, grade, load_answers, load_questions, summarize
+    from selm.evals.mt_bench import (chat_generator, generate_answer_runs, generate_answers, grade, load_answers,
+                                     load_questions, summarize)
 
     path = out / "mt_bench.json"
     if path.exists():
@@ -65,9 +66,17 @@ def mt_bench(cfg: DictConfig, backend, judge, model_id: str, out: Path) -> dict:
     m = cfg.eval.mt_bench
     questions = load_questions(m.questions)[: m.limit]
     answers_path = out / "mt_bench_answers.jsonl"
+    runs_over = m.get("runs_over", "judge")  # docs/evaluation.md: what an MT-Bench run repeats
+    if runs_over not in ("judge", "generations"):
+        raise ValueError(f"eval.mt_bench.runs_over={runs_over!r}: must be judge or generations")
     if not answers_path.exists():
-        generate = chat_generator(backend, **cfg.eval.decoding)
-        write_jsonl_atomic(answers_path, generate_answers(generate, questions, model_id=model_id, tstamp=0.0))
+        if runs_over == "generations":
+            rows = generate_answer_runs(backend, questions, decoding=cfg.eval.decoding, n_runs=m.judge_runs,
+                                        temperatures=m.category_temperatures, model_id=model_id, tstamp=0.0)
+        else:
+            rows = generate_answers(chat_generator(backend, **cfg.eval.decoding), questions, model_id=model_id,
+                                    tstamp=0.0)
+        write_jsonl_atomic(answers_path, rows)
     references = load_answers(m.references) if m.references else None
     judgments = grade(questions, load_answers(answers_path), judge, n_runs=m.judge_runs, references=references)
     write_jsonl_atomic(out / "mt_bench_judgments.jsonl", judgments)

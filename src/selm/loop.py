@@ -76,6 +76,12 @@ def original_pairs(rows: list[dict], source: str) -> list[dict]:
     ]
 
 
+# How an iteration builds its pairs (conf/variant/*.yaml `pairs`): best vs worst of the ranked
+# candidates; y_ref replacing the chosen or the rejected answer after a comparison with y_w; the
+# corpus's own pairs.
+PAIR_RULES = ("ranked", "replace", "original")
+
+
 def rank_pairs(rows: list[dict], responses: list[dict], ranker,
                candidates: tuple[str, ...] = ("y_ref", "y_w", "y_l")) -> tuple[list[dict], dict]:
     """Rank the named candidates per prompt (default [y_ref, y_w, y_l]; Figure 6's label-update
@@ -109,6 +115,33 @@ def rank_pairs(rows: list[dict], responses: list[dict], ranker,
     stats["pairs"] = len(pairs)
     if not pairs:
         raise DataError("ranking left no pair with distinct chosen and rejected answers")
+    return pairs, stats
+
+
+def replace_pairs(rows: list[dict], responses: list[dict], ranker) -> tuple[list[dict], dict]:
+    """Figure 6's label-update ablation (docs/paper.md section 4): compare y_ref with y_w only; when
+    y_ref wins (a tie goes to y_ref, as in `rank_pairs`) it replaces the chosen answer, giving
+    (y_ref, y_l), otherwise it replaces the rejected one, giving (y_w, y_ref). Drops pairs whose
+    chosen and rejected texts are equal and counts every outcome as `rank_pairs` does."""
+    by_id = {r["prompt_id"]: r["response"] for r in responses}
+    pairs, stats = [], {"pairs": 0, "dropped_equal": 0, "label_flipped": 0, "y_ref_chosen": 0, "y_ref_rejected": 0}
+    for row in rows:
+        if row["prompt_id"] not in by_id:
+            raise DataError(f"responses: no y_ref for prompt_id {row['prompt_id']}")
+        texts = {"y_ref": by_id[row["prompt_id"]],
+                 "y_w": last_assistant(row["chosen"], f"train_prefs:{row['prompt_id']}:chosen"),
+                 "y_l": last_assistant(row["rejected"], f"train_prefs:{row['prompt_id']}:rejected")}
+        y_ref_wins = ranker.rank(row, [texts["y_ref"], texts["y_w"]])[0] == 0
+        best, worst = ("y_ref", "y_l") if y_ref_wins else ("y_w", "y_ref")
+        if texts[best] == texts[worst]:
+            stats["dropped_equal"] += 1
+            continue
+        stats["y_ref_chosen" if y_ref_wins else "y_ref_rejected"] += 1
+        pairs.append({"prompt": row["prompt"], "prompt_id": row["prompt_id"], "chosen": texts[best],
+                      "rejected": texts[worst], "response": texts["y_ref"], "sources": f"{best}>{worst}"})
+    stats["pairs"] = len(pairs)
+    if not pairs:
+        raise DataError("the y_ref-vs-y_w comparison left no pair with distinct chosen and rejected answers")
     return pairs, stats
 
 
@@ -274,8 +307,9 @@ def run_loop(cfg: DictConfig) -> Path:
     run_dir = Path(cfg.run_dir)
     base = check_checkpoint(cfg.model.path, "model.path")
     variant = cfg.variant
-    if variant.pairs not in ("ranked", "original") or variant.reference not in ("previous", "base"):
-        raise ValueError(f"variant={variant.name}: pairs must be ranked|original and reference previous|base")
+    if variant.pairs not in PAIR_RULES or variant.reference not in ("previous", "base"):
+        raise ValueError(f"variant={variant.name}: pairs must be one of {'|'.join(PAIR_RULES)} and reference "
+                         "previous|base")
     if variant.pairs == "original" and cfg.train.alpha != 0:
         raise ValueError(f"variant={variant.name} keeps the original pairs, which have no y_ref: "
                          f"train.alpha={cfg.train.alpha} needs y_ref (use alpha 0)")
@@ -330,7 +364,10 @@ def _train_online_iteration(cfg: DictConfig, t: int, rows: list[dict], previous:
                 _release_accelerator_memory()  # the generation engine is gone; training needs the memory
             responses = read_jsonl(responses_path, RESPONSES_SCHEMA)
             ranker = ranker or _make_ranker(cfg)
-            pairs, stats = rank_pairs(rows, responses, ranker, tuple(variant.candidates))
+            if variant.pairs == "replace":
+                pairs, stats = replace_pairs(rows, responses, ranker)
+            else:
+                pairs, stats = rank_pairs(rows, responses, ranker, tuple(variant.candidates))
             write_json_atomic(it_dir / "ranking_stats.json", stats)
             write_jsonl_atomic(pairs_path, pairs)
     model_dir = it_dir / "model"

@@ -12,6 +12,12 @@ reasoning, coding), from FastChat's reference-answer file. Repeated judge runs (
 separate judgments (separate cache entries). `summarize` gives, per run, FastChat's show_result
 numbers (average over all scored turns, turn 1, turn 2), then their mean over runs and the spread
 (sample standard deviation, min, max). Unreadable judgments are counted and left out, never scored.
+
+What a "run" repeats (docs/evaluation.md): at the toy and rehearsal scales one greedy answer per
+question is judged `judge_runs` times (the judge's run-to-run spread); at the paper scale
+(`eval.mt_bench.runs_over: generations`) each run is a new generation, decoded with FastChat's
+per-category temperatures (`generate_answer_runs`, FASTCHAT_TEMPERATURES), and each is judged once:
+FastChat's `num_choices` answers per question, choice k judged in run k.
 """
 
 from __future__ import annotations
@@ -77,6 +83,41 @@ def generate_answers(generate: ChatGenerate, questions: Sequence[dict], *, model
     return rows
 
 
+# FastChat's llm_judge temperature_config: the sampling temperature of each MT-Bench category
+# (below 1e-4 FastChat decodes greedily)
+FASTCHAT_TEMPERATURES = {"writing": 0.7, "roleplay": 0.7, "extraction": 0.0, "math": 0.0, "coding": 0.0,
+                         "reasoning": 0.0, "stem": 0.1, "humanities": 0.1}
+GREEDY_BELOW = 1e-4
+
+
+def category_decoding(decoding: Mapping, category: str | None, temperatures: Mapping[str, float]) -> dict:
+    """`decoding` with the category's temperature: sampled at it, or greedy below 1e-4 (FastChat)."""
+    if category not in temperatures:
+        raise KeyError(f"MT-Bench category {category!r} has no temperature in eval.mt_bench.category_temperatures "
+                       f"(known: {sorted(temperatures)})")
+    t = float(temperatures[category])
+    return {**decoding, "do_sample": t >= GREEDY_BELOW, "temperature": t if t >= GREEDY_BELOW else 1.0}
+
+
+def generate_answer_runs(backend: GenerationBackend, questions: Sequence[dict], *, decoding: Mapping, n_runs: int,
+                         temperatures: Mapping[str, float], model_id: str, tstamp: float | None = None) -> list[dict]:
+    """FastChat answer rows with `n_runs` choices per question (its num_choices): run k decodes every
+    question with its category's temperature and seed decoding.seed + k."""
+    if n_runs < 1:
+        raise ValueError(f"n_runs must be >= 1, got {n_runs}")
+    turns: dict[int, list[list[str]]] = {q["question_id"]: [] for q in questions}
+    for run in range(n_runs):
+        for category in sorted({q.get("category") for q in questions}, key=str):
+            group = [q for q in questions if q.get("category") == category]
+            settings = category_decoding({**decoding, "seed": int(decoding.get("seed", 0)) + run}, category, temperatures)
+            for row in generate_answers(chat_generator(backend, **settings), group, model_id=model_id, tstamp=tstamp):
+                turns[row["question_id"]].append(row["choices"][0]["turns"])
+    stamp = time.time() if tstamp is None else tstamp
+    return [{"question_id": q["question_id"], "model_id": model_id, "tstamp": stamp,
+             "answer_id": uuid.uuid5(uuid.NAMESPACE_URL, f"{model_id}|{q['question_id']}|{turns[q['question_id']]}").hex,
+             "choices": [{"index": k, "turns": t} for k, t in enumerate(turns[q["question_id"]])]} for q in questions]
+
+
 def write_answers(path: str | os.PathLike, rows: Sequence[dict]) -> None:
     write_jsonl_atomic(path, rows)
 
@@ -89,7 +130,8 @@ def load_answers(path: str | os.PathLike) -> dict[int, dict]:
 def grade(questions: Sequence[dict], answers: Mapping[int, dict], judge: Judge, *, n_runs: int = 3,
           references: Mapping[int, dict] | None = None) -> list[dict]:
     """FastChat-style judgment rows, one per (run, question, turn), with score None + error when
-    the judgment was unreadable."""
+    the judgment was unreadable. An answer with one choice is judged in every run; one with
+    `n_runs` choices (generation runs, `generate_answer_runs`) has choice k judged in run k."""
     if n_runs < 1:
         raise ValueError(f"n_runs must be >= 1, got {n_runs}")
     items, keys = [], []
@@ -102,9 +144,14 @@ def grade(questions: Sequence[dict], answers: Mapping[int, dict], judge: Judge, 
             if references is None or q["question_id"] not in references:
                 raise KeyError(f"question {q['question_id']} ({q['category']}) needs a reference answer")
             reference = references[q["question_id"]]["choices"][0]["turns"]
+        choices = answer["choices"]
+        if len(choices) not in (1, n_runs):
+            raise ValueError(f"question {q['question_id']}: {len(choices)} answer choices for {n_runs} runs "
+                             "(one choice judged every run, or one choice per run)")
         for run in range(n_runs):
             for turn in (1, 2):
-                items.append(SingleItem(q["turns"], answer["choices"][0]["turns"], reference, turn, run))
+                items.append(SingleItem(q["turns"], choices[run if len(choices) > 1 else 0]["turns"], reference,
+                                        turn, run))
                 keys.append((q["question_id"], answer["model_id"], turn, run))
     ratings = judge.single_many(items)
     return [

@@ -165,9 +165,27 @@ def _ranker_rewards(ranker, run_dir: Path, it: str, test: dict) -> list[float]:
             for r in rows]
 
 
+# What Figure 3's "reward" is, per ranker (ranker.name of the runs' config)
+RANKER_REWARD = {"oracle": "the true reward r* plus the oracle ranker's deterministic noise",
+                 "pairrm": "PairRM's aggregated pairwise logit of the answer beside the test set's chosen answer"}
+
+
+def reward_histogram(values: list[float], bins: np.ndarray) -> list[float]:
+    """Fraction of `values` per bin; values beyond the first or last edge are counted in the edge bin,
+    so the fractions always sum to 1 (np.histogram alone drops them)."""
+    clipped = np.clip(np.asarray(values, dtype=float), bins[0], bins[-1])
+    return (np.histogram(clipped, bins=bins)[0] / len(clipped)).round(4).tolist()
+
+
+def beyond_bins(values: list[float], bins: np.ndarray) -> float:
+    """The fraction of `values` outside [bins[0], bins[-1]] (counted in the edge bins)."""
+    v = np.asarray(values, dtype=float)
+    return round(float(((v < bins[0]) | (v > bins[-1])).mean()), 4)
+
+
 def alpha_ablation(spec, fig, test: dict) -> dict:
     ranker = _ranker(_cell_runs(spec, fig.shift_cell)[0])
-    curves, hist_alpha, hist_shift = {}, {}, {}
+    curves, hist_alpha, hist_shift, all_rewards = {}, {}, {}, []
     bins = np.asarray(fig.get("bins", np.linspace(-0.4, 1.4, 19).round(3).tolist()))  # toy: width 0.1 over r* + noise
     for path in fig.cells:
         runs = _cell_runs(spec, path)
@@ -180,17 +198,18 @@ def alpha_ablation(spec, fig, test: dict) -> dict:
                 rstar[t] = summarize([_json(r.run_dir / f"iter{t}" / "eval.json")["mean_reward"] for r in runs])
         curves[str(alpha)] = {"cell": path, "lc": lc, "r_star": rstar, "seeds": [r.seed for r in runs]}
         rewards = [x for r in runs for x in _ranker_rewards(ranker, r.run_dir, "iter2", test)]
-        hist_alpha[str(alpha)] = (np.histogram(rewards, bins=bins)[0] / len(rewards)).round(4).tolist()
+        hist_alpha[str(alpha)] = reward_histogram(rewards, bins)
+        all_rewards += rewards
     shift_runs = _cell_runs(spec, fig.shift_cell)
     for t in [t for t in _iterations(shift_runs[0].run_dir) if t >= 1]:  # SELM iterations 1..T
         runs = shift_runs
         rewards = [x for r in runs for x in _ranker_rewards(ranker, r.run_dir, f"iter{t}", test)]
-        hist_shift[str(t)] = {"hist": (np.histogram(rewards, bins=bins)[0] / len(rewards)).round(4).tolist(),
-                              "mean": round(float(np.mean(rewards)), 4)}
+        hist_shift[str(t)] = {"hist": reward_histogram(rewards, bins), "mean": round(float(np.mean(rewards)), 4)}
+        all_rewards += rewards
     return {"curves": curves, "bins": bins.round(3).tolist(), "hist_by_alpha_iter2": hist_alpha,
-            "hist_by_iteration": hist_shift, "shift_cell": fig.shift_cell,
-            "reward": "the ranker's score of the greedy answer to each test prompt (toy: r* + the oracle ranker's "
-                      "noise; PairRM: aggregated pairwise logit); fraction of prompts per bin of width 0.1"}
+            "hist_by_iteration": hist_shift, "shift_cell": fig.shift_cell, "beyond_bins": beyond_bins(all_rewards, bins),
+            "reward": "the ranker's score of the greedy answer to each test prompt ("
+                      + RANKER_REWARD[str(_run_config(shift_runs[0]).ranker.name)] + ")"}
 
 
 # --- Figures 4 and 5: implicit rewards -------------------------------------------------------------
@@ -270,6 +289,7 @@ def implicit_rewards(spec, fig4, fig5, test_rows: list[dict]) -> tuple[dict, dic
                       "mean_chosen": round(float(d[:, 0].mean()), 5), "mean_rejected": round(float(d[:, 1].mean()), 5),
                       "frac_chosen_positive": round(float((d[:, 0] > 0).mean()), 4),
                       "frac_rejected_negative": round(float((d[:, 1] < 0).mean()), 4),
+                      "frac_rejected_positive": round(float((d[:, 1] > 0).mean()), 4),
                       "iteration": t, "beta": beta, "precision": precision, "seeds": sorted(dpo)}
         t5, k = int(fig5.iteration), int(fig5.samples)
         per_seed = []

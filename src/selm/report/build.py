@@ -76,7 +76,7 @@ def paper_comparison(rows: list[dict], paper1: list[dict], paper2: list[dict],
             mean, ci = mean_ci(vals)
             start_vals = [float(r[ours_key]) for r in ours.get((key[0], *start), []) if ours_key in r]
             row[f"{label} ours"] = round(mean, 2)
-            row[f"{label} ours ci95"] = None if ci is None else round(ci, 2)
+            row[f"{label} ours ci95"] = None if ci is None else round(ci, 4)  # not 2: a CI below 0.005 is no zero spread
             row[f"{label} paper"] = float(p[paper_key])
             if start_vals:
                 row[f"{label} ours delta"] = round(mean - mean_ci(start_vals)[0], 2)
@@ -247,14 +247,46 @@ def main(argv: list[str] | None = None) -> None:
     print(f"wrote {args.report}, {len(pngs)} figures in {figdir}")
 
 
-def render_report(args, spec, comparison, paired, regimes, load, fig1_facts, tables: Path, figdir: Path) -> str:
-    from selm.report.report_text import render
+def machine_description() -> str:
+    """'<CPU model>, <n> cores' and the GPU's name where one is visible: where the report was built."""
+    import os
+    import platform
 
-    return render(args=args, spec=spec, comparison=comparison, paired=paired, regimes=regimes, load=load,
-                  fig1_facts=fig1_facts, tables=tables, figdir=figdir, paired_md=paired_markdown(paired),
-                  coverage_md=coverage_markdown(paired), regime_md=regime_markdown(regimes) if regimes else None,
-                  regime_conclusion=regime_conclusion(regimes) if regimes else None,
-                  comparison_md=comparison_markdown(comparison))
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                 if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    text = f"{cpu}, {os.cpu_count()} cores"
+    import torch
+
+    if torch.cuda.is_available():
+        text += f", {torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
+    return text
+
+
+def render_report(args, spec, comparison, paired, regimes, load, fig1_facts, tables: Path, figdir: Path,
+                  extra: list | None = None) -> str:
+    """REPORT.md's text; `extra` sections (report_text.Section: experiments beyond the paper's) come last."""
+    from selm.experiments import expand
+    from selm.report.report_text import ReportData, render
+
+    variant_stats = Path("data/variants/weak_corpus/stats.json")
+    figs = {name: load(f"{name}.json") for name in ("figure3_alpha", "figure4_ird", "figure5_own_samples",
+                                                     "figure6_ablations")}
+    figs["figure1"] = fig1_facts
+    figs["figure2_heatmaps"] = load("figure2_heatmaps.json")
+    data = ReportData(
+        scale=args.scale, spec_path=str(args.spec), spec=spec, report=args.report, tables=tables, figdir=figdir,
+        comparison=comparison, paired=paired, figs=figs, regimes=regimes,
+        markdown={"comparison": comparison_markdown(comparison), "paired": paired_markdown(paired),
+                  "coverage": coverage_markdown(paired), "regimes": regime_markdown(regimes) if regimes else None,
+                  "regime_conclusion": regime_conclusion(regimes) if regimes else None},
+        variants=json.loads(variant_stats.read_text()) if regimes and variant_stats.is_file() else {},
+        machine=machine_description(), commit=provenance().get("git_commit"),
+        runs={name: len(expand(spec, name, str(args.spec))) for name in spec.experiments}, extra=list(extra or []))
+    return render(data)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from selm.report.report_text import bin_width_text  # noqa: E402
 from selm.report.stats import regime_verdict  # noqa: E402
 
 DPI = 110
@@ -26,6 +27,11 @@ def _save(fig, path: Path) -> Path:
     plt.close(fig)
     os.replace(tmp, path)
     return path
+
+
+def _bar(ci: float | None) -> float:
+    """An error bar's half-width; none (NaN: matplotlib draws no bar) without an interval (one seed)."""
+    return float("nan") if ci is None else float(ci)
 
 
 def figure1_concept(out: Path, seed: int = 0) -> tuple[Path, dict]:
@@ -87,7 +93,7 @@ def figure3(data: dict, out: Path) -> list[Path]:
     for alpha, c in sorted(data["curves"].items(), key=lambda kv: float(kv[0])):
         its = sorted(c["lc"], key=int)
         ys = [c["lc"][t]["mean"] for t in its]
-        es = [c["lc"][t]["ci95"] for t in its]
+        es = [_bar(c["lc"][t]["ci95"]) for t in its]
         ax.errorbar([int(t) for t in its], ys, yerr=es, marker="o", capsize=3,
                     label=f"alpha={float(alpha):g}" + (" (DPO)" if float(alpha) == 0 else ""))
     ax.set_xlabel("iteration")
@@ -102,7 +108,8 @@ def figure3(data: dict, out: Path) -> list[Path]:
         axes[2].plot(centers, h["hist"], marker=".", label=f"iteration {t} (mean {h['mean']:.3f})")
     axes[2].set_title(f"reward shift over iterations ({data['shift_cell']})", fontsize=9)
     for a in axes[1:]:
-        a.set_xlabel("ranker reward of the greedy answer")
+        a.set_xlabel(f"ranker reward of the greedy answer\n({bin_width_text(data['bins'])}; outliers in the edge bins)",
+                     fontsize=8)
         a.set_ylabel("fraction of prompts")
         a.legend(fontsize=7)
     return [_save(fig, out / "figure3_alpha.png")]
@@ -140,7 +147,7 @@ def figure6(data: dict, out: Path) -> list[Path]:
     for label, s in data.items():
         xs = [p["pairs_k"] for p in s["points"]]
         for ax, key in zip(axes, keys):
-            ax.errorbar(xs, [p[key]["mean"] for p in s["points"]], yerr=[p[key]["ci95"] for p in s["points"]],
+            ax.errorbar(xs, [p[key]["mean"] for p in s["points"]], yerr=[_bar(p[key]["ci95"]) for p in s["points"]],
                         marker="o", capsize=3, label=label)
     axes[0].set_ylabel("MT-Bench")
     if len(axes) > 1:

@@ -1,40 +1,231 @@
-"""results/REPORT.md: the text around the tables and figures. Every sentence that states a result
-is computed from the analysis files, so the report says what the runs measured, whatever it is."""
+"""results/REPORT.md: the text around the tables and figures, one renderer per section.
+
+Every sentence that states a result is rendered from the analysis files (selm.report.analyze), the
+comparison table and the claims (selm.report.claims); this module only chooses what to quote. The
+wording that depends on the scale (how its numbers compare with the paper's, what its true reward is,
+what it cannot test, how the report is regenerated) comes from the spec's `report` section
+(experiments/<scale>.yaml, `REPORT_KEYS`), so no sentence written for one scale appears in another's
+report.
+
+The report: a five-line summary, a table of contents, how to read the verdicts, the paper's claims,
+Tables 1-2 beside the paper, the paired SELM-vs-DPO tests, the figures (each with a one-sentence
+takeaway computed from its numbers), the regime map where the scale has one, then the `extra`
+sections a caller passes (`Section(title, body)`: experiments added beside the paper's).
+"""
 
 from __future__ import annotations
 
 import os
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from selm.provenance import provenance
-from selm.report.stats import MACHINE_FLOOR, effect_verdict, fmt_threshold, sample_test, summary_diff
+from selm.report.claims import (WORDS, Claim, alpha_verdicts, all_claims, change_verdict, combine, final_lc_by_alpha,
+                                interval, loop_start_rows, verdict_note)
+from selm.report.stats import MACHINE_FLOOR, effect_verdict, regime_verdict, sample_test, summary_diff
 
-# what a verdict on "a > b" is called in the report
-WORDS = {"positive": "**agrees**", "negative": "**does not agree**", "inconclusive": "**inconclusive**"}
+# The spec's `report` section: key -> (required, what it says)
+REPORT_KEYS = {
+    "name": (True, "the scale in a few words, for the summary"),
+    "command": (True, "the command that regenerates this report"),
+    "comparability": (True, "how this scale's numbers compare with the paper's"),
+    "academic": (True, "what the scale's lm-eval suite is"),
+    "mt_bench": (True, "what the scale's MT-Bench runs repeat (judge or generation)"),
+    "untested": (True, "what this scale cannot test"),
+    "true_reward": (False, "what r* is (scales with a known true reward)"),
+    "coverage": (False, "how high-reward coverage is measured (scales with r*)"),
+    "regimes": (False, "what each regime of the regime map changes"),
+}
+
+
+@dataclass(frozen=True)
+class Section:
+    """One `## title` section of the report."""
+
+    title: str
+    body: str
+
+
+@dataclass
+class ReportData:
+    """What the renderers read: the spec and its path, the analyses, the comparison rows and the
+    tables' Markdown, all made by earlier stages or selm.report.build."""
+
+    scale: str
+    spec_path: str
+    spec: object
+    report: Path
+    tables: Path
+    figdir: Path
+    comparison: list[dict]
+    paired: dict
+    figs: dict[str, dict]      # analysis file stem -> its content (figure1 is the concept sketch's facts)
+    markdown: dict[str, str | None]  # comparison, paired, coverage, regimes, regime_conclusion
+    regimes: dict | None = None
+    variants: dict = field(default_factory=dict)  # data/variants/weak_corpus/stats.json, where it exists
+    machine: str = "unknown machine"
+    commit: str | None = None
+    runs: dict[str, int] = field(default_factory=dict)  # experiment -> number of loop runs
+    extra: list[Section] = field(default_factory=list)
+
+
+def wording(data: ReportData, key: str) -> str | None:
+    """The spec's `report.<key>`, whitespace-normalised; a missing required key or an unknown one is
+    an error naming the spec file."""
+    section = data.spec.get("report") or {}
+    unknown = sorted(set(section) - set(REPORT_KEYS))
+    if unknown:
+        raise KeyError(f"{data.spec_path}: report.{unknown[0]} is not a known key; known: {sorted(REPORT_KEYS)}")
+    if key not in section:
+        if REPORT_KEYS[key][0]:
+            raise KeyError(f"{data.spec_path}: report.{key} is missing ({REPORT_KEYS[key][1]})")
+        return None
+    return " ".join(str(section[key]).split())
 
 
 def _rel(path: Path, report: Path) -> str:
     return os.path.relpath(path, report.parent)
 
 
-def _verdict_note(v: dict) -> str:
-    """What the difference was held against ('MDE 0.004, floor 0.016') and, when inconclusive, why."""
-    if v["verdict"] != "inconclusive":
-        return fmt_threshold(v)
-    return v["reason"] if "below the" in v["reason"] or v["threshold"] is None else f"{v['reason']}; {fmt_threshold(v)}"
+def anchor(title: str) -> str:
+    """GitHub's anchor of a Markdown heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", title.lower()).replace(" ", "-")
 
 
-def _interval(t: dict) -> str:
-    """'[-0.002, +0.001]', or why there is none."""
-    if t.get("ci_low") is None:
-        return "no interval (same difference in every seed)" if t.get("n", 0) >= 2 else "no interval (one seed)"
-    return f"[{t['ci_low']:+.3f}, {t['ci_high']:+.3f}]"
+# --- the first screen ----------------------------------------------------------------------------------
+
+def _headline(data: ReportData) -> str:
+    """SELM minus DPO at the last iteration per cell: AlpacaEval LC and, where measured, r*."""
+    parts = []
+    for cell, entry in data.paired.items():
+        if not entry["iterations"]:
+            continue
+        last = entry["iterations"][-1]
+        for key, label in (("alpaca_lc_win_rate", "AE2 LC"), ("mean_reward", "r*")):
+            if key in last:
+                v = effect_verdict(last[key], MACHINE_FLOOR.get(key, 0.0))
+                parts.append(f"{cell} {label} {last[key]['mean_diff']:+.3f} {interval(last[key])} "
+                             f"({v['verdict'].replace('positive', 'SELM higher').replace('negative', 'SELM lower')})")
+    if parts:
+        return "SELM minus iterative DPO at the last iteration, paired by seed: " + "; ".join(parts) + "."
+    rows = {(r["our_base"], r["method"], r["iteration"]): r for r in data.comparison}
+    last = sorted(k for k in rows if k[1] == "selm" and (k[0], "dpo", k[2]) in rows and "AE2 LC ours" in rows[k])
+    by_base = {k[0]: k for k in last}  # the last iteration of each base
+    diffs = [f"{b} {rows[k]['AE2 LC ours'] - rows[(b, 'dpo', k[2])]['AE2 LC ours']:+.2f} (iteration {k[2]})"
+             for b, k in sorted(by_base.items())]
+    return ("SELM minus iterative DPO, AlpacaEval LC, one seed (no interval): " + "; ".join(diffs) + "."
+            if diffs else "no SELM-vs-DPO comparison was run.")
 
 
-def _selm_vs_dpo_sentence(paired: dict) -> str:
+def render_summary(data: ReportData, claims: list[Claim]) -> str:
+    """Five lines a reader can act on: what ran, where, the headline, the verdicts, what is untested."""
+    seeds = list(data.spec.seeds)
+    runs = ", ".join(f"{n} in `{e}`" for e, n in data.runs.items())
+    paper = [c.verdict for c in claims if not c.ours]
+    counts = ", ".join(f"{paper.count(v)} {v}" for v in ("agrees", "does not agree", "mixed", "inconclusive")
+                       if paper.count(v))
+    ours = [c for c in claims if c.ours]
+    untested = wording(data, "untested")
+    if len(seeds) < 2:
+        untested += " One seed per cell: no interval and no verdict beyond 'inconclusive'."
+    return "\n".join([
+        f"- **What ran:** {sum(data.runs.values())} loop runs ({runs}) of bases {', '.join(data.spec.bases)}, "
+        f"seeds {seeds}, then their evaluations and analyses.",
+        f"- **Scale and machine:** {wording(data, 'name')}; report built on {data.machine}"
+        + (f", commit `{data.commit}`." if data.commit else "."),
+        f"- **Headline:** {_headline(data)}",
+        f"- **The paper's claims ({len(paper)}):** {counts or 'none checked'}"
+        + (f"; plus {len(ours)} claim(s) of ours." if ours else ".") + " A verdict is definitive only beyond the "
+        "minimum detectable effect (next section).",
+        f"- **Not tested here:** {untested}",
+    ])
+
+
+def render_contents(sections: list[Section]) -> str:
+    return "\n".join(f"- [{s.title}](#{anchor(s.title)})" for s in sections)
+
+
+def render_how_to_read(data: ReportData) -> str:
+    seeds = list(data.spec.seeds)
+    has_r_star = wording(data, "true_reward") is not None
+    return (
+        f"Generated by `{wording(data, 'command')}` (`python -m selm.report.build`) from the runs named in "
+        f"`{data.spec_path}`; do not edit by hand. Package versions and every run's config hash are in "
+        f"`{_rel(data.tables / 'provenance.json', data.report)}`, each run's composed config in "
+        "`runs/<experiment>/<cell>/seed<seed>/config.json`.\n\n"
+        f"Scale: {str(data.spec.get('description', data.scale)).strip()} Seeds {seeds} for every cell; "
+        + ("± and [brackets] are 95% t intervals over seeds (none for one seed, 'same in every seed' for zero "
+           "spread); SELM-vs-DPO comparisons are paired by seed. " if len(seeds) > 1 else
+           "one seed, so no interval and no t-test anywhere. ")
+        + "A verdict is definitive only when the difference's 95% interval excludes 0 and the difference is at "
+        "least the minimum detectable effect (MDE: the smallest true difference this many seeds with this spread "
+        "detect at alpha 0.05 with 80% power)"
+        + (f" and, in r*, at least {MACHINE_FLOOR['mean_reward']} (how far the SFT base's r* moved between two "
+           "machines of the same kind)" if has_r_star else "")
+        + "; otherwise it says **inconclusive**. Claims marked *ours* are not the paper's.")
+
+
+# --- the claims and the tables -------------------------------------------------------------------------
+
+def render_claims(claims: list[Claim]) -> str:
+    return "\n".join(c.line for c in claims)
+
+
+def _direction_agreement(comparison: list[dict]) -> str:
+    """Per (model, metric): does our change from the loop's start model go the paper's way, beyond
+    what the seeds resolve (an unresolved change counts as neither)?"""
+    start = loop_start_rows(comparison)
+    tally: dict[str, list[str]] = {"agree": [], "opposite": [], "unresolved": []}
+    for r in comparison:
+        s = start.get(r["our_base"])
+        if s is None or r is s:
+            continue
+        for label in ("AE2 LC", "MT avg", "academic mean"):
+            paper = r.get(f"{label} paper delta")
+            if f"{label} ours" not in r or f"{label} ours" not in s or not paper:
+                continue
+            v = change_verdict(r, s, label)["verdict"]
+            kind = "unresolved" if v == "inconclusive" else ("agree" if (v == "positive") == (paper > 0) else "opposite")
+            tally[kind].append(f"{r['paper_model']} {label} (ours {r[f'{label} ours delta']:+.2f}, paper {paper:+.2f})")
+    n = sum(map(len, tally.values()))
+    text = [f"Direction of the change from the loop's start model, per (model, metric) cell, decided with the seed "
+            f"intervals: {len(tally['agree'])} of {n} go the paper's way, {len(tally['opposite'])} the opposite way, "
+            f"{len(tally['unresolved'])} cannot be told apart from no change."]
+    if tally["opposite"]:
+        text.append("Opposite: " + "; ".join(tally["opposite"]) + ".")
+    return " ".join(text)
+
+
+def _selm_minus_dpo_means(comparison: list[dict]) -> str | None:
+    by_key = {(r["our_base"], r["iteration"], r["method"]): r for r in comparison}
+    parts = [f"{base} iter{it}: ours {r['AE2 LC ours'] - by_key[(base, it, 'dpo')]['AE2 LC ours']:+.2f}, "
+             f"paper {r['AE2 LC paper'] - by_key[(base, it, 'dpo')]['AE2 LC paper']:+.2f}"
+             for (base, it, method), r in sorted(by_key.items())
+             if method == "selm" and (base, it, "dpo") in by_key and "AE2 LC ours" in r
+             and "AE2 LC ours" in by_key[(base, it, "dpo")]]
+    return ("SELM minus iterative DPO, AlpacaEval LC, plain means (the paired tests are in the next section): "
+            + "; ".join(parts) + ".") if parts else None
+
+
+def render_tables(data: ReportData) -> str:
+    starts = "; ".join(f"{r['paper_model']} / {r['our_base']}'s " + ("offline-DPO iteration 0" if r["method"] ==
+                                                                        "offline_dpo" else "SFT base")
+                       for r in data.comparison if (r["method"], r["iteration"]) in (("offline_dpo", "0"), ("base", "0")))
+    t = data.tables
+    files = ", ".join(f"`{_rel(t / n, data.report)}`" for n in ("table1.md", "table2.md", "paper_comparison.md"))
+    return "\n\n".join(x for x in [
+        f"{wording(data, 'comparability')} Δ is the change from the model the online iterations start from"
+        + (f" ({starts})" if starts else "") + f". 'academic mean' is the mean of {wording(data, 'academic')}. "
+        f"MT avg: {wording(data, 'mt_bench')} (docs/evaluation.md). "
+        f"Full tables: {files} (and `.csv`).",
+        data.markdown["comparison"], _direction_agreement(data.comparison), _selm_minus_dpo_means(data.comparison)]
+        if x)
+
+
+def _paired_sentences(paired: dict) -> str:
     lines = []
     for cell, entry in paired.items():
-        if not entry["iterations"]:  # fewer than 2 seeds: nothing to test
+        if not entry["iterations"]:
             continue
         last = entry["iterations"][-1]
         parts = []
@@ -43,343 +234,234 @@ def _selm_vs_dpo_sentence(paired: dict) -> str:
                 t = last[key]
                 v = effect_verdict(t, MACHINE_FLOOR.get(key, 0.0))
                 sig = {"positive": "SELM higher", "negative": "SELM lower", "inconclusive": "inconclusive"}[v["verdict"]]
-                parts.append(f"{label} {t['mean_diff']:+.3f} (95% CI {_interval(t)}, {_verdict_note(v)}: {sig})")
+                parts.append(f"{label} {t['mean_diff']:+.3f} (95% CI {interval(t)}, {verdict_note(v)}: {sig})")
         lines.append(f"- {cell}, iteration {last['iteration']}: " + "; ".join(parts) + ".")
     return "\n".join(lines)
 
 
-def _paper_agreement(comparison: list[dict]) -> str:
-    """Does each method move the scores the way it moves them in the paper (sign of the change from
-    the loop's start), and does SELM beat DPO where the paper's does?"""
-    lines = []
-    for r in comparison:
-        if r["method"] not in ("dpo", "selm"):
-            continue
-        for label in ("AE2 LC", "MT avg", "academic mean"):
-            ours, paper = r.get(f"{label} ours delta"), r.get(f"{label} paper delta")
-            if ours is None or paper is None:
-                continue
-            agree = (ours > 0) == (paper > 0)
-            lines.append((r["paper_model"], label, ours, paper, agree))
-    n_agree = sum(x[-1] for x in lines)
-    text = [f"The direction of the change from the loop's start model agrees with the paper in {n_agree} of "
-            f"{len(lines)} (model, metric) cells."]
-    disagree = [f"{m} {label} (ours {o:+.2f}, paper {p:+.2f})" for m, label, o, p, a in lines if not a]
-    if disagree:
-        text.append("Where it does not: " + "; ".join(disagree) + ".")
-    by_key = {(r["our_base"], r["iteration"], r["method"]): r for r in comparison}
-    sel = []
-    for (base, it, method), r in sorted(by_key.items()):
-        if method != "selm" or (base, it, "dpo") not in by_key:
-            continue
-        d = by_key[(base, it, "dpo")]
-        if "AE2 LC ours" in r and "AE2 LC ours" in d:
-            sel.append(f"{base} iter{it}: ours SELM - DPO {r['AE2 LC ours'] - d['AE2 LC ours']:+.2f} LC, "
-                       f"paper {r['AE2 LC paper'] - d['AE2 LC paper']:+.2f}")
-    if sel:
-        text.append("SELM minus iterative DPO, AlpacaEval LC: " + "; ".join(sel) + ".")
-    return " ".join(text)
+def render_paired(data: ReportData) -> str:
+    true_reward = wording(data, "true_reward")
+    out = ["Ours, not the paper's (it runs one seed): the difference SELM - DPO per iteration with its 95% CI, the "
+           "paired t-test p-value, and in how many seeds SELM was higher." + (f" r* is {true_reward}." if true_reward else "") + " AE2 LC, MT avg and lm-eval "
+           "are the judge's and the harness's verdicts on the same checkpoints.",
+           data.markdown["paired"], _paired_sentences(data.paired)]
+    if data.markdown.get("coverage"):
+        out += ["### Exploration: high-reward coverage", "Ours, not the paper's. " + (wording(data, "coverage") or ""),
+                data.markdown["coverage"]]
+    return "\n\n".join(x for x in out if x)
 
 
-def _combine(verdicts: list[str]) -> str:
-    """One verdict on a claim made of several comparisons: agrees only if every one is a definitive
-    "positive"; does not agree if some are negative and none positive; mixed if both; else inconclusive."""
-    if verdicts and all(v == "positive" for v in verdicts):
-        return "**agrees**"
-    if "negative" in verdicts:
-        return "**mixed**" if "positive" in verdicts else "**does not agree**"
-    return "**inconclusive**"
+# --- the figures: each a caption and a one-sentence takeaway -------------------------------------------
+
+def _img(data: ReportData, name: str) -> str:
+    return f"![{name}]({_rel(data.figdir / name, data.report)})"
 
 
-def _summary(mean: float, ci: float | None, n: int) -> dict:
-    return {"mean": mean, "ci95": ci, "n": n}
+def takeaway_figure1(f: dict) -> str:
+    closer = abs(f["optimistic_argmax"] - f["true_argmax"]) < abs(f["vanilla_argmax"] - f["true_argmax"])
+    return (f"Optimism moves the fitted maximum from x = {f['vanilla_argmax']:.2f} to x = {f['optimistic_argmax']:.2f}, "
+            + ("closer to" if closer else "no closer to") + f" the true maximum at x = {f['true_argmax']:.2f}.")
 
 
-def _figure6_claims(fig6: dict) -> list[str]:
-    """Figure 6's orderings on the last point of each variant (the paper's y axis is MT-Bench): the
-    difference of the two variants' seed means against its minimum detectable effect."""
-    final = {label.split(" ")[0]: s["points"][-1] for label, s in fig6.items()}
-    lines = []
-    for claim, better, worse in (("ranking {y_w, y_l, y_ref} beats ranking {y_w, y_ref}", "iterative", "rank_w_ref"),
-                                 ("iterative DPO beats stepwise DPO", "iterative", "stepwise"),
-                                 ("stepwise DPO beats offline DPO", "stepwise", "offline")):
-        if better not in final or worse not in final:
-            continue
-        parts, verdicts = [], []
-        for key, label in (("mt_bench", "MT-Bench"), ("r_star", "r*")):
-            if key in final[better] and key in final[worse]:
-                a, b = final[better][key], final[worse][key]
-                v = effect_verdict(summary_diff(a, b), MACHINE_FLOOR.get(key, 0.0))
-                verdicts.append(v["verdict"])
-                parts.append(f"{label} {a['mean']:.3f} vs {b['mean']:.3f} ({v['mean_diff']:+.3f}, {_verdict_note(v)}: "
-                             f"{v['verdict'].replace('positive', 'higher').replace('negative', 'lower')})")
-        lines.append(f"- *{claim} (Figure 6)* (paper: yes). Ours, last point: " + "; ".join(parts) + ": "
-                     + _combine(verdicts) + ".")
-    return lines
+def render_figure1(data: ReportData) -> str:
+    f = data.figs["figure1"]
+    return "\n\n".join([_img(data, "figure1_concept.png"),
+                        "Drawn from a 1-D toy reward, not data: a bootstrap ensemble of cubic fits to responses seen "
+                        "only in [0, 0.6]; the optimistic fit is mean + 2 sd.",
+                        f"**Takeaway:** {takeaway_figure1(f)}"])
 
 
-def _dpo_improves(comparison: list[dict]) -> str | None:
-    """Each (base, iteration) of iterative DPO against the model the loop starts from, AlpacaEval LC."""
-    start = {r["our_base"]: r for r in comparison if (r["method"], r["iteration"]) in (("offline_dpo", "0"), ("base", "0"))}
-    verdicts, parts = [], []
-    for r in comparison:
-        s = start.get(r["our_base"])
-        if r["method"] != "dpo" or s is None or "AE2 LC ours" not in r or "AE2 LC ours" not in s:
-            continue
-        v = effect_verdict(summary_diff(_summary(r["AE2 LC ours"], r.get("AE2 LC ours ci95"), r["seeds"]),
-                                        _summary(s["AE2 LC ours"], s.get("AE2 LC ours ci95"), s["seeds"])))
-        verdicts.append(v["verdict"])
-        parts.append(f"{r['our_base']} iter{r['iteration']} {v['mean_diff']:+.2f} ({_verdict_note(v)})")
-    if not verdicts:
+def _head_to_head(d: dict) -> str | None:
+    """The last SELM iteration's LC win rate against the last DPO iteration's answers."""
+    models = d["models"]
+    selm = sorted((m for m in models if m.startswith("SELM iter")), key=lambda m: int(m.removeprefix("SELM iter")))
+    dpo = sorted((m for m in models if m.startswith("DPO iter")), key=lambda m: int(m.removeprefix("DPO iter")))
+    if not selm or not dpo:
         return None
-    n_up = sum(v == "positive" for v in verdicts)
-    return (f"- *Iterative DPO improves AlpacaEval LC over the loop's start model at every iteration* (paper: yes). "
-            f"Ours: {n_up} of {len(verdicts)} (base, iteration) cells improve by more than they can be told apart "
-            f"from the start: " + "; ".join(parts) + f": {_combine(verdicts)}.")
+    return f"{selm[-1]} vs {dpo[-1]} {d['matrix'][models.index(selm[-1])][models.index(dpo[-1])]:.1f}%"
 
 
-def _greedy_reward_rises(fig3: dict) -> str:
-    """Figure 3 right: the ranker's mean reward of greedy answers per SELM iteration; the verdict uses
-    the true reward r* of the same cell (seed intervals), the ranker means having none."""
-    means = [h["mean"] for _, h in sorted(fig3["hist_by_iteration"].items(), key=lambda kv: int(kv[0]))]
-    text = (f"- *The reward of greedy answers moves up over SELM iterations (Figure 3 right)* (paper: yes). Ours: "
-            f"mean ranker reward {' -> '.join(f'{m:.3f}' for m in means)}")
-    curve = next((c for c in fig3["curves"].values() if c.get("cell") == fig3.get("shift_cell")), None)
-    rstar = {int(t): s for t, s in (curve or {}).get("r_star", {}).items() if int(t) >= 1}
-    if len(rstar) < 2:
-        return text + ": one value per iteration, no interval: **inconclusive**."
-    steps = [effect_verdict(summary_diff(rstar[t], rstar[t - 1]), MACHINE_FLOOR["r_star"])
-             for t in sorted(rstar)[1:] if t - 1 in rstar]
-    return (text + "; r* of the same checkpoints " + " -> ".join(f"{rstar[t]['mean']:.3f}" for t in sorted(rstar))
-            + " (steps " + ", ".join(f"{v['mean_diff']:+.3f} ({_verdict_note(v)})" for v in steps) + "): "
-            + _combine([v["verdict"] for v in steps]) + ".")
+def takeaway_figure2(fig2: dict) -> str:
+    parts = []
+    for base, d in fig2.items():
+        bi = d["models"].index(d["base_model"])
+        h2h = _head_to_head(d)
+        parts.append(f"{base}: {d['models'][0]} beats {d['base_model']} most often ({d['matrix'][0][bi]:.1f}% LC)"
+                     + (f", head to head {h2h}" if h2h else ""))
+    return "; ".join(parts) + " (50% = a tie)."
 
 
-def _alpha_claims(fig3: dict) -> str:
-    """Figure 3 left: final LC per alpha; 'too large an alpha hurts' holds if the largest alpha is
-    below every other by more than the difference the seeds can resolve."""
-    final = {float(a): c["lc"][max(c["lc"], key=int)] for a, c in fig3["curves"].items()}
-    largest = max(final)
-    below = [effect_verdict(summary_diff(final[a], final[largest]))["verdict"] for a in final if a != largest]
-    best = max(final, key=lambda a: final[a]["mean"])
-    best_vs = [effect_verdict(summary_diff(final[best], final[a]))["verdict"] for a in final if a != best]
-    resolved = bool(best_vs) and all(v == "positive" for v in best_vs)
-    return (f"- *A small positive alpha is best and a too large alpha hurts (Figure 3 left)* (paper: alpha 0.001 "
-            "above both 0 and 0.01). Ours, final LC: " + ", ".join(f"alpha {a:g}: {s['mean']:.2f}" for a, s in sorted(final.items()))
-            + f". 'Too large an alpha hurts' (alpha {largest:g} below each other alpha by more than the seeds resolve: "
-            f"{sum(v == 'positive' for v in below)} of {len(below)}): {_combine(below)}. 'A small positive alpha is best': "
-            f"the best mean is alpha {best:g}, " + ("above every other alpha beyond its MDE." if resolved else
-                                                     "but not above every other alpha beyond the MDE: **inconclusive**."))
+def render_figure2(data: ReportData) -> str:
+    fig2 = data.figs.get("figure2_heatmaps")
+    starts = "; ".join(f"{b}: {d['base_model']}" for b, d in (fig2 or {}).items())
+    out = [*[_img(data, f"figure2_heatmap_{b}.png") for b in data.spec.bases],
+           "Row model vs column model (the column's answers are the reference), LC win rate in %, mean over seeds; "
+           "rows ordered by win rate against the model the loop starts from" + (f" ({starts})" if starts else "") + "."]
+    if fig2:
+        out.append(f"**Takeaway:** {takeaway_figure2(fig2)}")
+    return "\n\n".join(out)
 
 
-def _implicit_reward_claims(fig4: dict, fig5: dict) -> list[str]:
-    """Figures 4 and 5: per-prompt implicit-reward differences (seeds pooled) against their MDE."""
-    v4, parts4 = [], []
-    for b, d in fig4.items():
-        c = effect_verdict(sample_test(d["chosen_sorted"])) if "chosen_sorted" in d else None
-        r = effect_verdict(sample_test(d["rejected_sorted"])) if "rejected_sorted" in d else None
-        if c is None or r is None:
-            v4.append("inconclusive")
-        else:  # chosen should be positive, rejected negative
-            v4 += [c["verdict"], {"positive": "negative", "negative": "positive"}.get(r["verdict"], "inconclusive")]
-        parts4.append(f"{b} {d['mean_chosen']:+.5f} / {d['mean_rejected']:+.5f}"
-                      + (f" (MDE {c['mde']:.5f} / {r['mde']:.5f})" if c and r and c["mde"] and r["mde"] else ""))
-    v5, parts5 = [], []
+def bin_width_text(bins: list[float]) -> str:
+    """'bins of width 0.1 over [-0.4, 1.4]' (or the edges, when the widths differ)."""
+    widths = {round(b - a, 9) for a, b in zip(bins[:-1], bins[1:])}
+    lo, hi = bins[0], bins[-1]
+    return (f"bins of width {widths.pop():g} over [{lo:g}, {hi:g}]" if len(widths) == 1
+            else f"bins with edges {', '.join(f'{b:g}' for b in bins)}")
+
+
+def takeaway_figure3(fig3: dict) -> str:
+    a, means = alpha_verdicts(fig3), [h["mean"] for _, h in sorted(fig3["hist_by_iteration"].items(),
+                                                                     key=lambda kv: int(kv[0]))]
+    final = final_lc_by_alpha(fig3)
+    lo, hi = min(final, key=lambda x: final[x]["mean"]), max(final, key=lambda x: final[x]["mean"])
+    resolved = (f"alpha {a['best']:g} is above every other beyond the seeds' resolution" if a["best"] is not None
+                else "no alpha is above every other beyond the seeds' resolution")
+    return (f"Final LC spans {final[lo]['mean']:.2f} (alpha {lo:g}) to {final[hi]['mean']:.2f} (alpha {hi:g}) and "
+            f"{resolved}; the mean ranker reward of greedy answers goes "
+            + " -> ".join(f"{m:.3f}" for m in means) + " over the SELM iterations.")
+
+
+def render_figure3(data: ReportData) -> str:
+    fig3 = data.figs["figure3_alpha"]
+    base = str(fig3["shift_cell"]).split("/")[1]
+    beyond = fig3.get("beyond_bins")
+    return "\n\n".join([
+        _img(data, "figure3_alpha.png"),
+        f"Left: AlpacaEval LC per iteration for alpha in {sorted(float(a) for a in fig3['curves'])} ({base}). Middle "
+        f"and right: {fig3['reward']}; fraction of prompts in {bin_width_text(fig3['bins'])}"
+        + (f" ({100 * beyond:.1f}% of the values lie beyond the range and are counted in the edge bins)"
+           if beyond is not None else "") + f". Mean ranker reward of the greedy test answers by iteration for "
+        f"{fig3['shift_cell']}: " + ", ".join(f"iteration {t}: {h['mean']:.3f}"
+                                               for t, h in sorted(fig3["hist_by_iteration"].items())) + ".",
+        f"**Takeaway:** {takeaway_figure3(fig3)}"])
+
+
+def _both_positive(d: dict) -> str:
+    """Figure 4's verdict for one base: both per-prompt differences positive beyond their MDE?"""
+    if "chosen_sorted" not in d or "rejected_sorted" not in d:
+        return "inconclusive"
+    return combine([effect_verdict(sample_test(d[k]))["verdict"] for k in ("chosen_sorted", "rejected_sorted")])
+
+
+def takeaway_figure4(fig4: dict) -> str:
+    verdicts = {b: _both_positive(d) for b, d in fig4.items()}
+    return ("SELM's implicit reward minus DPO's, chosen / rejected: " + "; ".join(
+        f"{b} {d['mean_chosen']:+.5f} / {d['mean_rejected']:+.5f} ({verdicts[b]})" for b, d in fig4.items())
+        + f"; both above zero beyond their MDE for {sum(v == 'agrees' for v in verdicts.values())} of "
+        f"{len(verdicts)} bases (the paper: both above zero).")
+
+
+def render_figure4(data: ReportData) -> str:
+    fig4 = data.figs["figure4_ird"]
+    caption = " ".join(
+        f"{b}: mean r_SELM - r_DPO on chosen {d['mean_chosen']:+.4f} ({100 * d['frac_chosen_positive']:.0f}% of "
+        f"prompts > 0), on rejected {d['mean_rejected']:+.4f}"
+        + (f" ({100 * d['frac_rejected_positive']:.0f}% > 0)." if "frac_rejected_positive" in d else ".")
+        for b, d in fig4.items())
+    return "\n\n".join([_img(data, "figure4_ird.png"),
+                        caption + " The paper reports SELM's implicit reward higher than DPO's on both the chosen and "
+                        "the rejected answers.", f"**Takeaway:** {takeaway_figure4(fig4)}"])
+
+
+def takeaway_figure5(fig5: dict) -> str:
+    parts = []
     for b, d in fig5.items():
-        v = effect_verdict(sample_test(d["sorted"])) if "sorted" in d else None
-        v5.append(v["verdict"] if v else "inconclusive")
-        parts5.append(f"{b} {d['mean']:+.5f} ({100 * d['frac_positive']:.0f}% of prompts > 0"
-                      + (f", MDE {v['mde']:.5f})" if v and v["mde"] else ")"))
-    return ["- *SELM's implicit reward exceeds DPO's on chosen answers and falls below it on rejected ones "
-            "(Figure 4)* (paper: yes). Ours, per-prompt means over seeds: " + "; ".join(parts4) + f": {_combine(v4)}.",
-            "- *SELM's own samples carry higher implicit reward than DPO's (Figure 5)* (paper: yes). Ours: "
-            + "; ".join(parts5) + f": {_combine(v5)}."]
+        v = effect_verdict(sample_test(d["sorted"]))["verdict"] if "sorted" in d else "inconclusive"
+        parts.append(f"{b} {d['mean']:+.5f} ({100 * d['frac_positive']:.0f}% of prompts > 0, "
+                     f"{WORDS[v].replace('agrees', 'SELM higher').replace('does not agree', 'SELM lower')})")
+    return "SELM's own samples minus DPO's, implicit reward: " + "; ".join(parts) + "."
+
+
+def render_figure5(data: ReportData) -> str:
+    fig5 = data.figs["figure5_own_samples"]
+    return "\n\n".join([_img(data, "figure5_own_samples.png"),
+                        " ".join(f"{b}: mean SELM - DPO {d['mean']:+.4f}, positive for {100 * d['frac_positive']:.0f}% "
+                                 "of prompts." for b, d in fig5.items())
+                        + " The paper reports SELM's own samples with higher implicit reward than DPO's.",
+                        f"**Takeaway:** {takeaway_figure5(fig5)}"])
+
+
+def takeaway_figure6(fig6: dict) -> str:
+    final = {label: s["points"][-1]["mt_bench"] for label, s in fig6.items()}
+    hi, lo = max(final, key=lambda k: final[k]["mean"]), min(final, key=lambda k: final[k]["mean"])
+    if hi == lo:
+        return f"One variant only: {hi} ends at MT-Bench {final[hi]['mean']:.2f}."
+    v = effect_verdict(summary_diff(final[hi], final[lo]))
+    return (f"Final MT-Bench ranges from {final[lo]['mean']:.2f} ({lo}) to {final[hi]['mean']:.2f} ({hi}); that "
+            f"gap of {v['mean_diff']:.2f} is " + ("beyond" if v["verdict"] == "positive" else "within")
+            + f" what the seeds resolve ({verdict_note(v)}).")
+
+
+def render_figure6(data: ReportData) -> str:
+    fig6 = data.figs["figure6_ablations"]
+    with_r = all("r_star" in s["points"][-1] for s in fig6.values())
+    final = "; ".join(f"{label}: {s['points'][-1]['mt_bench']['mean']:.2f}"
+                      + (f", {s['points'][-1]['r_star']['mean']:.3f}" if "r_star" in s["points"][-1] else "")
+                      for label, s in fig6.items())
+    return "\n\n".join([_img(data, "figure6_ablations.png"),
+                        f"Final point of each variant (MT-Bench{', r*' if with_r else ''}): {final}.",
+                        f"**Takeaway:** {takeaway_figure6(fig6)}"])
+
+
+FIGURES = (("Figure 1: the concept", render_figure1),
+           ("Figure 2: pairwise AlpacaEval LC heatmaps", render_figure2),
+           ("Figure 3: alpha ablation and reward distributions", render_figure3),
+           ("Figure 4: implicit reward difference on test chosen and rejected answers", render_figure4),
+           ("Figure 5: implicit reward of the model's own samples", render_figure5),
+           ("Figure 6: iterative-DPO ablations", render_figure6))
+
+
+def render_figures(data: ReportData) -> str:
+    return "\n\n".join(f"### {title}\n\n{renderer(data)}" for title, renderer in FIGURES)
+
+
+# --- the regime map ------------------------------------------------------------------------------------
+
+def takeaway_regimes(regimes: dict) -> str:
+    verdicts = [regime_verdict(s["diff"])["verdict"] for e in regimes.values() for s in e["selm"].values()]
+    return (f"Optimism helps in {verdicts.count('helps')}, hurts in {verdicts.count('hurts')} and is inconclusive "
+            f"in {verdicts.count('inconclusive')} of {len(verdicts)} (regime, alpha) cells.")
+
+
+def render_regimes(data: ReportData) -> str:
+    v = data.variants
+    weak = (f" Weak corpus: mean r* of the chosen answers {v['original']['mean_r_chosen']:.3f} -> "
+            f"{v['variant_stats']['mean_r_chosen']:.3f}." if v else "")
+    return "\n\n".join([
+        "Ours, not the paper's. " + (wording(data, "regimes") or "") + weak + " Verdicts: helps / hurts when the 95% CI of the paired difference "
+        "in final-iteration r* excludes 0 and the difference is at least the threshold (the larger of its MDE and "
+        "the between-machine floor), else inconclusive.",
+        _img(data, "regime_map.png"), f"**Takeaway:** {takeaway_regimes(data.regimes)}",
+        data.markdown["regimes"], "**Conclusion (as measured):**", data.markdown["regime_conclusion"]])
+
+
+# --- the whole report ----------------------------------------------------------------------------------
+
+def sections(data: ReportData, claims: list[Claim]) -> list[Section]:
+    """The report's sections after the summary, in order (the extra ones last)."""
+    out = [Section("How to read this report", render_how_to_read(data)),
+           Section("What agrees with the paper and what does not", render_claims(claims)),
+           Section("Tables 1 and 2 beside the paper", render_tables(data)),
+           Section("SELM vs iterative DPO, paired by seed", render_paired(data)),
+           Section("Figures", render_figures(data))]
+    if data.regimes is not None:
+        out.append(Section("Regime map: when does optimism help?", render_regimes(data)))
+    return out + list(data.extra)
+
+
+def render(data: ReportData) -> str:
+    figs = data.figs
+    claims = all_claims(data.comparison, data.paired, figs["figure3_alpha"], figs["figure4_ird"],
+                        figs["figure5_own_samples"], figs["figure6_ablations"])
+    body = sections(data, claims)
+    head = [f"# SELM reproduction report ({data.scale} scale)", render_summary(data, claims),
+            "**Contents**", render_contents(body)]
+    return "\n\n".join(head + [f"## {s.title}\n\n{s.body}" for s in body]) + "\n"
 
 
 def plain_agreement(comparison: list[dict], paired: dict, fig3: dict, fig4: dict, fig5: dict,
                     fig6: dict | None = None) -> str:
-    """The paper's claims one by one, each with what our runs measured and a verdict: agrees / does not
-    agree only when the difference is beyond the smallest one the design can detect (stats.effect_verdict),
-    otherwise inconclusive."""
-    lines = []
-    dpo = _dpo_improves(comparison)
-    if dpo:
-        lines.append(dpo)
-    if not any(entry["iterations"] for entry in paired.values()):
-        # one seed (the paper's protocol): the plain difference of the last iteration, no interval
-        by_key = {(r["our_base"], r["method"], r["iteration"]): r for r in comparison}
-        for (base, method, it), r in sorted(by_key.items()):
-            d = by_key.get((base, "dpo", it))
-            if method != "selm" or d is None or "AE2 LC ours" not in r or "AE2 LC ours" not in d:
-                continue
-            diff = r["AE2 LC ours"] - d["AE2 LC ours"]
-            lines.append(f"- *SELM beats iterative DPO (AlpacaEval LC), iteration {it}* (paper: "
-                         f"{r['AE2 LC paper'] - d['AE2 LC paper']:+.2f}). Ours, {base}: {diff:+.2f} from one seed, "
-                         f"so without an interval: **inconclusive**.")
-    for cell, entry in paired.items():
-        if not entry["iterations"]:
-            continue
-        last = entry["iterations"][-1]
-        for key, label in (("alpaca_lc_win_rate", "AlpacaEval LC"), ("mean_reward", "true reward r*"),
-                           ("frac_prompts_covered", "high-reward coverage")):
-            if key not in last:
-                continue
-            t = last[key]
-            v = effect_verdict(t, MACHINE_FLOOR.get(key, 0.0))
-            paper = ("paper: LC +2.06 Zephyr, +1.50 Llama-3" if key == "alpaca_lc_win_rate" else
-                     "the paper cannot measure this; its exploration claim implies SELM >= DPO")
-            lines.append(f"- *SELM beats iterative DPO at the last iteration ({label})* ({paper}). Ours, {cell} "
-                         f"iteration {last['iteration']}: {t['mean_diff']:+.3f} {_interval(t)}, {_verdict_note(v)}: "
-                         f"{WORDS[v['verdict']]}" + (" (SELM lower)" if v["verdict"] == "negative" else "") + ".")
-    lines.append(_greedy_reward_rises(fig3))
-    lines.append(_alpha_claims(fig3))
-    lines += _figure6_claims(fig6 or {})
-    lines += _implicit_reward_claims(fig4, fig5)
-    return "\n".join(lines)
+    """The claims section's lines (selm.report.claims.all_claims), one per claim."""
+    return render_claims(all_claims(comparison, paired, fig3, fig4, fig5, fig6))
 
-
-def render(*, args, spec, comparison, paired, regimes, load, fig1_facts, tables: Path, figdir: Path, paired_md: str,
-           coverage_md: str | None, regime_md: str | None, regime_conclusion: str | None, comparison_md: str) -> str:
-    report = args.report
-    prov = provenance(command="dvc repro dvc.yaml")
-    fig3, fig4, fig5, fig6 = (load("figure3_alpha.json"), load("figure4_ird.json"), load("figure5_own_samples.json"),
-                              load("figure6_ablations.json"))
-    img = lambda name: f"![{name}]({_rel(figdir / name, report)})"  # noqa: E731
-    variants = {}
-    variant_stats = Path("data/variants/weak_corpus/stats.json")
-    if variant_stats.is_file():
-        import json
-
-        variants = json.loads(variant_stats.read_text())
-    seeds = list(spec.seeds)
-    out = [
-        f"# SELM reproduction report ({args.scale} scale)",
-        "",
-        "Generated by the `report` stage of `dvc repro dvc.yaml` (`python -m selm.report.build`) from the runs "
-        f"named in `{args.spec}`; do not edit by hand. Git commit `{prov.get('git_commit')}`; package versions and "
-        f"every run's config hash are in `{_rel(tables / 'provenance.json', report)}`, each run's composed config in "
-        "`runs/<experiment>/<cell>/seed<seed>/config.json`.",
-        "",
-        f"Scale: {str(spec.get('description', args.scale)).strip()} Seeds {seeds} for every cell; ± and [brackets] are "
-        "95% t intervals over seeds (none for one seed); SELM-vs-DPO comparisons are paired by seed. A verdict is "
-        "definitive only when the difference's 95% interval excludes 0 and the difference is at least the minimum "
-        "detectable effect (MDE: the smallest true difference this many seeds with this spread detect at alpha 0.05 "
-        f"with 80% power) and, in r*, at least {MACHINE_FLOOR['mean_reward']} (how far the SFT base's r* moved between "
-        "two machines of the same kind); otherwise it says **inconclusive**.",
-        "",
-        "## What agrees with the paper and what does not",
-        "",
-        plain_agreement(comparison, paired, fig3, fig4, fig5, fig6),
-        "",
-        "## Tables 1 and 2 beside the paper",
-        "",
-        "Ours is the toy scale, so absolute numbers are not comparable to the paper's (different models, judge and "
-        "tasks). What can agree is the direction of each change: Δ is the change from the model the online "
-        "iterations start from (Zephyr-7B-DPO / tiny-sft's offline-DPO iteration 0; Llama-3-8B-Instruct / the "
-        "tiny-instruct SFT base). 'academic mean' is the mean of the scale's lm-eval suite (toy: two world tasks; "
-        f"paper: six Open LLM Leaderboard v1 tasks). Full tables: `{_rel(tables / 'table1.md', report)}`, "
-        f"`{_rel(tables / 'table2.md', report)}`, `{_rel(tables / 'paper_comparison.md', report)}` (and `.csv`).",
-        "",
-        comparison_md,
-        "",
-        _paper_agreement(comparison),
-        "",
-        "## SELM vs iterative DPO, paired by seed",
-        "",
-        "Difference SELM - DPO per iteration with its 95% CI, the paired t-test p-value, and in how many seeds SELM "
-        "was higher. r* is the true reward of greedy answers to 300 held-out prompts (the toy world knows it); AE2 "
-        "LC, MT avg and lm-eval are the judge's and the harness's verdicts on the same checkpoints.",
-        "",
-        paired_md,
-        "",
-        _selm_vs_dpo_sentence(paired),
-        "",
-        *([] if coverage_md is None else [
-            "### Exploration: high-reward coverage",
-            "",
-            "For each held-out prompt, 8 samples at T = 1 from the checkpoint: coverage is the fraction of prompts "
-            "with at least one fully correct sample (r* = 1); also the mean best-of-8 r* and the mean number of "
-            "distinct answers among the 8. This is the paper's exploration claim measured directly.",
-            "",
-            coverage_md,
-            ""]),
-        "## Figures",
-        "",
-        "### Figure 1: the concept",
-        "",
-        img("figure1_concept.png"),
-        "",
-        "Drawn from a 1-D toy reward, not data: a bootstrap ensemble of cubic fits to responses seen only in "
-        f"[0, 0.6]. The vanilla fit's maximum is at x = {fig1_facts['vanilla_argmax']:.2f}, the optimistic one's "
-        f"(mean + 2 sd) at x = {fig1_facts['optimistic_argmax']:.2f}; the true maximum is at "
-        f"x = {fig1_facts['true_argmax']:.2f}.",
-        "",
-        "### Figure 2: pairwise AlpacaEval LC heatmaps",
-        "",
-        *[img(f"figure2_heatmap_{b}.png") for b in spec.bases],
-        "",
-        "Row model vs column model (the column's answers are the reference), LC win rate in %, mean over seeds; rows "
-        "ordered by win rate against the base (tiny-sft: its offline-DPO iteration 0, as Zephyr-7B-DPO in the paper).",
-        "",
-        "### Figure 3: alpha ablation and reward distributions",
-        "",
-        img("figure3_alpha.png"),
-        "",
-        "Left: AlpacaEval LC per iteration for alpha in "
-        f"{sorted(float(a) for a in fig3['curves'])} (tiny-sft). Middle and right: {fig3['reward']}. "
-        "Mean ranker reward of the greedy test answers by iteration for "
-        f"{fig3['shift_cell']}: " + ", ".join(f"iteration {t}: {h['mean']:.3f}"
-                                              for t, h in sorted(fig3["hist_by_iteration"].items())) + ".",
-        "",
-        "### Figure 4: implicit reward difference on test chosen and rejected answers",
-        "",
-        img("figure4_ird.png"),
-        "",
-        " ".join(f"{b}: mean r_SELM - r_DPO on chosen {d['mean_chosen']:+.4f} ({100 * d['frac_chosen_positive']:.0f}% "
-                 f"of prompts > 0), on rejected {d['mean_rejected']:+.4f} ({100 * d['frac_rejected_negative']:.0f}% < 0)."
-                 for b, d in fig4.items())
-        + " The paper reports SELM's implicit reward higher on chosen and lower on rejected answers.",
-        "",
-        "### Figure 5: implicit reward of the model's own samples",
-        "",
-        img("figure5_own_samples.png"),
-        "",
-        " ".join(f"{b}: mean SELM - DPO {d['mean']:+.4f}, positive for {100 * d['frac_positive']:.0f}% of prompts."
-                 for b, d in fig5.items())
-        + " The paper reports SELM's own samples with higher implicit reward than DPO's.",
-        "",
-        "### Figure 6: iterative-DPO ablations",
-        "",
-        img("figure6_ablations.png"),
-        "",
-        "Final point of each variant (MT-Bench" + (", r*" if all("r_star" in s["points"][-1] for s in fig6.values())
-                                                   else "") + "): " + "; ".join(
-            f"{label}: {s['points'][-1]['mt_bench']['mean']:.2f}"
-            + (f", {s['points'][-1]['r_star']['mean']:.3f}" if "r_star" in s["points"][-1] else "")
-            for label, s in fig6.items()) + ".",
-        "",
-    ]
-    if regime_md is None:
-        return "\n".join(out) + "\n"
-    out += [
-        "## Regime map: when does optimism help?",
-        "",
-        "Each regime changes one factor of the standard tiny-sft setting: `weak_corpus` re-annotates the offline "
-        "pairs with annotators that never write the gold answer"
-        + (f" (mean r* of chosen answers {variants['original']['mean_r_chosen']:.3f} -> "
-           f"{variants['variant_stats']['mean_r_chosen']:.3f})" if variants else "")
-        + "; `sampled_y_ref` samples y_ref at T = 1 instead of greedy; `hard_tasks` keeps the four families with the "
-        "lowest SFT reward (add, count, rotate, sort). Verdicts: helps / hurts when the 95% CI of the paired "
-        "difference in final-iteration r* excludes 0 and the difference is at least the threshold (the larger of "
-        "its MDE and the between-machine floor), else inconclusive.",
-        "",
-        img("regime_map.png"),
-        "",
-        regime_md,
-        "",
-        "**Conclusion (as measured):**",
-        "",
-        regime_conclusion,
-        "",
-    ]
-    return "\n".join(out) + "\n"

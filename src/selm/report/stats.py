@@ -56,8 +56,16 @@ def mean_ci(values: list[float]) -> tuple[float, float | None]:
 
 
 def fmt_mean_ci(mean: float, ci: float | None, digits: int = 3) -> str:
-    """'mean ± ci', or just 'mean' when there is no interval (one seed)."""
-    return f"{mean:.{digits}f}" + ("" if ci is None else f" ± {ci:.{digits}f}")
+    """'mean ± ci'; just 'mean' without an interval (one seed); 'mean (same in every seed)' for zero
+    spread (no interval, not '± 0.00'); 'mean ± <0.01' when the half-width rounds to 0 at `digits`."""
+    head = f"{mean:.{digits}f}"
+    if ci is None:
+        return head
+    if ci == 0:
+        return f"{head} (same in every seed)"
+    if round(ci, digits) == 0:
+        return f"{head} ± <{10 ** -digits:.{digits}f}"
+    return f"{head} ± {ci:.{digits}f}"
 
 
 def summarize(values: list[float]) -> dict:
