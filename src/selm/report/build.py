@@ -258,4 +258,7 @@ def render_report(args, spec, comparison, paired, regimes, load, fig1_facts, tab
 
 
 if __name__ == "__main__":
+    from selm import console
+
+    console.setup()  # library bars and info logs off unless SELM_VERBOSE=1
     main()
