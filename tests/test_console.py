@@ -113,3 +113,14 @@ def test_experiment_stage_console(tiny_model, tmp_path):
     loud = run("verbose", "--workers", "1", SELM_VERBOSE="1")  # in-process: the library bars come back here too
     assert "Loading weights" in loud.stderr, loud.stderr
     assert re.search(r"^experiment e: 1/2 runs done, 1 failed", loud.stdout, re.M)
+
+
+@pytest.mark.parametrize("pipeline", ["dvc.yaml", "scales/small/dvc.yaml"])
+def test_no_stage_depends_on_an_empty_file(pipeline):
+    """DVC prints "WARNING: '<file>' is empty." for each empty dependency at every stage it checks
+    (33 lines of a `make repro` console for two empty __init__.py files)."""
+    from dvc.repo import Repo
+
+    empty = sorted({str(Path(d.fs_path).relative_to(ROOT)) for stage in Repo(str(ROOT)).stage.collect(pipeline)
+                    for d in stage.deps if Path(d.fs_path).is_file() and Path(d.fs_path).stat().st_size == 0})
+    assert empty == []
