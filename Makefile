@@ -13,7 +13,7 @@ export WANDB_MODE ?= offline
 export DVC_NO_ANALYTICS := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup setup-gpu test repro bench params clean
+.PHONY: setup setup-gpu test repro bench params dashboard clean
 
 setup: .venv/.installed
 
@@ -44,6 +44,13 @@ bench: setup
 
 repro: setup
 	$(PY) -m dvc repro dvc.yaml
+
+# The W&B workspace of selm.dashboard, saved (online, after `wandb login`) to the project the runs
+# were synced to with `wandb sync`.
+WANDB_PROJECT ?= selm
+dashboard: setup
+	@test -n "$(WANDB_ENTITY)" || { echo "usage: make dashboard WANDB_ENTITY=<W&B user or team> [WANDB_PROJECT=selm]" >&2; exit 2; }
+	WANDB_MODE=online $(PY) -m selm.dashboard --entity $(WANDB_ENTITY) --project $(WANDB_PROJECT)
 
 # params.yaml = what DVC's Hydra composition writes from conf/loop.yaml (a test checks they agree)
 params: setup

@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import time
 import traceback
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from selm import console
 from selm.io import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -132,7 +135,7 @@ def evaluate_run(cfg: DictConfig, out_root: Path) -> None:
                         key=lambda p: int(p.name.removeprefix("iter")))
     if not iterations:
         raise FileNotFoundError(f"{run}: no trained iteration (iter*/model) to evaluate")
-    for it in iterations:
+    for it in console.track(iterations, f"evaluate {run}", "checkpoints"):
         t = int(it.name.removeprefix("iter"))
         model_id = f"{cfg.run.experiment}/{cfg.run.cell}/{it.name}/seed{cfg.train.seed}"
         path = out_root / it.name / "metrics.json"
@@ -145,6 +148,8 @@ def evaluate_run(cfg: DictConfig, out_root: Path) -> None:
 def _init_worker(threads: int, parent: int | None = None) -> None:
     import torch
 
+    if parent is not None:  # a worker process: quiet like its stage, and the stage draws the bar
+        console.setup(bars=False)
     torch.set_num_threads(threads)
     if parent is not None:  # a worker whose stage was killed (kill -9 of dvc repro) must not linger
         import threading
@@ -166,6 +171,16 @@ def _execute_safely(run: Run, params_file: Path) -> tuple[str, str | None]:
         return run.name, traceback.format_exc()
 
 
+def _finished(result: tuple[str, str | None], errors: dict, bar) -> None:
+    """Record one run's outcome and advance the stage's bar; a failure is named at once (its
+    traceback follows when every run is done)."""
+    name, error = result
+    errors[name] = error
+    if error:
+        bar.write(f"failed: {name} (traceback when the stage ends)", file=sys.stderr)
+    bar.update()
+
+
 def run_experiment(name: str, spec_file: Path, params_file: Path, workers: int | None = None,
                    threads: int = 1) -> list[Run]:
     """Every run of the experiment; a failing run does not stop the others, and the error lists
@@ -173,24 +188,26 @@ def run_experiment(name: str, spec_file: Path, params_file: Path, workers: int |
     spec = load_experiments(spec_file)
     runs = expand(spec, name, str(spec_file))
     workers = workers or int(spec.get("workers", 1))
-    failures = []
-    if workers <= 1:
-        _init_worker(threads)
-        results = [_execute_safely(r, params_file) for r in runs]
-    else:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
-                                 initializer=_init_worker, initargs=(threads, os.getpid())) as pool:
-            results = list(pool.map(_execute_safely, runs, [params_file] * len(runs)))
-    for run_name, error in results:
-        if error:
-            failures.append(f"--- {run_name}\n{error}")
+    start = time.perf_counter()
+    errors: dict[str, str | None] = {}
+    with console.progress(len(runs), f"experiment {name}", "runs") as bar:
+        if workers <= 1:
+            _init_worker(threads)
+            for run in runs:
+                _finished(_execute_safely(run, params_file), errors, bar)
         else:
-            print(f"done: {run_name}")
+            with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
+                                     initializer=_init_worker, initargs=(threads, os.getpid())) as pool:
+                for future in as_completed([pool.submit(_execute_safely, r, params_file) for r in runs]):
+                    _finished(future.result(), errors, bar)
+    failures = [f"--- {r.name}\n{errors[r.name]}" for r in runs if errors[r.name]]
+    console.summary(f"experiment {name}", f"{len(runs) - len(failures)}/{len(runs)} runs done"
+                    + (f", {len(failures)} failed" if failures else ""), start)
     # the experiment's manifest (also makes evals/<name> exist when the experiment evaluates nothing)
     write_json_atomic(Path("evals") / name / "experiment.json", {
         "experiment": name, "spec": str(spec_file), "eval": list(runs[0].eval_parts) if runs else [],
         "runs": [{"run": r.name, "run_dir": str(r.run_dir), "eval_dir": str(r.eval_dir),
-                  "ok": not dict(results)[r.name]} for r in runs]})
+                  "ok": not errors[r.name]} for r in runs]})
     if failures:
         raise RuntimeError(f"{len(failures)} of {len(runs)} runs of experiment {name!r} failed:\n" + "\n".join(failures))
     return runs

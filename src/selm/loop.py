@@ -36,6 +36,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from selm import console
 from selm.generation import backend_from_config
 from selm.io import DataError, read_jsonl, reuse_or_reset, write_json_atomic, write_jsonl_atomic, write_text_atomic
 from selm.provenance import code_fingerprint, digest, result_versions, tree_sha256
@@ -329,7 +330,7 @@ def run_loop(cfg: DictConfig) -> Path:
 
     summary = {"base": _evaluate(cfg, base, base_fp, test, run_dir / "base", code)}
     previous, previous_id, ranker = base, {"base": base_fp}, None
-    for t in iterations:
+    for t in console.track(iterations, f"loop {run_dir}", "iterations"):
         it_dir = run_dir / f"iter{t}"
         rows = prefs_slice(prefs, slice_index(t, cfg.model.offline_dpo_iteration), cfg.data.slice_size,
                            str(cfg.data.train_prefs))

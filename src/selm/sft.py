@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, get_cosine_schedule_with_warmup
 
+from selm import console
 from selm.data import encode_prompt_answer, pad_token_id
 from selm.generation import HFBackend
 from selm.io import read_jsonl, write_json_atomic
@@ -132,21 +133,24 @@ def train_sft(
 
     model.train()
     curve, window, step = [], [], 0
-    while step < total_steps:
-        for chunk in torch.randperm(len(examples), generator=generator).split(batch_size):
-            if step >= total_steps:
-                break
-            loss = completion_loss(model, collate([examples[i] for i in chunk.tolist()]))
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            window.append(loss.item())
-            if step % log_every == 0 or step == total_steps:
-                curve.append({"step": step, "epoch": round(step / steps_per_epoch, 3), "loss": sum(window) / len(window)})
-                window = []
+    with console.progress(total_steps, f"sft {Path(out_dir).name}", "steps") as bar:
+        while step < total_steps:
+            for chunk in torch.randperm(len(examples), generator=generator).split(batch_size):
+                if step >= total_steps:
+                    break
+                loss = completion_loss(model, collate([examples[i] for i in chunk.tolist()]))
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                bar.update()
+                window.append(loss.item())
+                if step % log_every == 0 or step == total_steps:
+                    curve.append({"step": step, "epoch": round(step / steps_per_epoch, 3),
+                                  "loss": sum(window) / len(window)})
+                    window = []
     train_seconds = time.perf_counter() - start
 
     metrics = {
@@ -257,4 +261,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    from selm import console
+
+    console.setup()  # library bars and info logs off unless SELM_VERBOSE=1
     main()

@@ -491,4 +491,7 @@ def _run(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
+    from selm import console
+
+    console.setup()  # library bars and info logs off unless SELM_VERBOSE=1
     sys.exit(main())

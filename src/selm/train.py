@@ -325,5 +325,8 @@ def train_iteration(cfg: DictConfig, callbacks: list | None = None) -> Path:
 
 
 if __name__ == "__main__":
+    from selm import console
+
+    console.setup()  # library bars and info logs off unless SELM_VERBOSE=1
     logging.basicConfig(level=logging.INFO)
     main()

@@ -62,4 +62,7 @@ def evaluate(cfg, base: bool) -> None:
 
 
 if __name__ == "__main__":
+    from selm import console
+
+    console.setup()  # library bars and info logs off unless SELM_VERBOSE=1
     main()

@@ -12,6 +12,9 @@ from selm.config import CONF_DIR, validate_config
 
 @hydra.main(config_path=str(CONF_DIR), config_name="loop", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    from selm import console
+
+    console.setup()  # library bars and info logs off unless SELM_VERBOSE=1
     validate_config(cfg)  # a nonsense value fails here, naming its key
     from selm.loop import run_loop
 

@@ -12,10 +12,12 @@ from __future__ import annotations
 import argparse
 import functools
 import sys
+import time
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from selm import console
 from selm.config import ConfigError, compose_config, validate_config
 
 # Sections of params.yaml that apply to every run of the grid; the grid item sets model, alpha, seed.
@@ -179,12 +181,18 @@ def main(argv: list[str] | None = None) -> None:
     elif args.stage == "loop":
         from selm.loop import run_loop
 
-        run_loop(run_config(args.params, args.base, args.alpha, args.seed, extra=args.set))
+        start = time.perf_counter()
+        run_dir = run_loop(run_config(args.params, args.base, args.alpha, args.seed, extra=args.set))
+        console.summary(f"loop {run_dir}", "every iteration trained and evaluated", start)
     elif args.stage == "eval-base":
-        from selm.evaluate import evaluate_checkpoint
+        from selm.evaluate import PARTS, evaluate_checkpoint
 
+        start = time.perf_counter()
         cfg = run_config(args.params, args.base, extra=args.set)
-        evaluate_checkpoint(cfg, cfg.model.path, Path("evals") / "base" / args.base, f"{args.base}/base")
+        out = Path("evals") / "base" / args.base
+        metrics = evaluate_checkpoint(cfg, cfg.model.path, out, f"{args.base}/base")
+        console.summary(f"eval-base {args.base}", f"{', '.join(cfg.eval.get('parts', PARTS))} "
+                        f"-> {out} ({len([v for v in metrics.values() if isinstance(v, float)])} scores)", start)
     else:
         from selm.experiments import run_experiment
         from selm.io import DataError
@@ -199,4 +207,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    console.setup()  # library bars and info logs off unless SELM_VERBOSE=1
     main()

@@ -12,6 +12,9 @@ from selm.config import CONF_DIR, validate_config
 
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    from selm import console
+
+    console.setup()  # library bars and info logs off unless SELM_VERBOSE=1
     validate_config(cfg)  # a nonsense value fails here, naming its key
     from selm.train import train_iteration  # heavy imports after Hydra has parsed the command line
 

@@ -1,0 +1,1 @@
+"""The report of a scale: analyses (analyze), tables and figures, REPORT.md (build)."""

@@ -172,6 +172,20 @@ def regime_conclusion(regimes: dict) -> str:
     return "\n".join(parts)
 
 
+def make_figures(analysis: Path, figdir: Path) -> tuple[list[Path], dict]:
+    """Figures 1-6, and the regime map where its analysis exists, as PNGs in figdir from the
+    analysis files; and Figure 1's facts (the report's text quotes them)."""
+    load = lambda name: json.loads((analysis / name).read_text())  # noqa: E731
+    fig1, fig1_facts = figures.figure1_concept(figdir)
+    pngs = [fig1, *figures.figure2_heatmaps(load("figure2_heatmaps.json"), figdir),
+            *figures.figure3(load("figure3_alpha.json"), figdir), *figures.figure4(load("figure4_ird.json"), figdir),
+            *figures.figure5(load("figure5_own_samples.json"), figdir),
+            *figures.figure6(load("figure6_ablations.json"), figdir)]
+    if (analysis / "regime_map.json").is_file():
+        pngs += figures.regime_map(load("regime_map.json"), figdir)
+    return pngs, fig1_facts
+
+
 def _log_figures_to_wandb(paths: list[Path], scale: str, logger) -> None:
     """The figures as images of one W&B run, `report/<scale>` (settings as selm.train.init_wandb's)."""
     if not logger.wandb:
@@ -227,14 +241,7 @@ def main(argv: list[str] | None = None) -> None:
     paired = load("paired_tests.json")
     regimes = load("regime_map.json") if (analysis / "regime_map.json").is_file() else None
 
-    # figures
-    fig1, fig1_facts = figures.figure1_concept(figdir)
-    pngs = [fig1, *figures.figure2_heatmaps(load("figure2_heatmaps.json"), figdir),
-            *figures.figure3(load("figure3_alpha.json"), figdir), *figures.figure4(load("figure4_ird.json"), figdir),
-            *figures.figure5(load("figure5_own_samples.json"), figdir),
-            *figures.figure6(load("figure6_ablations.json"), figdir)]
-    if regimes is not None:
-        pngs += figures.regime_map(regimes, figdir)
+    pngs, fig1_facts = make_figures(analysis, figdir)
 
     report = render_report(args, spec, comparison, paired, regimes, load, fig1_facts, tables, figdir)
     write_text_atomic(args.report, report)
@@ -290,4 +297,7 @@ def render_report(args, spec, comparison, paired, regimes, load, fig1_facts, tab
 
 
 if __name__ == "__main__":
+    from selm import console
+
+    console.setup()  # library bars and info logs off unless SELM_VERBOSE=1
     main()

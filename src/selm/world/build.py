@@ -162,4 +162,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from selm import console
+
+    console.setup()  # library bars and info logs off unless SELM_VERBOSE=1
     sys.exit(main())
