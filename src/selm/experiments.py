@@ -21,6 +21,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from selm.io import write_json_atomic
+from selm.stagelog import add_counts
 
 log = logging.getLogger(__name__)
 
@@ -112,14 +113,47 @@ def run_config(run: Run, params_file: Path | None) -> DictConfig:
 
 
 def execute(run: Run, params_file: Path) -> dict:
-    """The loop of one run, then the evaluation of each of its checkpoints (skipping finished work)."""
+    """The loop of one run, then the evaluation of each of its checkpoints (skipping finished work).
+    Returns what it did (files written anew), for the stage's time table."""
     from selm.loop import run_loop
 
     cfg = run_config(run, params_file)
+    before = output_state(run)
     run_loop(cfg)
     if run.eval_parts:
         evaluate_run(cfg, run.eval_dir)
-    return {"run": run.name}
+    return {"run": run.name, "did": work_done(before, output_state(run))}
+
+
+# What a run's files say it did: a checkpoint's train_metrics.json, an r* evaluation's eval.json,
+# a checkpoint evaluation's metrics.json. Each is written atomically (a new inode), so one that is
+# new or changed was made by this invocation. A hard-linked checkpoint is iteration 0, trained once
+# in the shared folder (selm.loop) and linked into the run.
+OUTPUT_KINDS = {"train_metrics.json": "iterations trained", "eval.json": "r* evaluations",
+                "metrics.json": "checkpoint evaluations"}
+
+
+def output_state(run: Run) -> dict[str, tuple]:
+    state = {}
+    patterns = [(run.run_dir, "iter*/model/train_metrics.json"), (run.run_dir, "*/eval.json"),
+                (run.eval_dir, "iter*/metrics.json")]
+    for root, pattern in patterns:
+        for path in root.glob(pattern):
+            st = path.stat()
+            state[str(path)] = (st.st_ino, st.st_mtime_ns, st.st_nlink)
+    return state
+
+
+def work_done(before: dict[str, tuple], after: dict[str, tuple]) -> dict[str, int]:
+    did = {"runs": 1}
+    for path, (ino, mtime, nlink) in after.items():
+        if before.get(path, (None, None, None))[:2] == (ino, mtime):
+            continue
+        kind = OUTPUT_KINDS[Path(path).name]
+        if kind == "iterations trained" and nlink > 1:
+            kind = "shared iterations 0 linked"
+        did[kind] = did.get(kind, 0) + 1
+    return did
 
 
 def evaluate_run(cfg: DictConfig, out_root: Path) -> None:
@@ -158,12 +192,11 @@ def _init_worker(threads: int, parent: int | None = None) -> None:
         threading.Thread(target=watch, daemon=True).start()
 
 
-def _execute_safely(run: Run, params_file: Path) -> tuple[str, str | None]:
+def _execute_safely(run: Run, params_file: Path) -> tuple[str, str | None, dict]:
     try:
-        execute(run, params_file)
-        return run.name, None
+        return run.name, None, execute(run, params_file)["did"]
     except Exception:  # reported by the parent with the traceback; other runs go on
-        return run.name, traceback.format_exc()
+        return run.name, traceback.format_exc(), {}
 
 
 def run_experiment(name: str, spec_file: Path, params_file: Path, workers: int | None = None,
@@ -181,16 +214,18 @@ def run_experiment(name: str, spec_file: Path, params_file: Path, workers: int |
         with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
                                  initializer=_init_worker, initargs=(threads, os.getpid())) as pool:
             results = list(pool.map(_execute_safely, runs, [params_file] * len(runs)))
-    for run_name, error in results:
+    for run_name, error, did in results:
+        add_counts(did)
         if error:
             failures.append(f"--- {run_name}\n{error}")
         else:
             print(f"done: {run_name}")
+    errors = {run_name: error for run_name, error, _ in results}
     # the experiment's manifest (also makes evals/<name> exist when the experiment evaluates nothing)
     write_json_atomic(Path("evals") / name / "experiment.json", {
         "experiment": name, "spec": str(spec_file), "eval": list(runs[0].eval_parts) if runs else [],
         "runs": [{"run": r.name, "run_dir": str(r.run_dir), "eval_dir": str(r.eval_dir),
-                  "ok": not dict(results)[r.name]} for r in runs]})
+                  "ok": not errors[r.name]} for r in runs]})
     if failures:
         raise RuntimeError(f"{len(failures)} of {len(runs)} runs of experiment {name!r} failed:\n" + "\n".join(failures))
     return runs

@@ -17,6 +17,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from selm.config import ConfigError, compose_config, validate_config
+from selm.stagelog import count
 
 # Sections of params.yaml that apply to every run of the grid; the grid item sets model, alpha, seed.
 SHARED_SECTIONS = ("train", "generation", "ranker", "data", "eval", "judge", "sft", "scale", "paths")
@@ -122,6 +123,7 @@ def sft(cfg: DictConfig) -> None:
     headroom = greedy_and_best_of_n(out, records, n=s.headroom_n, seed=s.seed,
                                     max_new_tokens=cfg.scale.max_new_tokens)
     write_json_atomic(out / "headroom.json", headroom)
+    count("bases trained")
     print(f"{cfg.model.name}: SFT {metrics['seconds']} s; greedy r* {headroom['greedy']['mean']:.3f}, "
           f"best-of-{s.headroom_n} r* {headroom[f'best_of_{s.headroom_n}']['mean']:.3f}")
 
@@ -184,7 +186,10 @@ def main(argv: list[str] | None = None) -> None:
         from selm.evaluate import evaluate_checkpoint
 
         cfg = run_config(args.params, args.base, extra=args.set)
-        evaluate_checkpoint(cfg, cfg.model.path, Path("evals") / "base" / args.base, f"{args.base}/base")
+        out = Path("evals") / "base" / args.base
+        before = (out / "metrics.json").stat().st_mtime_ns if (out / "metrics.json").exists() else None
+        evaluate_checkpoint(cfg, cfg.model.path, out, f"{args.base}/base")
+        count("checkpoint evaluations" if (out / "metrics.json").stat().st_mtime_ns != before else "evaluations kept")
     else:
         from selm.experiments import run_experiment
         from selm.io import DataError
@@ -199,4 +204,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from selm.stagelog import stage_timer
+
+    with stage_timer():
+        main()

@@ -408,4 +408,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from selm.stagelog import stage_timer
+
+    with stage_timer():
+        main()

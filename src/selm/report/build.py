@@ -258,4 +258,7 @@ def render_report(args, spec, comparison, paired, regimes, load, fig1_facts, tab
 
 
 if __name__ == "__main__":
-    main()
+    from selm.stagelog import stage_timer
+
+    with stage_timer():
+        main()
