@@ -132,9 +132,10 @@ def init_wandb(cfg: DictConfig):
         dir=cfg.logger.dir,
         config=OmegaConf.to_container(cfg, resolve=True),
         reinit="finish_previous",
-        # no system-metrics sampler or code snapshot: they cost seconds per run on 2 cores
+        # no system-metrics sampler, code snapshot or pip list (requirements.txt: ~1-3 s per run on 2
+        # cores; the versions that matter are in every checkpoint's train_metrics.json)
         settings=wandb.Settings(x_disable_stats=True, x_disable_meta=True, save_code=False, console="off",
-                                silent=True),
+                                silent=True, x_save_requirements=False),
     )
 
 
