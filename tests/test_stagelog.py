@@ -146,3 +146,4 @@ def test_what_a_run_did_is_read_from_the_files_it_wrote(tmp_path, monkeypatch):
         "runs": 1, "iterations trained": 2, "shared iterations 0 linked": 1, "r* evaluations": 1,
         "checkpoint evaluations": 2}
     assert work_done(output_state(run), output_state(run)) == {"runs": 1}
+
