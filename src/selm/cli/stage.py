@@ -134,7 +134,7 @@ def preflight(name: str, spec_file: Path, params_file: Path) -> None:
     tokenizer), the preference data, the ranker's checkpoint, the evaluation data, and a judge server
     on this machine."""
     from selm.experiments import expand, load_experiments, run_config
-    from selm.train import check_checkpoint
+    from selm.io import check_checkpoint  # not selm.train: the stage's own process never imports torch
 
     seen = set()
     for run in expand(load_experiments(spec_file), name, str(spec_file)):
