@@ -42,8 +42,10 @@ test: setup
 bench: setup
 	$(PY) -m selm.bench train
 
+# Ends with the stage time table (selm.stagetable; also results/bench/repro_stages.json), also after a failure.
 repro: setup
-	$(PY) -m dvc repro dvc.yaml
+	start=$$(date +%s.%N); status=0; $(PY) -m dvc repro dvc.yaml || status=$$?; \
+	$(PY) -m selm.stagetable --since $$start --out results/bench/repro_stages.json; exit $$status
 
 # The W&B workspace of selm.dashboard, saved (online, after `wandb login`) to the project the runs
 # were synced to with `wandb sync`.

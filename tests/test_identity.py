@@ -222,13 +222,18 @@ def stage_code(cmd: str) -> tuple[set[str], bool]:
     from selm.provenance import PACKAGE_ROOT, module_closure
 
     words = cmd.split()
-    module = words[words.index("-m") + 1]
+    module, wrapper = words[words.index("-m") + 1], set()
+    if module == "selm.stagelog":  # `python -m selm.stagelog run -- python -m <module> ...`: both run
+        wrapper = set(module_closure(module))
+        words = words[words.index("--") + 1:]
+        module = words[words.index("-m") + 1]
     if module == "selm.cli.stage":
         sub = next(w for w in words[words.index("-m") + 2:] if w in SUBCOMMANDS)
-        files = set(module_closure("selm.config", *SUBCOMMANDS[sub]))
+        files = set(module_closure("selm.config", "selm.stagelog", *SUBCOMMANDS[sub]))
         files |= {PACKAGE_ROOT / "cli" / "__init__.py", PACKAGE_ROOT / "cli" / "stage.py"}
     else:
         files = set(module_closure(module))
+    files |= wrapper
     composes = PACKAGE_ROOT / "config.py" in files
     return {str(Path("src", "selm", p.relative_to(PACKAGE_ROOT))) for p in files}, composes
 

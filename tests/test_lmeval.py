@@ -128,6 +128,18 @@ def test_prompts_go_through_the_chat_template_and_choices_end_with_eos(toy_runs)
     assert toy_runs["right"]["chat_template"].startswith("{{ bos_token }}")
 
 
+def test_the_environment_report_is_made_once_per_process(models, gold_a_world, tmp_path, monkeypatch):
+    """lm-eval asks torch for its environment report (seconds of subprocesses) on every call; the
+    record keeps none of it, so a process that evaluates many checkpoints makes it once."""
+    import torch.utils.collect_env as collect_env
+
+    calls = []
+    monkeypatch.setattr(collect_env, "get_pretty_env_info", lambda: calls.append(1) or "report")
+    for name in ("right", "wrong"):
+        run_config(models[name], "toy", world=gold_a_world, out=tmp_path / f"{name}.json", batch_size=4)
+    assert len(calls) == 1
+
+
 def test_record_has_what_must_be_recorded(toy_runs, models, gold_a_world):
     record = toy_runs["right"]
     assert record["harness"] == {"name": "lm_eval", "version": "0.4.13"}

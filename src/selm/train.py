@@ -25,26 +25,12 @@ from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from selm.data import PairCollator, PairDataset, load_pairs, pad_token_id
-from selm.io import write_json_atomic
+from selm.io import TOKENIZER_FILES, check_checkpoint, write_json_atomic  # noqa: F401 (re-exported; in io so a stage checks without torch)
 from selm.logps import compute_reference_logps, load_cached_reference_logps, store_reference_logps
 from selm.provenance import provenance
 from selm.trainer import SELMTrainer
 
 log = logging.getLogger(__name__)
-
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")  # fast, SentencePiece, BPE vocabulary
-
-
-def check_checkpoint(path: str | os.PathLike, key: str) -> Path:
-    """A checkpoint folder must exist and hold a config and a tokenizer; the error names the config key."""
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{key}={path}: not a model checkpoint (no config.json there)")
-    if not (path / "tokenizer_config.json").is_file() or not any((path / f).is_file() for f in TOKENIZER_FILES):
-        raise FileNotFoundError(f"{key}={path}: the checkpoint has no tokenizer (tokenizer_config.json and one of "
-                                f"{', '.join(TOKENIZER_FILES)} are needed)")
-    return path
 
 
 def learning_rate_for(train_cfg: DictConfig, iteration: int) -> float:
@@ -132,9 +118,10 @@ def init_wandb(cfg: DictConfig):
         dir=cfg.logger.dir,
         config=OmegaConf.to_container(cfg, resolve=True),
         reinit="finish_previous",
-        # no system-metrics sampler or code snapshot: they cost seconds per run on 2 cores
+        # no system-metrics sampler, code snapshot or pip list (requirements.txt: ~1-3 s per run on 2
+        # cores; the versions that matter are in every checkpoint's train_metrics.json)
         settings=wandb.Settings(x_disable_stats=True, x_disable_meta=True, save_code=False, console="off",
-                                silent=True),
+                                silent=True, x_save_requirements=False),
     )
 
 

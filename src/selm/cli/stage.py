@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from selm import console
 from selm.config import ConfigError, compose_config, validate_config
+from selm.stagelog import count
 
 # Sections of params.yaml that apply to every run of the grid; the grid item sets model, alpha, seed.
 SHARED_SECTIONS = ("train", "generation", "ranker", "data", "eval", "judge", "sft", "scale", "paths")
@@ -124,6 +125,7 @@ def sft(cfg: DictConfig) -> None:
     headroom = greedy_and_best_of_n(out, records, n=s.headroom_n, seed=s.seed,
                                     max_new_tokens=cfg.scale.max_new_tokens)
     write_json_atomic(out / "headroom.json", headroom)
+    count("bases trained")
     print(f"{cfg.model.name}: SFT {metrics['seconds']} s; greedy r* {headroom['greedy']['mean']:.3f}, "
           f"best-of-{s.headroom_n} r* {headroom[f'best_of_{s.headroom_n}']['mean']:.3f}")
 
@@ -134,7 +136,7 @@ def preflight(name: str, spec_file: Path, params_file: Path) -> None:
     tokenizer), the preference data, the ranker's checkpoint, the evaluation data, and a judge server
     on this machine."""
     from selm.experiments import expand, load_experiments, run_config
-    from selm.train import check_checkpoint
+    from selm.io import check_checkpoint  # not selm.train: the stage's own process never imports torch
 
     seen = set()
     for run in expand(load_experiments(spec_file), name, str(spec_file)):
@@ -190,7 +192,9 @@ def main(argv: list[str] | None = None) -> None:
         start = time.perf_counter()
         cfg = run_config(args.params, args.base, extra=args.set)
         out = Path("evals") / "base" / args.base
+        before = (out / "metrics.json").stat().st_mtime_ns if (out / "metrics.json").exists() else None
         metrics = evaluate_checkpoint(cfg, cfg.model.path, out, f"{args.base}/base")
+        count("checkpoint evaluations" if (out / "metrics.json").stat().st_mtime_ns != before else "evaluations kept")
         console.summary(f"eval-base {args.base}", f"{', '.join(cfg.eval.get('parts', PARTS))} "
                         f"-> {out} ({len([v for v in metrics.values() if isinstance(v, float)])} scores)", start)
     else:
@@ -207,5 +211,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    from selm.stagelog import stage_timer
+
     console.setup()  # library bars and info logs off unless SELM_VERBOSE=1
-    main()
+    with stage_timer():
+        main()

@@ -33,6 +33,7 @@ CLI: ``python -m selm.evals.lmeval --model DIR --config toy|paper|FILE --out FIL
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.metadata
 import importlib.util
 import math
@@ -249,6 +250,17 @@ def _write_samples(path: Path, samples: Mapping[str, list]) -> int:
     return write_jsonl_atomic(path, rows)
 
 
+def environment_report_once() -> None:
+    """lm-eval puts torch's environment report (torch.utils.collect_env.get_pretty_env_info: a
+    dozen subprocesses, ~5 s on 2 busy cores) into every result; run_lmeval keeps none of it, and it
+    cannot change within a process, so it is made once per process (the pipeline evaluates dozens
+    of checkpoints per worker)."""
+    import torch.utils.collect_env as collect_env
+
+    if not hasattr(collect_env.get_pretty_env_info, "cache_info"):
+        collect_env.get_pretty_env_info = functools.cache(collect_env.get_pretty_env_info)
+
+
 def run_lmeval(
     model_dir: str | os.PathLike,
     tasks: Sequence[str | Mapping | TaskSpec],
@@ -302,6 +314,7 @@ def run_lmeval(
     check_specs(manager, specs)
     # The LM is built here, as simple_evaluate would, to read back the chat template it applies.
     lm = get_model(model_name).create_from_arg_obj(model_kwargs, {"batch_size": batch_size, "device": device})
+    environment_report_once()
     results = lm_eval.simple_evaluate(
         model=lm,
         tasks=[group],

@@ -429,6 +429,8 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     from selm import console
+    from selm.stagelog import stage_timer
 
     console.setup()  # library bars and info logs off unless SELM_VERBOSE=1
-    main()
+    with stage_timer():
+        main()

@@ -298,6 +298,8 @@ def render_report(args, spec, comparison, paired, regimes, load, fig1_facts, tab
 
 if __name__ == "__main__":
     from selm import console
+    from selm.stagelog import stage_timer
 
     console.setup()  # library bars and info logs off unless SELM_VERBOSE=1
-    main()
+    with stage_timer():
+        main()
