@@ -53,7 +53,24 @@ def positive_markdown(result: dict) -> str:
     notes = [r for r in result["rows"] if r.get("what")]
     if notes:
         lines += [""] + [f"- {r['name']}: {r['what']}" for r in notes]
+    quality = [(r["name"], arm, r["pair_quality"][arm]) for r in result["rows"] for arm in ("dpo", "explorer")
+               if r.get("pair_quality", {}).get(arm)]
+    if quality:
+        lines += ["", "What each arm trains on (true reward r* of the online iterations' pairs, averaged over "
+                  "iterations and seeds) beside the policy the iteration starts from and what one iteration adds:",
+                  "", "| setting | arm | r*(chosen) | r*(y_ref) | r*(rejected) | policy r* at the start | "
+                  "policy r* gain per iteration |", "|---|---|---|---|---|---|---|"]
+        for name, arm, q in quality:
+            lines.append(f"| {name} | {'iterative DPO' if arm == 'dpo' else 'explorer'} | {_num(q['mean_r_star_chosen'])} "
+                         f"| {_num(q['mean_r_star_y_ref'])} | {_num(q['mean_r_star_rejected'])} "
+                         f"| {_num(q['mean_r_star_policy_start'])} | {_num(q['mean_r_star_policy_gain'], 3, True)} |")
+    lines += _unfinished(result)
     return "\n".join(lines)
+
+
+def _unfinished(result: dict) -> list[str]:
+    runs = result.get("unfinished_runs") or []
+    return ["", f"Not yet finished and left out ({len(runs)}): " + ", ".join(f"`{r}`" for r in runs)] if runs else []
 
 
 def power_markdown(result: dict) -> str:
@@ -64,8 +81,9 @@ def power_markdown(result: dict) -> str:
              f"{f['iteration']} - DPO iter {f['iteration']} = {f['selm_minus_dpo']:+.2f} LC against DPO's "
              f"{f['dpo_gain']:+.2f} over its start, a fraction {f['fraction']:.3f}; times the toy DPO arm's own gain "
              "in r* over its start it gives the paper-size effect below. MDE: paired t, two-sided 95%, power 0.8, "
-             f"with the measured spread of the paired differences; the r* between-machine floor is "
-             f"{result['rows'][0]['floor']:.3f} if any rows.",
+             "with the measured spread of the paired differences; a verdict also needs the effect to reach the r* "
+             f"between-machine floor {result['rows'][0]['floor']:.3f}. \"seeds for it\": the fewest seeds whose MDE, "
+             "with this spread, reaches the paper-size effect.",
              "",
              "| comparison | seeds | SELM - DPO [95% CI] | SELM better | sd | MDE (3 seeds) | MDE (these seeds) "
              "| paper-size effect | seeds for it | verdict |",
@@ -74,7 +92,8 @@ def power_markdown(result: dict) -> str:
         need = "never (below the floor)" if r["paper_effect_below_floor"] else (r["seeds_for_paper_effect"] or "> 200")
         lines.append(f"| {r['name']} | {r['n']} | {_num(r['mean_diff'], 3, True)} {_interval(r)} | {r['n_selm_greater']}/{r['n']} "
                      f"| {_num(r['sd'])} | {_num(r['mde_3_seeds'])} | {_num(r['mde_at_n'])} | {_num(r['paper_effect'])} "
-                     f"| {need} | {r['verdict']}{'' if not r['reason'] else ' (' + r['reason'] + ')'} |")
+                     f"| {need} | {r['verdict']}{'' if not r['reason'] else ' (' + r['reason'].replace('|', chr(92) + '|') + ')'} |")
+    lines += _unfinished(result)
     return "\n".join(lines)
 
 

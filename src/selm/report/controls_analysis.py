@@ -67,8 +67,9 @@ def run_metrics(run_dir: Path, eval_dir: Path, start_iteration: str = "iter0") -
     return out
 
 
-def arm(cells: list[str], root: Path = Path(".")) -> dict[int, dict]:
-    """seed -> metrics over the union of the cells' seeds (module doc)."""
+def arm(cells: list[str], root: Path = Path("."), unfinished: list | None = None) -> dict[int, dict]:
+    """seed -> metrics over the union of the cells' seeds (module doc). With a list `unfinished`, a
+    run folder without summary.json is appended to it instead of stopping the analysis."""
     by_seed: dict[int, dict] = {}
     where: dict[int, str] = {}
     for cell in cells:
@@ -78,6 +79,9 @@ def arm(cells: list[str], root: Path = Path(".")) -> dict[int, dict]:
             raise FileNotFoundError(f"{cell_dir}: no run folders (seed*)")
         for sd in seeds:
             seed = int(sd.name.removeprefix("seed"))
+            if unfinished is not None and not (sd / "summary.json").is_file():
+                unfinished.append(str(sd))
+                continue
             m = run_metrics(sd, root / "evals" / cell / sd.name)
             if seed in by_seed:
                 if not math.isclose(by_seed[seed]["r_star"], m["r_star"], abs_tol=1e-12):
@@ -148,7 +152,39 @@ def power_row(name: str, dpo: dict[int, dict], selm: dict[int, dict], fraction: 
             "seeds": seeds}
 
 
-def analyze(spec_path: Path, root: Path = Path(".")) -> dict[str, dict]:
+def pair_quality(cells: list[str], root: Path = Path(".")) -> dict:
+    """Why an explorer helps or not: the true reward r* of what the loop trains on (chosen, rejected,
+    y_ref of each online iteration's pairs) beside the r* of the policy that iteration starts from,
+    averaged over the arm's iterations and seeds (toy world only: needs the records' gold answers)."""
+    from selm.io import read_jsonl
+    from selm.world import true_reward
+
+    sums: dict[str, list[float]] = {"chosen": [], "rejected": [], "y_ref": [], "policy_start": [], "policy_gain": []}
+    records: dict[str, dict] = {}
+    for cell in cells:
+        for sd in sorted((root / "runs" / cell).glob("seed*")):
+            if not (sd / "summary.json").is_file():
+                continue
+            config = json.loads((sd / "config.json").read_text())
+            source = root / config["data"]["train_prefs"]
+            if str(source) not in records:
+                records[str(source)] = {r["prompt_id"]: r for r in read_jsonl(source)}
+            rows, summary = records[str(source)], json.loads((sd / "summary.json").read_text())
+            for it in sorted(sd.glob("iter*")):
+                t = int(it.name[4:])
+                if t == 0 or not (it / "responses.jsonl").is_file():
+                    continue
+                pairs = read_jsonl(it / "pairs.jsonl")
+                for kind, key in (("chosen", "chosen"), ("rejected", "rejected"), ("y_ref", "response")):
+                    sums[kind].append(statistics.fmean(true_reward(rows[p["prompt_id"]], p[key]) for p in pairs))
+                sums["policy_start"].append(summary[f"iter{t - 1}"]["mean_reward"])
+                sums["policy_gain"].append(summary[f"iter{t}"]["mean_reward"] - summary[f"iter{t - 1}"]["mean_reward"])
+    if not sums["chosen"]:
+        return {}
+    return {f"mean_r_star_{k}": statistics.fmean(v) for k, v in sums.items()} | {"iterations": len(sums["chosen"])}
+
+
+def analyze(spec_path: Path, root: Path = Path("."), allow_unfinished: bool = False) -> dict[str, dict]:
     spec = OmegaConf.load(spec_path)
     if "controls" not in spec:
         raise KeyError(f"{spec_path}: no `controls` section")
@@ -156,17 +192,20 @@ def analyze(spec_path: Path, root: Path = Path(".")) -> dict[str, dict]:
     fraction = paper_fraction(root / "results" / "paper" / "table1_alpacaeval_mtbench.csv", c.get("paper_base", "zephyr"))
     out = {}
     if "positive" in c:
-        rows = []
+        rows, unfinished = [], [] if allow_unfinished else None
         for item in c["positive"]:
-            dpo, explorer = arm(item["dpo"], root), arm(item["explorer"], root)
+            dpo, explorer = arm(item["dpo"], root, unfinished), arm(item["explorer"], root, unfinished)
             rows.append({"name": item["name"], "dpo": item["dpo"], "explorer": item["explorer"],
                          "what": item.get("what", ""), "tests": compare(explorer, dpo),
-                         "dpo_gain_over_start": statistics.fmean(m["r_star"] - m["start_r_star"] for m in dpo.values())})
-        out["positive_control"] = {"rows": rows, "paper_fraction": fraction}
+                         "dpo_gain_over_start": statistics.fmean(m["r_star"] - m["start_r_star"] for m in dpo.values()),
+                         "pair_quality": {"dpo": pair_quality(item["dpo"], root),
+                                          "explorer": pair_quality(item["explorer"], root)}})
+        out["positive_control"] = {"rows": rows, "paper_fraction": fraction, "unfinished_runs": unfinished or []}
     if "power" in c:
-        rows = [power_row(item["name"], arm(item["dpo"], root), arm(item["selm"], root), fraction["fraction"])
-                for item in c["power"]]
-        out["power"] = {"rows": rows, "paper_fraction": fraction,
+        unfinished = [] if allow_unfinished else None
+        rows = [power_row(item["name"], arm(item["dpo"], root, unfinished), arm(item["selm"], root, unfinished),
+                          fraction["fraction"]) for item in c["power"]]
+        out["power"] = {"rows": rows, "paper_fraction": fraction, "unfinished_runs": unfinished or [],
                         "rule": "paired t over seeds, two-sided 95%, power 0.8 (selm.report.stats.mde); a verdict "
                                 "needs the interval to exclude 0 and |effect| >= max(MDE, r* floor)"}
     return out
@@ -176,11 +215,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spec", type=Path, default=Path("experiments/toy_controls.yaml"))
     parser.add_argument("--out", type=Path, default=Path("results/toy/controls"))
+    parser.add_argument("--allow-unfinished", action="store_true",
+                        help="analyse the finished runs and list the unfinished ones in the JSON (default: stop)")
     args = parser.parse_args(argv)
     spec = OmegaConf.to_container(OmegaConf.load(args.spec), resolve=True)
     prov = {**provenance(spec, command=f"python -m selm.report.controls_analysis --spec {args.spec}"),
             "spec": str(args.spec), "spec_hash": config_hash(spec)}
-    for name, result in analyze(args.spec).items():
+    for name, result in analyze(args.spec, allow_unfinished=args.allow_unfinished).items():
         write_json_atomic(args.out / f"{name}.json", {**result, "provenance": prov})
         print(f"wrote {args.out / f'{name}.json'}")
 
