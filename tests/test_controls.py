@@ -131,3 +131,31 @@ def test_report_section_renders_what_exists(tmp_path):
     assert "`experiments/toy_controls.yaml` (commit abc1234567)" in text
     assert "| s | r* (greedy) | 5 | 0.600 | 0.550 | +0.050 [+0.030, +0.070] | 5/5 | positive |" in text
     assert "Power" not in text
+
+
+def test_positive_reading_says_why_only_when_the_numbers_say_so():
+    t = {"n": 5, "mean_diff": 0.001, "ci_low": -0.01, "ci_high": 0.012, "verdict": "inconclusive"}
+    q = {"mean_r_star_chosen": 0.84, "mean_r_star_y_ref": 0.53, "mean_r_star_policy_start": 0.51,
+         "mean_r_star_policy_gain": 0.02}
+    row = {"name": "s", "tests": {"r_star": t}, "pair_quality": {"dpo": q, "explorer": {**q, "mean_r_star_chosen": 0.89}}}
+    text = controls.positive_reading(row)
+    assert "cannot show that better exploration helps" in text and "limited by how far an iteration moves" in text
+    row["pair_quality"]["dpo"]["mean_r_star_chosen"] = 0.70  # gap to the policy 0.19; the explorer adds 0.30 of it
+    row["pair_quality"]["explorer"]["mean_r_star_chosen"] = 1.0
+    assert "limited by" not in controls.positive_reading(row)
+    row["tests"]["r_star"] = {**t, "mean_diff": 0.05, "ci_low": 0.04, "ci_high": 0.06, "verdict": "positive"}
+    assert "can see an exploration gain" in controls.positive_reading(row)
+
+
+def test_mechanism_table_renders_one_row_per_alpha(tmp_path):
+    row = {"alpha": 0.1, "grad_ratio_optimism_to_dpo": 0.078, "mean_train_grad_norm": 1.79, "dlogp_y_w": 0.148,
+           "dlogp_y_l": -0.246, "dlogp_y_ref": -0.05, "dlogp_y_ref_when_chosen": 0.036, "dlogp_y_ref_when_neither": -0.06,
+           "r_star": 0.515, "n_y_ref_chosen": 1, "n_y_ref_rejected": 0, "n_y_ref_neither": 1}
+    result = {"start": "s", "n_pairs": 2, "pairs": "p", "beta": 0.1, "lr": 3e-5, "max_grad_norm": 1.0,
+              "start_logp_means": {"y_w": -5.8, "y_l": -8.8, "y_ref": -2.6},
+              "gradients_at_start": {"grad_norm_dpo": 0.687, "grad_norm_optimism_per_alpha": 0.539,
+                                     "cosine_dpo_optimism": -0.055}, "rows": [row]}
+    (tmp_path / "mechanism.json").write_text(json.dumps(result))
+    text = controls.render(tmp_path)
+    assert "| 0.1 | 0.078 | 1.79 | +0.148 | -0.246 | -0.050 | +0.036 | -0.060 | 0.515 |" in text
+    assert "clipped to norm 1 per step" in text

@@ -64,8 +64,36 @@ def positive_markdown(result: dict) -> str:
             lines.append(f"| {name} | {'iterative DPO' if arm == 'dpo' else 'explorer'} | {_num(q['mean_r_star_chosen'])} "
                          f"| {_num(q['mean_r_star_y_ref'])} | {_num(q['mean_r_star_rejected'])} "
                          f"| {_num(q['mean_r_star_policy_start'])} | {_num(q['mean_r_star_policy_gain'], 3, True)} |")
+    lines += ["", *[positive_reading(r) for r in result["rows"]]]
     lines += _unfinished(result)
     return "\n".join(lines)
+
+
+def positive_reading(row: dict) -> str:
+    """One sentence per setting: does the instrument see the explorer's gain, and if not, the numbers
+    that say why (what the explorer adds to the chosen answers against what one iteration learns)."""
+    t = row["tests"].get("r_star")
+    if t is None:
+        return f"- {row['name']}: fewer than two paired seeds; no reading."
+    if t["verdict"] == "positive":
+        return (f"- {row['name']}: the explorer's gain in r* ({t['mean_diff']:+.3f}) is CI-separated and above the "
+                "threshold: the toy grid can see an exploration gain of this size.")
+    text = (f"- {row['name']}: no CI-separated gain in r* ({t['mean_diff']:+.3f} {_interval(t)}, {t['verdict']}): "
+            "in this setting the toy grid cannot show that better exploration helps, so a SELM-vs-DPO null here "
+            "says nothing about the paper's claim.")
+    q = row.get("pair_quality", {})
+    if q.get("dpo") and q.get("explorer"):
+        d, e = q["dpo"], q["explorer"]
+        text += (f" The explorer raises r*(y_ref) from {d['mean_r_star_y_ref']:.3f} to {e['mean_r_star_y_ref']:.3f} but "
+                 f"r*(chosen) from {d['mean_r_star_chosen']:.3f} to {e['mean_r_star_chosen']:.3f}, while the policy "
+                 f"({d['mean_r_star_policy_start']:.3f} at an iteration's start) gains {d['mean_r_star_policy_gain']:+.3f} "
+                 "per iteration.")
+        gap = d["mean_r_star_chosen"] - d["mean_r_star_policy_start"]
+        if e["mean_r_star_chosen"] - d["mean_r_star_chosen"] < 0.5 * gap and d["mean_r_star_policy_gain"] < 0.5 * gap:
+            text += (" DPO's chosen answers are already far above the policy (the corpus's y_w is good) and one "
+                     "iteration closes little of that gap: the loop is limited by how far an iteration moves the "
+                     "policy, not by what it explores.")
+    return text
 
 
 def _unfinished(result: dict) -> list[str]:
@@ -98,22 +126,30 @@ def power_markdown(result: dict) -> str:
 
 
 def mechanism_markdown(result: dict) -> str:
-    g = result["gradients_at_start"]
+    g, r0 = result["gradients_at_start"], result["rows"][0]
     lines = ["### Mechanism: what the optimism term does to log pi(y_ref) in one iteration",
              "",
+             f"Built by the `mechanism` stage of experiments/controls/dvc.yaml (commit "
+             f"{str(result.get('provenance', {}).get('git_commit', '?'))[:10]}). "
              f"One iteration per alpha from the same start ({result['start']}, {result['n_pairs']} pairs of "
              f"{result['pairs']}, beta {result['beta']}, lr {result['lr']:g}). At the start (pi = pi_ref) the DPO "
              f"term's gradient norm is {g['grad_norm_dpo']:.3g} and the optimism term's is "
              f"{g['grad_norm_optimism_per_alpha']:.3g} x alpha; their cosine is {g['cosine_dpo_optimism']:+.2f}. "
-             "Changes are in summed log-prob (nats), after minus before, averaged over the iteration's pairs.",
+             "Changes are in summed log-prob (nats), after minus before, averaged over the iteration's pairs "
+             f"(start means: log pi(y_w) {result['start_logp_means']['y_w']:.2f}, log pi(y_l) "
+             f"{result['start_logp_means']['y_l']:.2f}, log pi(y_ref) {result['start_logp_means']['y_ref']:.2f}). "
+             + (f"Gradients are clipped to norm {result['max_grad_norm']:g} per step, so the terms share one update "
+                "budget. " if "max_grad_norm" in result else "")
+             + f"y_ref is the chosen answer in {r0['n_y_ref_chosen']}, the rejected one in {r0['n_y_ref_rejected']} "
+             f"and neither in {r0['n_y_ref_neither']} pairs.",
              "",
-             "| alpha | optimism/DPO gradient norm | d log pi(y_w) | d log pi(y_l) | d log pi(y_ref) "
-             "| d log pi(y_ref), y_ref chosen | d log pi(y_ref), y_ref neither | r* after |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| alpha | optimism/DPO gradient norm at start | mean gradient norm in training | d log pi(y_w) | d log pi(y_l) "
+             "| d log pi(y_ref) | d log pi(y_ref), y_ref chosen | d log pi(y_ref), y_ref neither | r* after |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
-        lines.append(f"| {r['alpha']:g} | {r['grad_ratio_optimism_to_dpo']:.3g} | {_num(r['dlogp_y_w'], 2, True)} "
-                     f"| {_num(r['dlogp_y_l'], 2, True)} | {_num(r['dlogp_y_ref'], 2, True)} "
-                     f"| {_num(r['dlogp_y_ref_when_chosen'], 2, True)} | {_num(r['dlogp_y_ref_when_neither'], 2, True)} "
+        lines.append(f"| {r['alpha']:g} | {r['grad_ratio_optimism_to_dpo']:.3g} | {r['mean_train_grad_norm']:.2f} "
+                     f"| {_num(r['dlogp_y_w'], 3, True)} | {_num(r['dlogp_y_l'], 3, True)} | {_num(r['dlogp_y_ref'], 3, True)} "
+                     f"| {_num(r['dlogp_y_ref_when_chosen'], 3, True)} | {_num(r['dlogp_y_ref_when_neither'], 3, True)} "
                      f"| {_num(r['r_star'])} |")
     return "\n".join(lines)
 

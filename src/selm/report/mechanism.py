@@ -138,6 +138,7 @@ def probe(run_dir: Path, iteration: int, alphas: list[float], work: Path, test_p
         shutil.rmtree(out)
     return {"run": str(run_dir), "iteration": iteration, "start": str(start), "pairs": str(pairs_path),
             "n_pairs": len(pairs), "beta": float(cfg.train.beta), "lr": float(cfg.train.learning_rates[iteration]),
+            "max_grad_norm": float(cfg.train.max_grad_norm), "steps": len(history),
             "start_logp_means": {k: float(before[:, i].mean()) for i, k in enumerate(("y_w", "y_l", "y_ref"))},
             "gradients_at_start": grads, "rows": rows}
 
