@@ -159,3 +159,13 @@ def test_mechanism_table_renders_one_row_per_alpha(tmp_path):
     text = controls.render(tmp_path)
     assert "| 0.1 | 0.078 | 1.79 | +0.148 | -0.246 | -0.050 | +0.036 | -0.060 | 0.515 |" in text
     assert "clipped to norm 1 per step" in text
+
+
+def test_unfinished_runs_are_listed_only_when_asked(tmp_path):
+    _run(tmp_path, "e/c/alpha0.0", 1, [0.5, 0.6])
+    (tmp_path / "runs" / "e" / "c" / "alpha0.0" / "seed2").mkdir()  # started, no summary.json
+    with pytest.raises(FileNotFoundError, match="seed2/summary.json: the run has not finished"):
+        ca.arm(["e/c/alpha0.0"], tmp_path)
+    missing: list = []
+    assert sorted(ca.arm(["e/c/alpha0.0", "e/none/alpha0.0"], tmp_path, missing)) == [1]
+    assert missing == [str(tmp_path / "runs" / "e" / "c" / "alpha0.0" / "seed2"), str(tmp_path / "runs" / "e" / "none" / "alpha0.0")]

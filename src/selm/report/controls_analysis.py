@@ -76,6 +76,9 @@ def arm(cells: list[str], root: Path = Path("."), unfinished: list | None = None
         cell_dir = root / "runs" / cell
         seeds = sorted(cell_dir.glob("seed*"))
         if not seeds:
+            if unfinished is not None:
+                unfinished.append(str(cell_dir))
+                continue
             raise FileNotFoundError(f"{cell_dir}: no run folders (seed*)")
         for sd in seeds:
             seed = int(sd.name.removeprefix("seed"))
