@@ -246,3 +246,23 @@ def test_the_stage_process_checks_its_inputs_without_importing_torch(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
     assert done.stdout.splitlines() == ["refused: model.path=models/tiny-sft: not a model checkpoint (no config.json "
                                         "there)", "torch imported: False"]
+
+
+def test_a_cell_may_run_its_own_seeds():
+    spec = OmegaConf.create({"seeds": [1, 2], "experiments": {"x": {"alphas": [0.0, 0.5], "cells": {
+        "a": {"model": "tiny-sft"}, "b": {"model": "tiny-sft", "seeds": [7], "alphas": [0.1]}}}}})
+    runs = [(r.cell, r.seed) for r in expand(spec, "x")]
+    assert runs == [("a/alpha0.0", 1), ("a/alpha0.0", 2), ("a/alpha0.5", 1), ("a/alpha0.5", 2), ("b/alpha0.1", 7)]
+    assert all("seeds" not in r.values for r in expand(spec, "x"))  # not a config value of the run
+
+
+def test_controls_spec_expands_and_names_existing_cells():
+    spec = load_experiments(ROOT / "experiments" / "toy_controls.yaml")
+    toy = load_experiments(ROOT / "experiments" / "toy.yaml")
+    cells = {f"{n}/{r.cell}" for s in (spec, toy) for n in s.experiments for r in expand(s, n)}
+    c = spec.controls
+    named = [x for item in [*c.positive, *c.power] for key in ("dpo", "explorer", "selm") for x in item.get(key, [])]
+    assert named and set(named) <= cells, set(named) - cells
+    for n in spec.experiments:
+        for r in expand(spec, n):
+            run_config(r, ROOT / "params.yaml")  # every cell composes and validates

@@ -267,3 +267,51 @@ def test_test_answers_without_true_reward_outside_the_toy_world():
     assert metrics == {"n": 1, "mean_length": 9.0} and rows == [{"prompt_id": "a", "answer": "an answer"}]
     with pytest.raises(ValueError, match="coverage_samples > 0 needs the toy world's true reward"):
         evaluate_true_reward(Backend(), records, gen, coverage_samples=2)
+
+
+def test_best_of_k_y_ref_is_the_rankers_best_sample():
+    from selm.loop import best_of_k_responses
+
+    class Backend:  # k samples per prompt, recorded so the call can be checked
+        calls = []
+
+        def generate(self, prompts, *, n, do_sample, temperature, top_p, max_new_tokens, seed):
+            self.calls.append((n, do_sample, temperature, seed))
+            return [[f"{p}-s{i}" for i in range(n)] for p in prompts]
+
+    rows = [uf_row("a", "pa", "x", "y"), uf_row("b", "pb", "x", "y")]
+    scores = {"pa-s0": 0.1, "pa-s1": 0.9, "pa-s2": 0.5, "pb-s0": 0.7, "pb-s1": 0.2, "pb-s2": 0.7}  # pb: tie -> s0
+    gen = OmegaConf.create({"do_sample": False, "temperature": 0.7, "top_p": 1.0, "max_new_tokens": 4})
+    backend = Backend()
+    out = best_of_k_responses(backend, rows, gen, seed=5, k=3, ranker=TableRanker(scores))
+    assert [r["response"] for r in out] == ["pa-s1", "pb-s0"]
+    assert out[0]["candidates"] == ["pa-s0", "pa-s1", "pa-s2"]
+    assert backend.calls == [(3, True, 0.7, 5)]  # sampled even though generation.do_sample is false
+
+
+def test_y_ref_samples_must_be_a_positive_integer():
+    from selm.loop import y_ref_samples
+
+    assert y_ref_samples(OmegaConf.create({"name": "iterative"})) == 1  # absent: the paper's y_ref
+    assert y_ref_samples(OmegaConf.create({"name": "best_of_k", "y_ref_samples": 8})) == 8
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="variant.y_ref_samples must be an integer >= 1"):
+            y_ref_samples(OmegaConf.create({"name": "v", "y_ref_samples": bad}))
+
+
+def test_best_of_k_loop_picks_y_ref_among_k_samples(tiny_model, tiny_world, tmp_path):
+    from selm.world import OracleRanker
+
+    run = run_loop(loop_cfg(tiny_model, tiny_world, tmp_path / "run", "variant=best_of_k", "variant.y_ref_samples=3",
+                            "train.alpha=0.0", "model.offline_dpo_iteration=false", "model.iterations=[1]"))
+    responses = [json.loads(line) for line in (run / "iter1" / "responses.jsonl").read_text().splitlines()]
+    prefs = {json.loads(line)["prompt_id"]: json.loads(line)
+             for line in (tiny_world / "train_prefs.jsonl").read_text().splitlines()}
+    ranker = OracleRanker(noise=0.1, salt="ranker")
+    for r in responses:
+        assert len(r["candidates"]) == 3
+        scores = ranker.score(prefs[r["prompt_id"]], r["candidates"])
+        assert r["response"] == r["candidates"][scores.index(max(scores))]
+    with pytest.raises(ValueError, match="pairs=original never uses"):
+        run_loop(loop_cfg(tiny_model, tiny_world, tmp_path / "run2", "variant=stepwise", "+variant.y_ref_samples=2",
+                          "train.alpha=0.0"))

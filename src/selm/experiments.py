@@ -81,6 +81,7 @@ def expand(spec: DictConfig, name: str, source: str = "experiments") -> list[Run
     for cell, overrides in exp.cells.items():
         overrides = OmegaConf.to_container(overrides, resolve=True)
         alphas = overrides.pop("alphas", list(exp.alphas))  # a cell may sweep its own alphas (per base at the paper scale)
+        cell_seeds = overrides.pop("seeds", seeds)  # and run its own seeds (the controls reuse other cells' seeds)
         if "model" not in overrides and "experiment" not in overrides:
             raise KeyError(f"{source}: experiments.{name}.cells.{cell} names no model (or experiment)")
         bad = [k for k in overrides if "." not in k and k not in GROUP_KEYS]
@@ -90,7 +91,7 @@ def expand(spec: DictConfig, name: str, source: str = "experiments") -> list[Run
         groups = {k: v for k, v in overrides.items() if k in GROUP_KEYS}
         values = {k: v for k, v in overrides.items() if k not in GROUP_KEYS}
         for alpha in alphas:
-            for seed in seeds:
+            for seed in cell_seeds:
                 runs.append(Run(name, f"{cell}/alpha{float(alpha)}", float(alpha), int(seed), groups, values,
                                 tuple(exp.get("eval", [])), config_name, use_params))
     return runs

@@ -3,6 +3,7 @@
     for t in iterations:
         D_t    = t-th contiguous slice of train_prefs (no replay)
         y_ref  = pi_{t-1}(x) for each prompt of D_t              -> iter{t}/responses.jsonl
+                 (variant.y_ref_samples = k > 1: the ranker's best of k samples, the positive control)
         rank {y_ref, y_w, y_l}: best -> chosen, worst -> rejected -> iter{t}/pairs.jsonl
         pi_t   = train from pi_{t-1} with reference pi_{t-1}      -> iter{t}/model/
         greedy answers of pi_t on the test prompts, true reward  -> iter{t}/eval.json
@@ -167,6 +168,23 @@ def generate_responses(backend, rows: list[dict], gen: DictConfig, seed: int) ->
     return [{"prompt_id": r["prompt_id"], "prompt": r["prompt"], "response": a[0]} for r, a in zip(rows, answers)]
 
 
+def best_of_k_responses(backend, rows: list[dict], gen: DictConfig, seed: int, k: int, ranker) -> list[dict]:
+    """y_ref = the ranker's best of k answers sampled from pi_{t-1} (at generation.temperature and
+    top_p, whatever generation.do_sample says): the positive control's explorer (variant.y_ref_samples
+    = k > 1). Each row also records the k candidates, so the choice can be checked."""
+    samples = backend.generate([r["prompt"] for r in rows], n=k, do_sample=True, temperature=gen.temperature,
+                               top_p=gen.top_p, max_new_tokens=gen.max_new_tokens, seed=seed)
+    out = []
+    for row, candidates in zip(rows, samples):
+        if len(candidates) != k:
+            raise ValueError(f"generation returned {len(candidates)} samples for prompt_id {row['prompt_id']}, "
+                             f"expected {k}")
+        best = ranker.rank(row, list(candidates))[0]
+        out.append({"prompt_id": row["prompt_id"], "prompt": row["prompt"], "response": candidates[best],
+                    "candidates": list(candidates)})
+    return out
+
+
 def evaluate_true_reward(backend, records: list[dict], gen: DictConfig, coverage_samples: int = 0,
                          high_reward: float = 1.0) -> tuple[dict, list[dict]]:
     """Greedy answers to the test prompts, scored by the toy world's true reward r* where the
@@ -311,6 +329,8 @@ def run_loop(cfg: DictConfig) -> Path:
     if variant.pairs not in PAIR_RULES or variant.reference not in ("previous", "base"):
         raise ValueError(f"variant={variant.name}: pairs must be one of {'|'.join(PAIR_RULES)} and reference "
                          "previous|base")
+    if y_ref_samples(variant) > 1 and variant.pairs == "original":
+        raise ValueError(f"variant={variant.name}: variant.y_ref_samples > 1 picks a y_ref, which pairs=original never uses")
     if variant.pairs == "original" and cfg.train.alpha != 0:
         raise ValueError(f"variant={variant.name} keeps the original pairs, which have no y_ref: "
                          f"train.alpha={cfg.train.alpha} needs y_ref (use alpha 0)")
@@ -359,8 +379,15 @@ def _train_online_iteration(cfg: DictConfig, t: int, rows: list[dict], previous:
             write_jsonl_atomic(pairs_path, original_pairs(rows, str(cfg.data.train_prefs)))
         else:
             responses_path = it_dir / "responses.jsonl"
+            k = y_ref_samples(variant)
             if not responses_path.exists():
-                responses = generate_responses(backend_from_config(cfg, previous), rows, cfg.generation, cfg.train.seed + t)
+                backend = backend_from_config(cfg, previous)
+                if k > 1:
+                    ranker = ranker or _make_ranker(cfg)
+                    responses = best_of_k_responses(backend, rows, cfg.generation, cfg.train.seed + t, k, ranker)
+                else:
+                    responses = generate_responses(backend, rows, cfg.generation, cfg.train.seed + t)
+                del backend
                 write_jsonl_atomic(responses_path, responses)
                 _release_accelerator_memory()  # the generation engine is gone; training needs the memory
             responses = read_jsonl(responses_path, RESPONSES_SCHEMA)
@@ -447,6 +474,15 @@ def _link_copy(src: Path, dst: Path) -> None:
     if dst.is_dir():
         shutil.rmtree(dst)
     os.replace(tmp, dst)
+
+
+def y_ref_samples(variant: DictConfig) -> int:
+    """variant.y_ref_samples: 1 (absent) is the paper's y_ref, one answer of pi_{t-1}; k > 1 is the
+    ranker's best of k samples (the positive control, conf/variant/best_of_k.yaml)."""
+    k = variant.get("y_ref_samples", 1)
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"variant={variant.name}: variant.y_ref_samples must be an integer >= 1, got {k!r}")
+    return k
 
 
 def _release_accelerator_memory() -> None:
