@@ -225,7 +225,7 @@ def stage_code(cmd: str) -> tuple[set[str], bool]:
     module = words[words.index("-m") + 1]
     if module == "selm.cli.stage":
         sub = next(w for w in words[words.index("-m") + 2:] if w in SUBCOMMANDS)
-        files = set(module_closure("selm.config", *SUBCOMMANDS[sub]))
+        files = set(module_closure("selm.config", "selm.compose", *SUBCOMMANDS[sub]))
         files |= {PACKAGE_ROOT / "cli" / "__init__.py", PACKAGE_ROOT / "cli" / "stage.py"}
     else:
         files = set(module_closure(module))

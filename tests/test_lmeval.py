@@ -17,7 +17,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from selm.evals import lmeval
-from selm.evals.lmeval import TaskSpec, load_lmeval_config, run_config, run_lmeval
+from selm.evals.lmeval import TaskSpec, load_lmeval_config, run_lmeval, run_suite
 from selm.tiny import build_tokenizer, build_tiny_model
 from selm.world.build import build_world
 
@@ -94,7 +94,7 @@ def toy_runs(models, gold_a_world, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
     runs = {}
     for name, model in models.items():
-        record = run_config(model, "toy", world=gold_a_world, out=out / f"{name}.json",
+        record = run_suite(model, "toy", world=gold_a_world, out=out / f"{name}.json",
                             samples_out=out / f"{name}_samples.jsonl", batch_size=4)
         assert json.loads((out / f"{name}.json").read_text()) == record
         record["samples"] = [json.loads(line) for line in (out / f"{name}_samples.jsonl").read_text().splitlines()]

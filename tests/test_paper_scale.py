@@ -99,7 +99,7 @@ def _overrides(argv: list[str]) -> tuple[str, list[str]]:
 
 
 def test_every_stage_command_exists_and_composes():
-    from selm.experiments import expand, load_experiments, run_config
+    from selm.experiments import expand, load_experiments
 
     params = OmegaConf.load(ROOT / "scales/paper/params.yaml")
     spec = load_experiments(ROOT / "experiments/paper.yaml")
@@ -118,7 +118,7 @@ def test_every_stage_command_exists_and_composes():
         if kind == "experiment":
             assert outs == [f"runs/{key}", f"evals/{key}"]
             for run in expand(spec, key):  # every run composes, lands in the stage's outputs, reads its deps
-                cfg = run_config(run, None)
+                cfg = run.config(None)
                 assert cfg.run_dir.startswith(f"runs/{key}/") and cfg.model.path in deps and cfg.ranker.path in deps
                 assert cfg.data.slice_size in (15_283, 20_378) and cfg.data.train_prefs.startswith("data/ultrafeedback")
         elif kind == "eval_base":
@@ -132,10 +132,10 @@ def test_every_stage_command_exists_and_composes():
 
 
 def test_paper_grid_has_the_papers_alphas_and_hyperparameters():
-    from selm.experiments import expand, load_experiments, run_config
+    from selm.experiments import expand, load_experiments
 
     spec = load_experiments(ROOT / "experiments/paper.yaml")
-    runs = {r.name: run_config(r, None) for n in spec.experiments for r in expand(spec, n)}
+    runs = {r.name: r.config(None) for n in spec.experiments for r in expand(spec, n)}
     main = {(c.model.name, c.train.alpha) for n, c in runs.items() if n.startswith("paper_main/")}
     assert main == {("zephyr-7b-sft", 0.0), ("zephyr-7b-sft", 0.001), ("llama3-8b-instruct", 0.0),
                     ("llama3-8b-instruct", 0.0001)}  # docs/paper.md: alpha 0.001 Zephyr, 0.0001 Llama-3; 0 = DPO

@@ -269,7 +269,7 @@ def _iteration_dirs(run_dir: Path) -> dict[int, Path]:
 def run_loop(cfg: DictConfig) -> Path:
     """Run (or resume) every iteration of one base x method x seed; return the run folder."""
     from selm.logps import model_fingerprint
-    from selm.train import check_checkpoint
+    from selm.checkpoints import check_checkpoint
 
     run_dir = Path(cfg.run_dir)
     base = check_checkpoint(cfg.model.path, "model.path")

@@ -11,7 +11,6 @@ and a rerun resumes from the newest one.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -24,27 +23,15 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments,
 from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_utils import get_last_checkpoint
 
+from selm.checkpoints import check_checkpoint
 from selm.data import PairCollator, PairDataset, load_pairs, pad_token_id
 from selm.io import write_json_atomic
 from selm.logps import compute_reference_logps, load_cached_reference_logps, store_reference_logps
 from selm.provenance import provenance
+from selm.tracking import init_wandb
 from selm.trainer import SELMTrainer
 
 log = logging.getLogger(__name__)
-
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")  # fast, SentencePiece, BPE vocabulary
-
-
-def check_checkpoint(path: str | os.PathLike, key: str) -> Path:
-    """A checkpoint folder must exist and hold a config and a tokenizer; the error names the config key."""
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{key}={path}: not a model checkpoint (no config.json there)")
-    if not (path / "tokenizer_config.json").is_file() or not any((path / f).is_file() for f in TOKENIZER_FILES):
-        raise FileNotFoundError(f"{key}={path}: the checkpoint has no tokenizer (tokenizer_config.json and one of "
-                                f"{', '.join(TOKENIZER_FILES)} are needed)")
-    return path
 
 
 def learning_rate_for(train_cfg: DictConfig, iteration: int) -> float:
@@ -106,35 +93,6 @@ def training_arguments(cfg: DictConfig, output_dir: Path, precision: str, report
         disable_tqdm=not t.progress_bar,
         use_cpu=not torch.cuda.is_available(),
         ddp_find_unused_parameters=False,  # every parameter gets a gradient: skip the extra graph traversal
-    )
-
-
-def wandb_run_id(cfg: DictConfig) -> str:
-    """A W&B run id fixed by project, group and name, so the evaluation of a checkpoint logs into
-    the run that trained it (offline runs with one id are merged by `wandb sync` in start order)."""
-    key = f"{cfg.logger.project}/{cfg.logger.group}/{cfg.logger.name}"
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
-
-
-def init_wandb(cfg: DictConfig):
-    """Open the W&B run ourselves so it carries the whole composed config, group and name."""
-    if not cfg.logger.wandb:
-        return None
-    import wandb
-
-    os.environ.setdefault("WANDB_MODE", cfg.logger.mode)
-    return wandb.init(
-        project=cfg.logger.project,
-        group=cfg.logger.group,
-        name=cfg.logger.name,
-        id=wandb_run_id(cfg),
-        resume="allow",
-        dir=cfg.logger.dir,
-        config=OmegaConf.to_container(cfg, resolve=True),
-        reinit="finish_previous",
-        # no system-metrics sampler or code snapshot: they cost seconds per run on 2 cores
-        settings=wandb.Settings(x_disable_stats=True, x_disable_meta=True, save_code=False, console="off",
-                                silent=True),
     )
 
 

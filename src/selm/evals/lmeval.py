@@ -354,7 +354,7 @@ def run_lmeval(
     return record
 
 
-def run_config(model_dir: str | os.PathLike, config: str | os.PathLike | Mapping, **overrides) -> dict:
+def run_suite(model_dir: str | os.PathLike, config: str | os.PathLike | Mapping, **overrides) -> dict:
     """`run_lmeval` with the settings of a conf/lmeval file (name, path or loaded dict); keyword
     arguments win over the file's values (None means: keep the file's)."""
     cfg = dict(config) if isinstance(config, Mapping) else load_lmeval_config(config)
@@ -383,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
     batch_size = int(args.batch_size) if args.batch_size and args.batch_size.isdigit() else args.batch_size
-    record = run_config(
+    record = run_suite(
         args.model, args.config, out=args.out, world=args.world, limit=limit, batch_size=batch_size,
         device=args.device, backend=args.backend, samples_out=args.samples_out,
     )

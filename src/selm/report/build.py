@@ -173,7 +173,7 @@ def regime_conclusion(regimes: dict) -> str:
 
 
 def _log_figures_to_wandb(paths: list[Path], scale: str, logger) -> None:
-    """The figures as images of one W&B run, `report/<scale>` (settings as selm.train.init_wandb's)."""
+    """The figures as images of one W&B run, `report/<scale>` (settings as selm.tracking.init_wandb's)."""
     if not logger.wandb:
         return
     import os
