@@ -24,7 +24,7 @@ from pathlib import Path
 
 from selm.io import DataError, validate_record, write_json_atomic, write_jsonl_atomic
 from selm.loop import PREFS_SCHEMA, last_assistant
-from selm.small import sha256_file
+from selm.provenance import file_sha256
 
 DEFAULT_SOURCE = "HuggingFaceH4/ultrafeedback_binarized"
 SPLITS = ("train_prefs", "test_prefs")
@@ -119,7 +119,7 @@ def export(out: str | os.PathLike, source: str = DEFAULT_SOURCE, *, splits: Sequ
             path.unlink()
             raise DataError(f"{source} split {split}: {rows} rows, expected {expected} (the paper's slice "
                             "sizes assume this count)")
-        manifest["splits"][split] = {"file": path.name, "rows": rows, "sha256": sha256_file(path)}
+        manifest["splits"][split] = {"file": path.name, "rows": rows, "sha256": file_sha256(path)}
     write_json_atomic(out / "manifest.json", manifest)
     return manifest
 

@@ -87,7 +87,7 @@ def export(out: str | os.PathLike, source: str = REPO, *, revision: str | None =
            cache_dir: str | None = None) -> dict:
     """Write out/alpaca_eval.jsonl, out/df_gamed.csv and out/manifest.json; return the manifest.
     From the hub repo the 805 instructions are checked; a local folder may hold any number."""
-    from selm.small import sha256_file
+    from selm.provenance import file_sha256
     from selm.ultrafeedback import resolve_revision
 
     out = Path(out)
@@ -104,8 +104,8 @@ def export(out: str | os.PathLike, source: str = REPO, *, revision: str | None =
         "source": source, "config": CONFIG, "revision_requested": revision, "revision": commit,
         "files": {
             "alpaca_eval.jsonl": {"from": REFERENCE_FILE, "rows": len(rows),
-                                  "sha256": sha256_file(out / "alpaca_eval.jsonl")},
-            GLM_FILE: {"from": GLM_FILE, "sha256": sha256_file(out / GLM_FILE)},
+                                  "sha256": file_sha256(out / "alpaca_eval.jsonl")},
+            GLM_FILE: {"from": GLM_FILE, "sha256": file_sha256(out / GLM_FILE)},
         },
         "generators": sorted({r["generator"] for r in rows}),
     }
