@@ -254,7 +254,7 @@ def test_every_stage_depends_on_the_code_and_config_it_reads(pipeline):
                 needed.append("conf/model")
         words = stage.cmd.split()
         if {"eval-base", "experiment"} & set(words) or "selm.cli.evaluate" in words:  # lm-eval suites by name
-            needed += ["conf/lmeval/toy.yaml", "eval/lm_eval/utils.py"]
+            needed += ["conf/lmeval/toy.yaml", "src/selm/evals/lm_eval_tasks/utils.py"]
         problems += [f"{pipeline}:{stage.name} reads {f}, not in its deps" for f in needed if not covered(f)]
         problems += [f"{pipeline}:{stage.name} depends on README.md" for d in deps if d.name == "README.md"]
     assert not problems, "\n".join(problems)

@@ -19,11 +19,12 @@ LAYERS = [
         "selm", "selm.io", "selm.config", "selm.compose", "selm.determinism", "selm.provenance",
         "selm.checkpoints", "selm.tracking", "selm.losses", "selm.tiny"}),
     ("data: pairs and batches; the toy world", {"selm.data", "selm.world"}),
-    ("parts: reference log-probs, generation, the trainer, rankers, judges", {
-        "selm.logps", "selm.generation", "selm.trainer", "selm.pairrm", "selm.rankers", "selm.judges"}),
-    ("recipes: one iteration, SFT, the loop, exports, evaluations, the small scale, stand-ins", {
+    ("parts: reference log-probs, generation, the trainer, rankers, judges, external artifacts", {
+        "selm.logps", "selm.generation", "selm.trainer", "selm.pairrm", "selm.rankers", "selm.judges",
+        "selm.artifacts"}),
+    ("recipes: one iteration, SFT, the loop, exports, evaluations, stand-ins", {
         "selm.train", "selm.sft", "selm.loop", "selm.ultrafeedback", "selm.evals", "selm.evaluate",
-        "selm.small", "selm.standins", "selm.judge_server"}),
+        "selm.standins", "selm.judge_server"}),
     ("orchestration: experiments and benchmarks", {"selm.experiments", "selm.bench"}),
     ("report: analyses, tables, figures", {"selm.report"}),
     ("entry points", {"selm.cli"}),

@@ -59,9 +59,10 @@ def test_stage_set_overrides_after_params(tmp_path):
 def test_small_lmeval_suite_closes_choices_with_chatml_end():
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("lm_utils", ROOT / "eval" / "lm_eval" / "utils.py")
+    spec = importlib.util.spec_from_file_location("lm_utils", ROOT / "src" / "selm" / "evals" / "lm_eval_tasks" / "utils.py")
     utils = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(utils)
     assert utils.choices_then_im_end({"choices": ["ab", "ba"]}) == ["ab<|im_end|>", "ba<|im_end|>"]
     small = yaml.safe_load((ROOT / "conf" / "lmeval" / "small.yaml").read_text())
     assert [t["name"] for t in small["tasks"]] == ["selm_toy_mc_chatml", "selm_toy_gen"]
+

@@ -121,7 +121,7 @@ def eval_data_files(cfg: DictConfig) -> dict[str, str]:
     """Content hashes of the files an evaluation reads: AlpacaEval's instructions and references
     (and the LC GLM table), MT-Bench's questions and reference answers, and for lm-eval the conf
     file of its suite, the task folders it includes and the world files its tasks read."""
-    from selm.evals.lmeval import LMEVAL_CONF_DIR, REPO_ROOT, load_lmeval_config
+    from selm.evals.lmeval import LMEVAL_CONF_DIR, REPO_ROOT, include_dir, load_lmeval_config
     from selm.provenance import tree_sha256
 
     def state(path) -> str:
@@ -138,7 +138,7 @@ def eval_data_files(cfg: DictConfig) -> dict[str, str]:
         files["lmeval.config"] = state(conf)
         suite = load_lmeval_config(name) if conf.is_file() else {}
         for include in suite.get("include_path") or []:
-            files[f"lmeval.include_path:{include}"] = state(REPO_ROOT / include)
+            files[f"lmeval.include_path:{include}"] = state(include_dir(include))
         # as lm-eval's run_suite: eval.lmeval.world (relative to here) wins over the suite's (to the repo)
         world = Path(e.lmeval.world) if e.lmeval.world else REPO_ROOT / suite["world"] if suite.get("world") else None
         for task in suite.get("tasks") or []:
