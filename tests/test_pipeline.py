@@ -66,3 +66,13 @@ def test_small_lmeval_suite_closes_choices_with_chatml_end():
     small = yaml.safe_load((ROOT / "conf" / "lmeval" / "small.yaml").read_text())
     assert [t["name"] for t in small["tasks"]] == ["selm_toy_mc_chatml", "selm_toy_gen"]
 
+
+def test_make_test_fast_leaves_out_the_slow_tests_and_make_test_runs_all():
+    import re
+    import tomllib
+
+    recipes = dict(re.findall(r"^([\w-]+):[^\n]*\n\t([^\n]+)", (ROOT / "Makefile").read_text(), flags=re.M))
+    assert recipes["test-fast"].endswith('-m pytest -q -m "not slow"')
+    assert recipes["test"].endswith("-m pytest -q")  # no marker expression: every test
+    markers = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]["markers"]
+    assert any(m.startswith("slow:") for m in markers)
