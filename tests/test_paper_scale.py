@@ -1,5 +1,5 @@
 """The paper scale's launch configs, DVC pipeline and entry config, checked as far as a CPU allows:
-accelerate configs load and match the training config, the README's launch command parses and
+accelerate configs load and match the training config, the docs/paper-scale.md's launch command parses and
 composes, scales/paper/dvc.yaml parses with dvc and every command names a module (or tool) that
 exists and overrides that compose, and vLLM receives the configured tensor parallelism."""
 
@@ -44,16 +44,14 @@ def test_accelerate_configs(name):
 
 
 def paper_section() -> str:
-    text = (ROOT / "README.md").read_text()
-    start = text.index("## The paper scale")
-    return text[start:text.index("\n## ", start + 1)]
+    return (ROOT / "docs" / "paper-scale.md").read_text()
 
 
 def test_readme_launch_command_parses_and_composes():
     from accelerate.commands.launch import launch_command_parser
 
     commands = [line.strip() for line in paper_section().splitlines() if line.strip().startswith("accelerate launch")]
-    assert commands, "README's paper section shows no accelerate launch command"
+    assert commands, "docs/paper-scale.md shows no accelerate launch command"
     for command in commands:
         args = launch_command_parser().parse_args(shlex.split(command)[2:])
         assert (ROOT / args.config_file).is_file(), args.config_file
