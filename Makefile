@@ -1,4 +1,5 @@
 # The two commands of the README: `make repro` and `make test`. Both set everything up first.
+# `make test-fast`: the suite without the tests marked slow (pyproject.toml's `slow` marker).
 # `make setup-gpu`: the CUDA install (requirements-gpu.lock) for the paper scale.
 SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
@@ -13,7 +14,7 @@ export WANDB_MODE ?= offline
 export DVC_NO_ANALYTICS := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup setup-gpu test repro bench params dashboard clean
+.PHONY: setup setup-gpu test test-fast repro bench params dashboard clean
 
 setup: .venv/.installed
 
@@ -38,6 +39,9 @@ setup-gpu:
 
 test: setup
 	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
 
 bench: setup
 	$(PY) -m selm.bench train

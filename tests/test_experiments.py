@@ -13,7 +13,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from selm.experiments import expand, load_experiments, run_config, run_experiment
+from selm.experiments import expand, load_experiments, run_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,18 +48,18 @@ def test_a_group_key_that_is_not_a_group_is_refused():
 def test_run_config_applies_groups_values_and_names(tmp_path):
     spec = load_experiments(ROOT / "experiments" / "toy.yaml")
     stepwise = next(r for r in expand(spec, "ablations") if r.cell == "stepwise/alpha0.0")
-    cfg = run_config(stepwise, ROOT / "params.yaml")
+    cfg = stepwise.config(ROOT / "params.yaml")
     assert (cfg.variant.name, cfg.variant.pairs, cfg.run_dir) == ("stepwise", "original",
                                                                   "runs/ablations/stepwise/alpha0.0/seed42")
     assert list(cfg.eval.parts) == ["mt_bench"]
     assert cfg.logger.group == "ablations/stepwise/alpha0.0"
     assert OmegaConf.merge(cfg, {"iteration": 2}).logger.name == "tiny-sft/stepwise/alpha0.0/iter2/seed42"
     hard = next(r for r in expand(spec, "regimes") if r.cell == "hard_tasks/alpha1.0")
-    cfg = run_config(hard, ROOT / "params.yaml")
+    cfg = hard.config(ROOT / "params.yaml")
     assert list(cfg.data.families) == ["add", "count", "rotate", "sort"] and cfg.train.alpha == 1.0
     sampled = next(r for r in expand(spec, "regimes") if r.cell.startswith("sampled_y_ref"))
     # a cell's values win over params.yaml's shared sections (which say greedy)
-    assert run_config(sampled, ROOT / "params.yaml").generation.do_sample is True
+    assert sampled.config(ROOT / "params.yaml").generation.do_sample is True
 
 
 @pytest.fixture(scope="module")

@@ -229,7 +229,7 @@ def stage_code(cmd: str) -> tuple[set[str], bool]:
         module = words[words.index("-m") + 1]
     if module == "selm.cli.stage":
         sub = next(w for w in words[words.index("-m") + 2:] if w in SUBCOMMANDS)
-        files = set(module_closure("selm.config", "selm.stagelog", *SUBCOMMANDS[sub]))
+        files = set(module_closure("selm.config", "selm.compose", "selm.stagelog", *SUBCOMMANDS[sub]))
         files |= {PACKAGE_ROOT / "cli" / "__init__.py", PACKAGE_ROOT / "cli" / "stage.py"}
     else:
         files = set(module_closure(module))
@@ -238,7 +238,8 @@ def stage_code(cmd: str) -> tuple[set[str], bool]:
     return {str(Path("src", "selm", p.relative_to(PACKAGE_ROOT))) for p in files}, composes
 
 
-@pytest.mark.parametrize("pipeline", ["dvc.yaml", "scales/paper/dvc.yaml", "scales/small/dvc.yaml", "scales/rehearsal/dvc.yaml"])
+@pytest.mark.parametrize("pipeline", ["dvc.yaml", "scales/paper/dvc.yaml", "scales/small/dvc.yaml", "scales/rehearsal/dvc.yaml",
+                                      "experiments/controls/dvc.yaml"])
 def test_every_stage_depends_on_the_code_and_config_it_reads(pipeline):
     """A stage whose code changed must rerun (its identities then decide what is redone): its deps
     cover every module its command imports, conf/ where it composes a config, the lm-eval suites
@@ -259,7 +260,7 @@ def test_every_stage_depends_on_the_code_and_config_it_reads(pipeline):
                 needed.append("conf/model")
         words = stage.cmd.split()
         if {"eval-base", "experiment"} & set(words) or "selm.cli.evaluate" in words:  # lm-eval suites by name
-            needed += ["conf/lmeval/toy.yaml", "eval/lm_eval/utils.py"]
+            needed += ["conf/lmeval/toy.yaml", "src/selm/evals/lm_eval_tasks/utils.py"]
         problems += [f"{pipeline}:{stage.name} reads {f}, not in its deps" for f in needed if not covered(f)]
         problems += [f"{pipeline}:{stage.name} depends on README.md" for d in deps if d.name == "README.md"]
     assert not problems, "\n".join(problems)

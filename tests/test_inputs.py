@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from selm.cli.stage import run_config
+from selm.compose import run_config
 from selm.config import ConfigError, compose_config
 from selm.io import PAIRS_SCHEMA, DataError, read_json, read_jsonl
 
@@ -83,10 +83,10 @@ def _params(tmp_path, section, key, value):
 ])
 def test_params_yaml_edits_the_runs_would_ignore_are_refused(tmp_path, section, key, value, message):
     with pytest.raises(ConfigError) as err:
-        run_config(_params(tmp_path, section, key, value), "tiny-sft", 0.1, 42)
+        run_config(_params(tmp_path, section, key, value), groups={"model": "tiny-sft"}, alpha=0.1, seed=42)
     assert message in str(err.value)
 
 
 def test_params_yaml_edits_of_shared_sections_are_honoured(tmp_path):
-    assert run_config(ROOT / "params.yaml", "tiny-sft", 0.1, 42).train.beta == 0.1  # the committed file passes
-    assert run_config(_params(tmp_path, "train", "beta", 0.2), "tiny-sft", 0.1, 42).train.beta == 0.2
+    assert run_config(ROOT / "params.yaml", groups={"model": "tiny-sft"}, alpha=0.1, seed=42).train.beta == 0.1  # the committed file passes
+    assert run_config(_params(tmp_path, "train", "beta", 0.2), groups={"model": "tiny-sft"}, alpha=0.1, seed=42).train.beta == 0.2

@@ -11,15 +11,18 @@ Task data in the world's schema makes "a" the gold answer: generation and every 
 """
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from selm.evals import lmeval
-from selm.evals.lmeval import TaskSpec, load_lmeval_config, run_config, run_lmeval
+from selm.evals.lmeval import TaskSpec, load_lmeval_config, run_lmeval, run_suite
 from selm.tiny import build_tokenizer, build_tiny_model
 from selm.world.build import build_world
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # docs/paper.md section 3, typed in by hand: GSM8K 8-shot CoT, HellaSwag 10-shot, ARC-Challenge 25-shot,
 # TruthfulQA 0-shot (mc2), EQ-Bench 0-shot, OpenBookQA 10-shot.
@@ -94,7 +97,7 @@ def toy_runs(models, gold_a_world, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
     runs = {}
     for name, model in models.items():
-        record = run_config(model, "toy", world=gold_a_world, out=out / f"{name}.json",
+        record = run_suite(model, "toy", world=gold_a_world, out=out / f"{name}.json",
                             samples_out=out / f"{name}_samples.jsonl", batch_size=4)
         assert json.loads((out / f"{name}.json").read_text()) == record
         record["samples"] = [json.loads(line) for line in (out / f"{name}_samples.jsonl").read_text().splitlines()]
@@ -210,3 +213,21 @@ def test_clear_errors_before_any_model_is_loaded(tmp_path, gold_a_world):
     if lmeval.importlib.util.find_spec("vllm") is None:
         with pytest.raises(RuntimeError, match="vllm is not installed"):
             run_lmeval(tmp_path / "no-model", [mc], world=gold_a_world, backend="vllm")
+
+
+def test_local_tasks_are_package_data():
+    """The local task folder every conf/lmeval suite includes lies inside the selm package and is
+    declared as package data, so a non-editable install (no repository around it) has the tasks."""
+    import tomllib
+    from fnmatch import fnmatch
+
+    package = Path(lmeval.__file__).resolve().parents[1]  # src/selm
+    for conf in sorted((ROOT / "conf" / "lmeval").glob("*.yaml")):
+        for entry in lmeval.load_lmeval_config(conf).get("include_path") or []:
+            folder = lmeval.include_dir(entry)
+            assert folder.is_dir() and package in folder.parents, f"{conf.name}: include_path {entry} -> {folder}"
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["selm.evals"]
+    shipped = [p.relative_to(package / "evals").as_posix() for p in lmeval.TASKS_DIR.iterdir() if p.is_file()]
+    assert shipped and all(any(fnmatch(f, pattern) for pattern in declared) for f in shipped), (shipped, declared)
+    with pytest.raises(FileNotFoundError, match="package:nope: the selm package has no task folder"):
+        lmeval.include_dir("package:nope")

@@ -217,7 +217,7 @@ def test_offline_variant_keeps_the_start_model_as_reference(tiny_model, tiny_wor
 
 
 def test_coverage_counts_prompts_with_a_fully_correct_sample():
-    from selm.loop import evaluate_true_reward
+    from selm.loop import evaluate_test_answers, true_reward_scorer
 
     class Backend:  # greedy answers, then 2 samples per prompt
         def generate(self, prompts, *, n, do_sample, **kw):
@@ -228,7 +228,7 @@ def test_coverage_counts_prompts_with_a_fully_correct_sample():
     records = [{"prompt_id": "a", "prompt": "add: 5+7", "family": "add", "gold": "12"},
                {"prompt_id": "b", "prompt": "add: 1+2", "family": "add", "gold": "3"}]
     gen = OmegaConf.create({"max_new_tokens": 4})
-    metrics, rows = evaluate_true_reward(Backend(), records, gen, coverage_samples=2)
+    metrics, rows = evaluate_test_answers(Backend(), records, gen, true_reward_scorer("toy"), coverage_samples=2)
     cov = metrics["coverage"]
     assert cov["frac_prompts_covered"] == 0.5  # prompt a has the gold "12" among its samples, b has not
     assert cov["mean_distinct"] == 1.5  # {"12", "x"} and {"y"}
@@ -255,7 +255,7 @@ def test_launched_training_equals_in_process_training(tiny_model, tiny_world, tm
 def test_test_answers_without_true_reward_outside_the_toy_world():
     """UltraFeedback prompts have no r*: the loop still writes the greedy answers (Figure 3 scores them
     with the ranker) and refuses a coverage measurement it cannot make."""
-    from selm.loop import evaluate_true_reward
+    from selm.loop import evaluate_test_answers
 
     class Backend:
         def generate(self, prompts, *, n, do_sample, **kw):
@@ -263,10 +263,10 @@ def test_test_answers_without_true_reward_outside_the_toy_world():
 
     records = [{"prompt_id": "a", "prompt": "Write a haiku."}]
     gen = OmegaConf.create({"max_new_tokens": 4})
-    metrics, rows = evaluate_true_reward(Backend(), records, gen)
+    metrics, rows = evaluate_test_answers(Backend(), records, gen)
     assert metrics == {"n": 1, "mean_length": 9.0} and rows == [{"prompt_id": "a", "answer": "an answer"}]
-    with pytest.raises(ValueError, match="coverage_samples > 0 needs the toy world's true reward"):
-        evaluate_true_reward(Backend(), records, gen, coverage_samples=2)
+    with pytest.raises(ValueError, match=r"coverage_samples > 0 needs a true reward \(eval.true_reward\)"):
+        evaluate_test_answers(Backend(), records, gen, coverage_samples=2)
 
 
 def test_best_of_k_y_ref_is_the_rankers_best_sample():
@@ -315,3 +315,24 @@ def test_best_of_k_loop_picks_y_ref_among_k_samples(tiny_model, tiny_world, tmp_
     with pytest.raises(ValueError, match="pairs=original never uses"):
         run_loop(loop_cfg(tiny_model, tiny_world, tmp_path / "run2", "variant=stepwise", "+variant.y_ref_samples=2",
                           "train.alpha=0.0"))
+
+
+def test_the_true_reward_is_chosen_by_config():
+    """eval.true_reward names the scorer (the toy world's r*); an unknown name fails naming the key,
+    and the toy scorer refuses records without the world's fields instead of leaving them unscored."""
+    from selm.io import DataError
+    from selm.loop import evaluate_test_answers, true_reward_scorer
+
+    class Backend:
+        def generate(self, prompts, *, n, do_sample, **kw):
+            return [["13"] for _ in prompts]
+
+    gen = OmegaConf.create({"max_new_tokens": 4})
+    records = [{"prompt_id": "a", "prompt": "add: 5+7", "family": "add", "gold": "12"}]
+    metrics, rows = evaluate_test_answers(Backend(), records, gen, true_reward_scorer("toy"))
+    assert metrics["mean_reward"] == 0.5 and rows[0]["reward"] == 0.5  # number family: 1 / (1 + |13 - 12|)
+    assert true_reward_scorer(None) is None
+    with pytest.raises(KeyError, match="eval.true_reward='pairrm' is not a known scorer"):
+        true_reward_scorer("pairrm")
+    with pytest.raises(DataError, match="test record b: no 'family'"):
+        evaluate_test_answers(Backend(), [{"prompt_id": "b", "prompt": "Write a haiku."}], gen, true_reward_scorer("toy"))

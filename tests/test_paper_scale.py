@@ -1,5 +1,5 @@
 """The paper scale's launch configs, DVC pipeline and entry config, checked as far as a CPU allows:
-accelerate configs load and match the training config, the README's launch command parses and
+accelerate configs load and match the training config, the docs/paper-scale.md's launch command parses and
 composes, scales/paper/dvc.yaml parses with dvc and every command names a module (or tool) that
 exists and overrides that compose, and vLLM receives the configured tensor parallelism."""
 
@@ -44,16 +44,14 @@ def test_accelerate_configs(name):
 
 
 def paper_section() -> str:
-    text = (ROOT / "README.md").read_text()
-    start = text.index("## The paper scale")
-    return text[start:text.index("\n## ", start + 1)]
+    return (ROOT / "docs" / "paper-scale.md").read_text()
 
 
 def test_readme_launch_command_parses_and_composes():
     from accelerate.commands.launch import launch_command_parser
 
     commands = [line.strip() for line in paper_section().splitlines() if line.strip().startswith("accelerate launch")]
-    assert commands, "README's paper section shows no accelerate launch command"
+    assert commands, "docs/paper-scale.md shows no accelerate launch command"
     for command in commands:
         args = launch_command_parser().parse_args(shlex.split(command)[2:])
         assert (ROOT / args.config_file).is_file(), args.config_file
@@ -99,7 +97,7 @@ def _overrides(argv: list[str]) -> tuple[str, list[str]]:
 
 
 def test_every_stage_command_exists_and_composes():
-    from selm.experiments import expand, load_experiments, run_config
+    from selm.experiments import expand, load_experiments
 
     params = OmegaConf.load(ROOT / "scales/paper/params.yaml")
     spec = load_experiments(ROOT / "experiments/paper.yaml")
@@ -118,7 +116,7 @@ def test_every_stage_command_exists_and_composes():
         if kind == "experiment":
             assert outs == [f"runs/{key}", f"evals/{key}"]
             for run in expand(spec, key):  # every run composes, lands in the stage's outputs, reads its deps
-                cfg = run_config(run, None)
+                cfg = run.config(None)
                 assert cfg.run_dir.startswith(f"runs/{key}/") and cfg.model.path in deps and cfg.ranker.path in deps
                 assert cfg.data.slice_size in (15_283, 20_378) and cfg.data.train_prefs.startswith("data/ultrafeedback")
         elif kind == "eval_base":
@@ -132,10 +130,10 @@ def test_every_stage_command_exists_and_composes():
 
 
 def test_paper_grid_has_the_papers_alphas_and_hyperparameters():
-    from selm.experiments import expand, load_experiments, run_config
+    from selm.experiments import expand, load_experiments
 
     spec = load_experiments(ROOT / "experiments/paper.yaml")
-    runs = {r.name: run_config(r, None) for n in spec.experiments for r in expand(spec, n)}
+    runs = {r.name: r.config(None) for n in spec.experiments for r in expand(spec, n)}
     main = {(c.model.name, c.train.alpha) for n, c in runs.items() if n.startswith("paper_main/")}
     assert main == {("zephyr-7b-sft", 0.0), ("zephyr-7b-sft", 0.001), ("llama3-8b-instruct", 0.0),
                     ("llama3-8b-instruct", 0.0001)}  # docs/paper.md: alpha 0.001 Zephyr, 0.0001 Llama-3; 0 = DPO

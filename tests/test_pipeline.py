@@ -6,7 +6,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from selm.cli.stage import run_config
+from selm.compose import run_config
 from selm.config import compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,14 +28,14 @@ def test_dvc_config_enables_hydra_on_loop():
 def test_stage_config_takes_shared_values_from_params_and_grid_item(tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"train": {"beta": 0.2}, "eval": {"n_prompts": 7}}))
-    cfg = run_config(params, "tiny-instruct", alpha=0.01, seed=3)
+    cfg = run_config(params, groups={"model": "tiny-instruct"}, alpha=0.01, seed=3)
     assert cfg.model.name == "tiny-instruct"
     assert (cfg.train.beta, cfg.train.alpha, cfg.train.seed, cfg.eval.n_prompts) == (0.2, 0.01, 3, 7)
     assert cfg.run_dir == "runs/adhoc/tiny-instruct/iterative/alpha0.01/seed3"
     # an alpha in params.yaml would be overridden by the grid item's: refused, not silently ignored
     params.write_text(yaml.safe_dump({"train": {"beta": 0.2, "alpha": 0.5}}))
     with pytest.raises(ValueError, match="train.alpha is set per run by the grid"):
-        run_config(params, "tiny-instruct", alpha=0.01, seed=3)
+        run_config(params, groups={"model": "tiny-instruct"}, alpha=0.01, seed=3)
 
 
 def test_dvc_experiment_outs_hold_every_run_and_persist():
@@ -52,16 +52,27 @@ def test_dvc_experiment_outs_hold_every_run_and_persist():
 
 
 def test_stage_set_overrides_after_params(tmp_path):
-    cfg = run_config(tmp_path / "absent.yaml", "tiny-sft", extra=["eval.lmeval.config=small", "eval.alpaca_eval.limit=5"])
+    cfg = run_config(tmp_path / "absent.yaml", groups={"model": "tiny-sft"}, dotlist=["eval.lmeval.config=small", "eval.alpaca_eval.limit=5"])
     assert (cfg.eval.lmeval.config, cfg.eval.alpaca_eval.limit) == ("small", 5)
 
 
 def test_small_lmeval_suite_closes_choices_with_chatml_end():
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("lm_utils", ROOT / "eval" / "lm_eval" / "utils.py")
+    spec = importlib.util.spec_from_file_location("lm_utils", ROOT / "src" / "selm" / "evals" / "lm_eval_tasks" / "utils.py")
     utils = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(utils)
     assert utils.choices_then_im_end({"choices": ["ab", "ba"]}) == ["ab<|im_end|>", "ba<|im_end|>"]
     small = yaml.safe_load((ROOT / "conf" / "lmeval" / "small.yaml").read_text())
     assert [t["name"] for t in small["tasks"]] == ["selm_toy_mc_chatml", "selm_toy_gen"]
+
+
+def test_make_test_fast_leaves_out_the_slow_tests_and_make_test_runs_all():
+    import re
+    import tomllib
+
+    recipes = dict(re.findall(r"^([\w-]+):[^\n]*\n\t([^\n]+)", (ROOT / "Makefile").read_text(), flags=re.M))
+    assert recipes["test-fast"].endswith('-m pytest -q -m "not slow"')
+    assert recipes["test"].endswith("-m pytest -q")  # no marker expression: every test
+    markers = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]["markers"]
+    assert any(m.startswith("slow:") for m in markers)

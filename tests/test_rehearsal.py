@@ -61,12 +61,12 @@ def test_rehearsal_runs_the_paper_pipelines_stages_and_code():
         if kind in ("experiment", "eval_base", "analyze"):  # the stages that judge start their server
             assert shlex.split(stage.cmd)[:3] == ["python", "-m", "selm.judge_server"], name
     # every run of the grid composes the paper's entry config with the rehearsal's local pieces
-    from selm.experiments import expand, load_experiments, run_config
+    from selm.experiments import expand, load_experiments
 
     spec = load_experiments(SPEC)
     for name in spec.experiments:
         for run in expand(spec, name):
-            cfg = run_config(run, None)
+            cfg = run.config(None)
             assert (cfg.ranker.name, cfg.judge.name, cfg.eval.lmeval.config) == ("pairrm", "openai", "rehearsal")
             assert cfg.judge.base_url.startswith("http://127.0.0.1:") and cfg.data.train_prefs.startswith("data/rehearsal/")
             assert cfg.train.beta == 0.01 and cfg.train.launcher.endswith("conf/accelerate/cpu_2proc.yaml")

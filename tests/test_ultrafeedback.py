@@ -8,7 +8,7 @@ import pytest
 from selm.config import compose_config
 from selm.io import DataError, read_jsonl
 from selm.loop import PREFS_SCHEMA, prefs_slice, slice_index
-from selm.small import sha256_file
+from selm.provenance import file_sha256
 from selm.ultrafeedback import EXPECTED_ROWS, KEPT_FIELDS, export, load_splits, main
 
 # Out of order on purpose: the export must keep the dataset's order, not sort by prompt_id.
@@ -55,7 +55,7 @@ def test_export_keeps_order_schema_and_writes_a_manifest(source, tmp_path):
     assert manifest["source"] == source and manifest["revision"] is None  # local folder: no hub commit
     for split, rows in (("train_prefs", 12), ("test_prefs", 4)):
         info = manifest["splits"][split]
-        assert info["rows"] == rows and info["sha256"] == sha256_file(out / info["file"])
+        assert info["rows"] == rows and info["sha256"] == file_sha256(out / info["file"])
 
 
 def test_split_list_must_be_a_list(source):

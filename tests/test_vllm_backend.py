@@ -20,7 +20,7 @@ import psutil  # noqa: E402  (a vllm dependency)
 
 from selm.evals import mt_bench  # noqa: E402
 from selm.generation import HFBackend, VLLMBackend, cpu_engine_env  # noqa: E402
-from selm.small import ensure_converted  # noqa: E402
+from selm.artifacts import ensure_converted  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPTS = [

@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> None:
     gen.add_argument("--out", type=Path, default=Path("results/bench/generate.json"))
     args = parser.parse_args(argv)
     if args.what == "generate":
-        from selm.small import ensure_converted
+        from selm.artifacts import ensure_converted
 
         command = "python -m selm.bench " + " ".join(argv if argv is not None else sys.argv[1:])
         model_dir = ensure_converted(args.model, wheel_dir=args.model.parent / "wheels")

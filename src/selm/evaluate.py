@@ -87,7 +87,7 @@ def mt_bench(cfg: DictConfig, backend, judge, model_id: str, out: Path) -> dict:
 
 def lm_eval_suite(cfg: DictConfig, model_dir: Path, out: Path) -> dict | None:
     """The lm-eval suite named by `eval.lmeval.config` (conf/lmeval/<name>.yaml); null skips it."""
-    from selm.evals.lmeval import run_config
+    from selm.evals.lmeval import run_suite
 
     lm = cfg.eval.lmeval
     if lm.config is None:
@@ -95,7 +95,7 @@ def lm_eval_suite(cfg: DictConfig, model_dir: Path, out: Path) -> dict | None:
     path = out / "lmeval.json"
     if path.exists():
         return json.loads(path.read_text())
-    return run_config(model_dir, lm.config, out=str(path), world=lm.world, limit=lm.limit)
+    return run_suite(model_dir, lm.config, out=str(path), world=lm.world, limit=lm.limit)
 
 
 def flat_metrics(alpaca: dict | None, mt: dict | None, lm: dict | None = None) -> dict:
@@ -130,7 +130,7 @@ def eval_data_files(cfg: DictConfig) -> dict[str, str]:
     """Content hashes of the files an evaluation reads: AlpacaEval's instructions and references
     (and the LC GLM table), MT-Bench's questions and reference answers, and for lm-eval the conf
     file of its suite, the task folders it includes and the world files its tasks read."""
-    from selm.evals.lmeval import LMEVAL_CONF_DIR, REPO_ROOT, load_lmeval_config
+    from selm.evals.lmeval import LMEVAL_CONF_DIR, REPO_ROOT, include_dir, load_lmeval_config
     from selm.provenance import tree_sha256
 
     def state(path) -> str:
@@ -147,8 +147,8 @@ def eval_data_files(cfg: DictConfig) -> dict[str, str]:
         files["lmeval.config"] = state(conf)
         suite = load_lmeval_config(name) if conf.is_file() else {}
         for include in suite.get("include_path") or []:
-            files[f"lmeval.include_path:{include}"] = state(REPO_ROOT / include)
-        # as lm-eval's run_config: eval.lmeval.world (relative to here) wins over the suite's (to the repo)
+            files[f"lmeval.include_path:{include}"] = state(include_dir(include))
+        # as lm-eval's run_suite: eval.lmeval.world (relative to here) wins over the suite's (to the repo)
         world = Path(e.lmeval.world) if e.lmeval.world else REPO_ROOT / suite["world"] if suite.get("world") else None
         for task in suite.get("tasks") or []:
             if isinstance(task, dict) and task.get("world_file") and world is not None:
@@ -175,7 +175,7 @@ def evaluation_identity(cfg: DictConfig, model_dir: Path, model_id: str) -> dict
 
 def evaluate_checkpoint(cfg: DictConfig, model_dir: str | Path, out: str | Path, model_id: str) -> dict:
     from selm.generation import backend_from_config
-    from selm.train import check_checkpoint
+    from selm.checkpoints import check_checkpoint
 
     model_dir, out = check_checkpoint(model_dir, "model_dir"), Path(out)
     judge = make_judge(cfg, out / JUDGE_CACHE)  # first: a judge that cannot work stops this before anything is written
@@ -206,10 +206,10 @@ def evaluate_checkpoint(cfg: DictConfig, model_dir: str | Path, out: str | Path,
 
 def log_eval_to_wandb(cfg: DictConfig, iteration: int, metrics: dict) -> None:
     """Log a checkpoint's evaluation into the W&B run that trained it (same id: see
-    selm.train.wandb_run_id), as eval/<metric>, so one run shows training curves and scores."""
+    selm.tracking.wandb_run_id), as eval/<metric>, so one run shows training curves and scores."""
     if not cfg.logger.wandb:
         return
-    from selm.train import init_wandb
+    from selm.tracking import init_wandb
 
     run_cfg = OmegaConf.merge(cfg, {"iteration": iteration})
     numbers = {f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}

@@ -23,6 +23,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from selm import console
+from selm.compose import run_config
 from selm.io import write_json_atomic
 from selm.stagelog import add_counts
 
@@ -54,6 +55,15 @@ class Run:
     @property
     def name(self) -> str:
         return f"{self.experiment}/{self.cell}/seed{self.seed}"
+
+    def config(self, params_file: Path | None) -> DictConfig:
+        """The run's config (selm.compose.run_config): its entry config with the cell's groups,
+        params.yaml's shared sections (toy scale), alpha and seed, the cell's values, then the run's
+        names, folders and evaluations."""
+        names = {"run.experiment": self.experiment, "run.cell": self.cell, "run_dir": str(self.run_dir),
+                 "eval.parts": list(self.eval_parts)}
+        return run_config(params_file if self.use_params else None, self.config_name, self.groups, self.alpha,
+                          self.seed, {**self.values, **names})
 
 
 def load_experiments(path: str | os.PathLike) -> DictConfig:
@@ -97,31 +107,12 @@ def expand(spec: DictConfig, name: str, source: str = "experiments") -> list[Run
     return runs
 
 
-def run_config(run: Run, params_file: Path | None) -> DictConfig:
-    """The run's entry config (conf/loop.yaml, or the spec's config_name): groups, then params.yaml's
-    shared sections (toy scale), then alpha and seed, then the cell's values."""
-    from selm.cli.stage import merge_shared_sections
-    from selm.config import compose_config, validate_config
-
-    cfg = compose_config(run.config_name, [f"{k}={v}" for k, v in run.groups.items()])
-    merge_shared_sections(cfg, params_file if run.use_params else None)
-    cfg.train.alpha = run.alpha
-    cfg.train.seed = run.seed
-    for key, value in run.values.items():
-        OmegaConf.update(cfg, key, value, merge=False)
-    cfg.run.experiment = run.experiment
-    cfg.run.cell = run.cell
-    cfg.run_dir = str(run.run_dir)
-    cfg.eval.parts = list(run.eval_parts)
-    return validate_config(cfg)  # the cell's values too: a nonsense one fails here, naming its key
-
-
 def execute(run: Run, params_file: Path) -> dict:
     """The loop of one run, then the evaluation of each of its checkpoints (skipping finished work).
     Returns what it did (files written anew), for the stage's time table."""
     from selm.loop import run_loop
 
-    cfg = run_config(run, params_file)
+    cfg = run.config(params_file)
     freeze_heap()
     before = output_state(run)
     run_loop(cfg)

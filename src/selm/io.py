@@ -210,16 +210,3 @@ def reuse_or_reset(folder: str | os.PathLike, identity: dict, *, record: str, ke
         write_json_atomic(path, identity)
     return reset
 
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")  # fast, SentencePiece, BPE vocabulary
-
-
-def check_checkpoint(path: str | os.PathLike, key: str) -> Path:
-    """A checkpoint folder must exist and hold a config and a tokenizer; the error names the config key."""
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{key}={path}: not a model checkpoint (no config.json there)")
-    if not (path / "tokenizer_config.json").is_file() or not any((path / f).is_file() for f in TOKENIZER_FILES):
-        raise FileNotFoundError(f"{key}={path}: the checkpoint has no tokenizer (tokenizer_config.json and one of "
-                                f"{', '.join(TOKENIZER_FILES)} are needed)")
-    return path

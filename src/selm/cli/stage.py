@@ -10,106 +10,15 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
 import time
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from selm import console
-from selm.config import ConfigError, compose_config, validate_config
+from selm.compose import run_config
 from selm.stagelog import count
-
-# Sections of params.yaml that apply to every run of the grid; the grid item sets model, alpha, seed.
-SHARED_SECTIONS = ("train", "generation", "ranker", "data", "eval", "judge", "sft", "scale", "paths")
-# Keys of the shared sections that every grid item sets itself (experiments/*.yaml's alphas and seeds).
-GRID_KEYS = ("train.alpha", "train.seed")
-
-
-@functools.lru_cache(maxsize=4)
-def _composed_params(config_name: str) -> dict:
-    """params.yaml as DVC's Hydra composition writes it (resolved conf/<config_name>.yaml)."""
-    cfg = compose_config(config_name)
-    OmegaConf.resolve(cfg)
-    return OmegaConf.to_container(cfg)
-
-
-def _differences(ours, theirs, prefix: str) -> list[str]:
-    """Dotted keys where two plain containers differ (a key only one of them has counts)."""
-    if isinstance(ours, dict) and isinstance(theirs, dict):
-        return [d for k in sorted(set(ours) | set(theirs), key=str)
-                for d in _differences(ours.get(k, "<absent>"), theirs.get(k, "<absent>"), f"{prefix}.{k}")]
-    return [] if ours == theirs else [prefix]
-
-
-def refuse_ignored_overrides(params: DictConfig, params_file: Path, config_name: str = "loop") -> None:
-    """params.yaml's sections other than SHARED_SECTIONS (model, variant, run, logger, ...) are not
-    applied to the runs: each run's model and variant come from its experiment cell. An edit there
-    (`dvc exp run -S model.path=...`) would be silently ignored, so it is refused, naming the key."""
-    composed = _composed_params(config_name)
-    given = OmegaConf.to_container(params, resolve=True)
-    for key in GRID_KEYS:
-        section, name = key.split(".")
-        if name in given.get(section, {}) and given[section][name] != composed[section][name]:
-            raise ConfigError(f"{params_file}: {key} is set per run by the grid (experiments/*.yaml's alphas and "
-                              f"seeds), so {given[section][name]!r} here would be ignored; change the experiment's "
-                              "alphas / seeds instead")
-    for section in sorted(set(given) - set(SHARED_SECTIONS), key=str):
-        changed = _differences(given[section], composed.get(section, "<absent>"), section)
-        if changed:
-            raise ConfigError(
-                f"{params_file}: {changed[0]} differs from conf/{config_name}.yaml's composition, but params.yaml's "
-                f"'{section}' is not applied to the runs (only {', '.join(SHARED_SECTIONS)} are; each run's model "
-                "and variant come from its cell in experiments/*.yaml). Set it in the experiment's cell or in conf/, "
-                "or regenerate params.yaml (`make params`) if conf/ changed.")
-
-
-def merge_shared_sections(cfg: DictConfig, params_file: Path | None) -> DictConfig:
-    """Overlay params.yaml's shared sections (where DVC's `-S` edits land) on a composed config; an
-    edit of any other section is refused (refuse_ignored_overrides), and so is a key the shared
-    section does not have (a typo such as `-S train.bta=0.2`)."""
-    if params_file is not None and Path(params_file).exists():
-        params = OmegaConf.load(params_file)
-        refuse_ignored_overrides(params, Path(params_file))
-        for section in SHARED_SECTIONS:
-            if section in params:
-                unknown = _unknown_keys(cfg[section], params[section], section)
-                if unknown:
-                    raise ConfigError(f"{params_file}: {unknown[0]} is not a config key (conf/{section}/ has no such "
-                                      "key), so it would be ignored")
-                cfg[section] = OmegaConf.merge(cfg[section], params[section])
-    return validate_config(cfg)
-
-
-def _unknown_keys(have: DictConfig, given: DictConfig, prefix: str) -> list[str]:
-    out = []
-    for key in given:
-        if key not in have:
-            out.append(f"{prefix}.{key}")
-        elif isinstance(given[key], DictConfig) and isinstance(have[key], DictConfig):
-            out += _unknown_keys(have[key], given[key], f"{prefix}.{key}")
-    return out
-
-
-def run_config(params_file: Path, base: str, alpha: float | None = None, seed: int | None = None,
-               extra: list[str] | None = None) -> DictConfig:
-    """conf/loop.yaml composed for one grid item, with the shared values taken from params.yaml;
-    `extra` dotted values are applied last."""
-    overrides = [f"model={base}"]
-    if alpha is not None:
-        overrides.append(f"train.alpha={alpha}")
-    if seed is not None:
-        overrides.append(f"train.seed={seed}")
-    cfg = merge_shared_sections(compose_config("loop", overrides), params_file)
-    if alpha is not None:
-        cfg.train.alpha = alpha
-    if seed is not None:
-        cfg.train.seed = seed
-    if extra:  # --set key=value: for pipelines other than the toy grid (scales/small/dvc.yaml)
-        cfg.merge_with_dotlist(extra)
-    return validate_config(cfg)
-
 
 def sft(cfg: DictConfig) -> None:
     from selm.io import read_jsonl, write_json_atomic
@@ -135,12 +44,12 @@ def preflight(name: str, spec_file: Path, params_file: Path) -> None:
     input stops the stage with one error naming it and nothing written: the base checkpoint (with its
     tokenizer), the preference data, the ranker's checkpoint, the evaluation data, and a judge server
     on this machine."""
-    from selm.experiments import expand, load_experiments, run_config
-    from selm.io import check_checkpoint  # not selm.train: the stage's own process never imports torch
+    from selm.experiments import expand, load_experiments
+    from selm.checkpoints import check_checkpoint  # not selm.train: the stage's own process never imports torch
 
     seen = set()
     for run in expand(load_experiments(spec_file), name, str(spec_file)):
-        cfg = run_config(run, params_file)
+        cfg = run.config(params_file)
         check_checkpoint(cfg.model.path, "model.path")
         files = {f"data.{k}": cfg.data[k] for k in ("train_prefs", "test_prefs")}
         if "alpaca" in run.eval_parts:
@@ -179,18 +88,19 @@ def main(argv: list[str] | None = None) -> None:
     p_exp.add_argument("--workers", type=int, default=None, help="default: the spec's `workers`")
     args = parser.parse_args(argv)
     if args.stage == "sft":
-        sft(run_config(args.params, args.base, extra=args.set))
+        sft(run_config(args.params, groups={"model": args.base}, dotlist=args.set))
     elif args.stage == "loop":
         from selm.loop import run_loop
 
         start = time.perf_counter()
-        run_dir = run_loop(run_config(args.params, args.base, args.alpha, args.seed, extra=args.set))
+        run_dir = run_loop(run_config(args.params, groups={"model": args.base}, alpha=args.alpha, seed=args.seed,
+                                      dotlist=args.set))
         console.summary(f"loop {run_dir}", "every iteration trained and evaluated", start)
     elif args.stage == "eval-base":
         from selm.evaluate import PARTS, evaluate_checkpoint
 
         start = time.perf_counter()
-        cfg = run_config(args.params, args.base, extra=args.set)
+        cfg = run_config(args.params, groups={"model": args.base}, dotlist=args.set)
         out = Path("evals") / "base" / args.base
         before = (out / "metrics.json").stat().st_mtime_ns if (out / "metrics.json").exists() else None
         metrics = evaluate_checkpoint(cfg, cfg.model.path, out, f"{args.base}/base")

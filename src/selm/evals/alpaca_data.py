@@ -42,7 +42,7 @@ ROW_SCHEMA = {key: (str, True) for key in FIELDS}
 
 def fetch(source: str, filename: str, revision: str | None) -> Path:
     """`filename` from a local folder, or from the hub dataset repo `source` (cached by huggingface_hub)."""
-    from selm.ultrafeedback import check_source
+    from selm.artifacts import check_source
 
     check_source(source)  # a local folder that is missing is named, not sent to the hub
     if Path(source).is_dir():
@@ -87,8 +87,8 @@ def export(out: str | os.PathLike, source: str = REPO, *, revision: str | None =
            cache_dir: str | None = None) -> dict:
     """Write out/alpaca_eval.jsonl, out/df_gamed.csv and out/manifest.json; return the manifest.
     From the hub repo the 805 instructions are checked; a local folder may hold any number."""
-    from selm.small import sha256_file
-    from selm.ultrafeedback import resolve_revision
+    from selm.provenance import file_sha256
+    from selm.artifacts import resolve_revision
 
     out = Path(out)
     commit = resolve_revision(source, revision)
@@ -104,8 +104,8 @@ def export(out: str | os.PathLike, source: str = REPO, *, revision: str | None =
         "source": source, "config": CONFIG, "revision_requested": revision, "revision": commit,
         "files": {
             "alpaca_eval.jsonl": {"from": REFERENCE_FILE, "rows": len(rows),
-                                  "sha256": sha256_file(out / "alpaca_eval.jsonl")},
-            GLM_FILE: {"from": GLM_FILE, "sha256": sha256_file(out / GLM_FILE)},
+                                  "sha256": file_sha256(out / "alpaca_eval.jsonl")},
+            GLM_FILE: {"from": GLM_FILE, "sha256": file_sha256(out / GLM_FILE)},
         },
         "generators": sorted({r["generator"] for r in rows}),
     }

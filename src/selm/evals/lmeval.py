@@ -15,7 +15,12 @@ member's keys over the registered YAML (a shallow merge: an override of `dataset
 the whole dict). The group itself has no metrics and is dropped from the record. Every few-shot
 count is checked against lm-eval's own `n-shot` report after the run.
 
-Data paths. The toy YAMLs (eval/lm_eval/) name `data/world/...` relative to the repository root,
+Local tasks. The toy and rehearsal task YAMLs (and their utils.py) are package data of selm, in
+src/selm/evals/lm_eval_tasks/, so a non-editable install has them too; a conf/lmeval file names that
+folder `package:lm_eval_tasks` in its `include_path` (other entries are folders, relative ones to
+the repository root).
+
+Data paths. The toy YAMLs name `data/world/...` relative to the repository root,
 but `datasets` resolves `data_files` against the current directory. A task with `world_file` in its
 config gets `dataset_kwargs.data_files.test` set to the absolute path of that file in the world
 folder given at run time (checked to exist first), so a run does not depend on where it starts.
@@ -51,7 +56,10 @@ from selm.io import write_json_atomic, write_jsonl_atomic
 FORMAT = "selm-lmeval/1"
 REPO_ROOT = CONF_DIR.parent
 LMEVAL_CONF_DIR = CONF_DIR / "lmeval"
-DEFAULT_INCLUDE_PATH = REPO_ROOT / "eval" / "lm_eval"
+# The local task YAMLs shipped inside the package; `package:<name>` in an include_path names them.
+PACKAGE_PREFIX = "package:"
+TASKS_DIR = Path(__file__).resolve().parent / "lm_eval_tasks"
+DEFAULT_INCLUDE_PATH = TASKS_DIR
 # Name of the inline group carrying the per-task overrides (must not be a registered name).
 RUN_GROUP = "selm_lmeval_run"
 BACKENDS = ("hf", "vllm")
@@ -108,6 +116,18 @@ def _repo_path(value: str | os.PathLike | None) -> Path | None:
         return None
     path = Path(value)
     return path if path.is_absolute() else REPO_ROOT / path
+
+
+def include_dir(value: str | os.PathLike) -> Path:
+    """A folder of an include_path: `package:<name>` is src/selm/evals/<name> (package data), any
+    other entry a folder (relative ones to the repository root)."""
+    text = str(value)
+    if text.startswith(PACKAGE_PREFIX):
+        folder = Path(__file__).resolve().parent / text.removeprefix(PACKAGE_PREFIX)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"include_path {text}: the selm package has no task folder {folder}")
+        return folder
+    return _repo_path(value)
 
 
 def task_manager(include_path: Sequence[str | os.PathLike], names: Sequence[str], *,
@@ -367,12 +387,12 @@ def run_lmeval(
     return record
 
 
-def run_config(model_dir: str | os.PathLike, config: str | os.PathLike | Mapping, **overrides) -> dict:
+def run_suite(model_dir: str | os.PathLike, config: str | os.PathLike | Mapping, **overrides) -> dict:
     """`run_lmeval` with the settings of a conf/lmeval file (name, path or loaded dict); keyword
     arguments win over the file's values (None means: keep the file's)."""
     cfg = dict(config) if isinstance(config, Mapping) else load_lmeval_config(config)
     settings = {
-        "include_path": [_repo_path(p) for p in cfg.get("include_path") or []],
+        "include_path": [include_dir(p) for p in cfg.get("include_path") or []],
         "world": _repo_path(cfg.get("world")),
         **{k: cfg[k] for k in ("batch_size", "limit", "device", "backend", "model_args", "apply_chat_template",
                                "fewshot_as_multiturn", "system_instruction", "gen_kwargs", "bootstrap_iters", "seed")
@@ -396,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
     batch_size = int(args.batch_size) if args.batch_size and args.batch_size.isdigit() else args.batch_size
-    record = run_config(
+    record = run_suite(
         args.model, args.config, out=args.out, world=args.world, limit=limit, batch_size=batch_size,
         device=args.device, backend=args.backend, samples_out=args.samples_out,
     )

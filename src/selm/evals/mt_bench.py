@@ -27,9 +27,10 @@ import statistics
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 from selm.generation import GenerationBackend, render_messages
-from selm.io import read_jsonl, write_jsonl_atomic
+from selm.io import read_jsonl, write_json_atomic, write_jsonl_atomic
 from selm.judges import Judge, SingleItem
 from selm.judges.mt_bench_prompt import needs_reference
 
@@ -187,3 +188,79 @@ def summarize(judgments: Sequence[dict]) -> dict:
         values = [r[key] for r in per_run if r[key] is not None]
         summary[key] = _spread(values) if values else None
     return summary
+
+
+# ---------------------------------------------------------------- the small scale's answers and grading
+
+
+def generate_real_answers(model_dir: str | os.PathLike, questions_path: str | os.PathLike,
+                          out: str | os.PathLike, *, model_id: str, max_new_tokens: int = 256,
+                          batch_size: int = 16, limit: int | None = None,
+                          system_prompt: str | None = None) -> dict:
+    """Greedy two-turn answers (FastChat format) to `questions_path`, written to `out/<model_id>.jsonl`
+    with the settings and timing in `out/settings.json`. tstamp is 0 so a rerun writes the same file."""
+    import torch
+
+    from selm.generation import HFBackend
+
+    questions = load_questions(questions_path)[:limit]
+    backend = HFBackend(str(model_dir), batch_size=batch_size, progress=True, device="cpu")
+    generate = chat_generator(backend, max_new_tokens=max_new_tokens)
+    start = time.perf_counter()
+    rows = generate_answers(generate, questions, model_id=model_id, system_prompt=system_prompt, tstamp=0.0)
+    seconds = time.perf_counter() - start
+    lengths = [len(backend.tokenizer(t, add_special_tokens=False)["input_ids"])
+               for row in rows for t in row["choices"][0]["turns"]]
+    out = Path(out)
+    write_jsonl_atomic(out / f"{model_id}.jsonl", rows)
+    settings = {
+        "model": str(model_dir), "model_id": model_id, "questions": str(questions_path),
+        "n_questions": len(questions), "limit": limit, "system_prompt": system_prompt,
+        "decoding": generate.settings, "batch_size": batch_size, "torch_threads": torch.get_num_threads(),
+        "seconds": round(seconds, 1), "seconds_per_question": round(seconds / max(1, len(questions)), 2),
+        "answer_tokens": sum(lengths), "tokens_per_second": round(sum(lengths) / seconds, 1),
+        # an answer this long was most likely cut by max_new_tokens (re-tokenised, so approximate)
+        "turns_at_cap": sum(n >= max_new_tokens for n in lengths),
+        "example_prompt": generate.rendered[0] if generate.rendered else None,
+    }
+    write_json_atomic(out / "settings.json", settings)
+    return settings
+
+
+def no_judge_reason(api_key_env: str) -> str | None:
+    """Why grading cannot happen, or None when an API judge is configured (its key env var is set)."""
+    if os.environ.get(api_key_env):
+        return None
+    return (f"no API judge configured (the environment variable {api_key_env} is not set); the oracle "
+            "judge only understands the toy world, so these answers to the real MT-Bench questions are "
+            "not graded and no score is made up. Set it (any value for a local OpenAI-compatible server, "
+            "with judge.base_url) to grade them.")
+
+
+def grade_real_answers(questions_path: str | os.PathLike, answers_path: str | os.PathLike,
+                       references_path: str | os.PathLike, out: str | os.PathLike, *,
+                       base_url: str, model: str | None = None, api_key_env: str = "OPENAI_API_KEY",
+                       runs: int = 3, concurrency: int = 4, cache: str | os.PathLike | None = None) -> dict:
+    """MT-Bench single-answer grading through an OpenAI-compatible judge, or an explicit skip.
+
+    Always writes `out/grade.json`; with a judge also `out/judgments.jsonl` (FastChat-style rows)."""
+    out = Path(out)
+    reason = no_judge_reason(api_key_env)
+    if reason is not None:
+        print(f"MT-Bench grading skipped: {reason}")
+        result = {"graded": False, "reason": reason, "answers": str(answers_path)}
+        write_json_atomic(out / "grade.json", result)
+        return result
+    from selm.judges import get_judge
+
+    judge = get_judge("openai", base_url=base_url, model=model, api_key_env=api_key_env,
+                      concurrency=concurrency, cache=None if cache is None else str(cache))
+    questions = load_questions(questions_path)
+    answers = load_answers(answers_path)
+    questions = [q for q in questions if q["question_id"] in answers]  # a --limit run answered a prefix
+    judgments = grade(questions, answers, judge, n_runs=runs, references=load_answers(references_path))
+    write_jsonl_atomic(out / "judgments.jsonl", judgments)
+    result = {"graded": True, "judge": judge.identity("single"), "base_url": base_url,
+              "n_questions": len(questions), "summary": summarize(judgments), "judge_stats": dict(judge.stats)}
+    write_json_atomic(out / "grade.json", result)
+    return result

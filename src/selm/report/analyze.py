@@ -34,7 +34,7 @@ from selm.report.stats import paired_test, regime_verdict, summarize
 
 def spec_config(spec):
     """The spec's entry config as its stages see it (toy: conf/loop.yaml + params.yaml's sections)."""
-    from selm.cli.stage import merge_shared_sections
+    from selm.compose import merge_shared_sections
     from selm.config import compose_config
 
     cfg = compose_config(str(spec.get("config_name", "loop")))
@@ -89,12 +89,10 @@ FIGURE2_JUDGE_CACHE = "figure2_judge_cache.jsonl"  # in the analysis folder (a p
 
 
 def alpaca_settings(runs: list) -> DictConfig:
-    """The config the runs' checkpoints were evaluated with (selm.experiments.run_config, as the
+    """The config the runs' checkpoints were evaluated with (selm.experiments.Run.config, as the
     experiment stage composes it): its `judge` and `eval.alpaca_eval` must be the same for every run,
     or their pairwise win rates would mix judges or LC estimators."""
-    from selm.experiments import run_config
-
-    configs = [(run, run_config(run, Path("params.yaml"))) for run in runs]
+    configs = [(run, run.config(Path("params.yaml"))) for run in runs]
     first_run, first = configs[0]
 
     def settings(cfg):

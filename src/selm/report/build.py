@@ -187,7 +187,7 @@ def make_figures(analysis: Path, figdir: Path) -> tuple[list[Path], dict]:
 
 
 def _log_figures_to_wandb(paths: list[Path], scale: str, logger) -> None:
-    """The figures as images of one W&B run, `report/<scale>` (settings as selm.train.init_wandb's)."""
+    """The figures as images of one W&B run, `report/<scale>` (settings as selm.tracking.init_wandb's)."""
     if not logger.wandb:
         return
     import os

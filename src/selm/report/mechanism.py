@@ -95,7 +95,7 @@ def probe(run_dir: Path, iteration: int, alphas: list[float], work: Path, test_p
     from selm.data import pad_token_id, tokenize_pairs
     from selm.generation import backend_from_config
     from selm.loop import PREFS_SCHEMA as TEST_SCHEMA
-    from selm.loop import evaluate_true_reward, select_families
+    from selm.loop import evaluate_test_answers, select_families, true_reward_scorer
     from selm.train import train_iteration
 
     start = run_dir / f"iter{iteration - 1}" / "model"
@@ -115,6 +115,9 @@ def probe(run_dir: Path, iteration: int, alphas: list[float], work: Path, test_p
     del model
     test = select_families(read_jsonl(cfg.data.test_prefs, TEST_SCHEMA), cfg.data.families,
                            str(cfg.data.test_prefs))[: test_prompts or cfg.eval.n_prompts]
+    if cfg.eval.get("true_reward") is None:
+        raise ValueError(f"{start}/train_metrics.json: eval.true_reward is not set; the probe scores answers by it")
+    score = true_reward_scorer(cfg.eval.true_reward)
     rows = []
     for alpha in alphas:
         out = work / f"alpha{alpha}"
@@ -125,7 +128,7 @@ def probe(run_dir: Path, iteration: int, alphas: list[float], work: Path, test_p
         model_dir = train_iteration(tcfg)
         history = json.loads((model_dir / "train_metrics.json").read_text())["log_history"]
         after = sequence_logps(model_dir, pairs, pad_id)
-        metrics, _ = evaluate_true_reward(backend_from_config(tcfg, model_dir), test, tcfg.generation)
+        metrics, _ = evaluate_test_answers(backend_from_config(tcfg, model_dir), test, tcfg.generation, score)
         rows.append({
             "alpha": float(alpha),
             **changes(before, after, records),
