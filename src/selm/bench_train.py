@@ -17,7 +17,8 @@ policy's training forwards (a forward pre-hook counts them, so every trainer is 
 
 Model FLOP utilisation follows the usual convention: 6 x N x policy tokens for the training
 forward and backward, plus 2 x N x tokens for each reference forward, over the best fp32 (or bf16)
-matmul rate measured in the same process (`matmul_peak`, before and after the runs). N counts the
+matmul rate measured in the same process (`matmul_peak`, before and after the runs, the best of
+the sizes asked for). N counts the
 parameters that take part in matmuls: all of them except an input embedding that is not tied to
 the output head (a lookup is no FLOP). Attention's own (sequence-squared) FLOPs are left out, as
 in the convention; at these lengths they are a few per cent.
@@ -25,6 +26,7 @@ in the convention; at these lengths they are a few per cent.
 
 from __future__ import annotations
 
+import argparse
 import copy
 import os
 import platform
@@ -49,7 +51,7 @@ SELM_ALPHA = 0.1
 BETA = 0.1
 
 
-def matmul_peak(dtype: torch.dtype, n: int = 4096, reps: int = 3) -> float:
+def matmul_rate(dtype: torch.dtype, n: int, reps: int = 3) -> float:
     """Best FLOP/s of an n x n x n matmul in `dtype` over `reps` timed runs (after one untimed)."""
     g = torch.Generator().manual_seed(0)
     a = torch.randn(n, n, generator=g).to(dtype)
@@ -61,6 +63,14 @@ def matmul_peak(dtype: torch.dtype, n: int = 4096, reps: int = 3) -> float:
         torch.mm(a, b)
         best = min(best, time.perf_counter() - start)
     return 2 * n**3 / best
+
+
+def matmul_peak(dtype: torch.dtype, sizes: list[int]) -> tuple[float, dict[int, float]]:
+    """(the best rate over the matmul `sizes`, the rate of each). One size is not enough for bf16
+    on CPUs without AVX-512 bf16: there small matmuls (n <= 128, seen 1.8 GFLOP/s) run ten times
+    faster than large ones (n >= 256, 0.1-0.2 GFLOP/s) through another kernel."""
+    rates = {n: matmul_rate(dtype, n) for n in sizes}
+    return max(rates.values()), rates
 
 
 def matmul_parameters(model) -> int:
@@ -314,11 +324,14 @@ def machine() -> dict:
     return info
 
 
-def measure_peaks(args) -> dict[str, float]:
-    peaks = {"fp32": matmul_peak(torch.float32, args.matmul_n), "bf16": matmul_peak(torch.bfloat16, args.matmul_n_bf16)}
-    print(f"matmul peak: fp32 {peaks['fp32'] / 1e9:.2f} GFLOP/s (n={args.matmul_n}), bf16 {peaks['bf16'] / 1e9:.2f} "
-          f"GFLOP/s (n={args.matmul_n_bf16}), {torch.get_num_threads()} threads", flush=True)
-    return peaks
+def measure_peaks(args) -> tuple[dict[str, float], dict[str, dict[int, float]]]:
+    """({dtype: peak FLOP/s}, {dtype: {n: FLOP/s}}) over the fp32 and bf16 matmul sizes asked for."""
+    peaks, rates = {}, {}
+    for dtype, name, sizes in ((torch.float32, "fp32", args.matmul_n), (torch.bfloat16, "bf16", args.matmul_n_bf16)):
+        peaks[name], rates[name] = matmul_peak(dtype, sizes)
+    print(f"matmul peak: fp32 {peaks['fp32'] / 1e9:.2f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.2f} GFLOP/s "
+          f"({torch.get_num_threads()} threads; per size {rates})", flush=True)
+    return peaks, rates
 
 
 def bench_train(args, command: str) -> dict:
@@ -329,7 +342,7 @@ def bench_train(args, command: str) -> dict:
     args.batch_per_size = parse_per_size(args.batch, DEFAULT_BATCH, "--batch")
     bf16_sizes = [s for s in args.bf16_sizes.split(",") if s]
     precisions = {s: ["fp32"] + (["bf16"] if s in bf16_sizes else []) for s in sizes}
-    peaks_before = measure_peaks(args)
+    peaks_before, rates_before = measure_peaks(args)
     results = []
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -337,7 +350,7 @@ def bench_train(args, command: str) -> dict:
             model_dir = model_dir_for(size, Path(tmp), args.cache, args.seed)
             for precision in precisions[size]:
                 results.append(bench_size(size, precision, model_dir, pairs[size], args, peaks_before))
-    peaks_after = measure_peaks(args)
+    peaks_after, rates_after = measure_peaks(args)
     prov = provenance(command=command)
     result = {
         "what": "one epoch per trainer: set-up, steady state (steps after the warm-up), end to end",
@@ -345,10 +358,12 @@ def bench_train(args, command: str) -> dict:
         "settings": {"sizes": sizes, "pairs": {s: pairs[s] for s in sizes}, "batch_pairs": {s: args.batch_per_size[s] for s in sizes},
                      "max_length": args.max_length, "warmup_steps": args.warmup_steps, "trainers": args.trainers,
                      "selm_alpha": SELM_ALPHA, "beta": BETA, "seed": args.seed, "bf16_sizes": bf16_sizes,
-                     "matmul_n": {"fp32": args.matmul_n, "bf16": args.matmul_n_bf16}, "threads": torch.get_num_threads()},
+                     "matmul_sizes": {"fp32": args.matmul_n, "bf16": args.matmul_n_bf16}, "threads": torch.get_num_threads()},
         "matmul_peak_flops_per_s": {"before": {k: round(v) for k, v in peaks_before.items()},
                                     "after": {k: round(v) for k, v in peaks_after.items()},
-                                    "used": "before (utilisation = achieved / this)"},
+                                    "used": "before (utilisation = achieved / this)",
+                                    "per_size_before": {k: {n: round(v) for n, v in r.items()} for k, r in rates_before.items()},
+                                    "per_size_after": {k: {n: round(v) for n, v in r.items()} for k, r in rates_after.items()}},
         "results": results,
         "total_seconds": round(time.perf_counter() - start, 1),
         "machine": {**machine(), "load_average_end": os.getloadavg(), "shared": args.shared_note},
@@ -357,6 +372,13 @@ def bench_train(args, command: str) -> dict:
     }
     write_json_atomic(args.out, result)
     return result
+
+
+def _sizes(text: str) -> list[int]:
+    sizes = [int(x) for x in text.split(",") if x.strip().isdigit() and int(x) > 0]
+    if not sizes or len(sizes) != len(text.split(",")):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of positive integers")
+    return sizes
 
 
 def add_arguments(parser) -> None:
@@ -371,9 +393,9 @@ def add_arguments(parser) -> None:
                         f"(defaults {DEFAULT_BATCH})")
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--warmup-steps", type=int, default=1, help="steps left out of the steady state")
-    parser.add_argument("--matmul-n", type=int, default=4096, help="fp32 matmul size of the peak")
-    parser.add_argument("--matmul-n-bf16", type=int, default=1024,
-                        help="bf16 matmul size (smaller: without AVX-512 bf16, CPUs emulate it at a few per cent of fp32)")
+    parser.add_argument("--matmul-n", type=_sizes, default=[4096], help="fp32 matmul sizes of the peak (comma-separated)")
+    parser.add_argument("--matmul-n-bf16", type=_sizes, default=[128, 1024],
+                        help="bf16 matmul sizes (without AVX-512 bf16 a CPU emulates bf16, fastest at small sizes)")
     parser.add_argument("--profile", default="smollm2/fp32",
                         help="comma-separated SIZE/PRECISION whose last warm-up step is profiled ('' for none)")
     parser.add_argument("--threads", type=int, default=None,
