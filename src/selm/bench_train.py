@@ -383,8 +383,9 @@ def _sizes(text: str) -> list[int]:
 
 def add_arguments(parser) -> None:
     parser.add_argument("--sizes", default=",".join(SIZES), help=f"comma-separated, of {', '.join(SIZES)}")
-    parser.add_argument("--bf16-sizes", default="smollm2",
-                        help="sizes that also run with bf16 autocast ('' for none; every size runs in fp32)")
+    parser.add_argument("--bf16-sizes", default="toy",
+                        help="sizes that also run with bf16 autocast ('' for none; every size runs in fp32). Add "
+                             "smollm2 on a CPU with native bf16 (AVX-512 bf16/AMX): emulated, a 135M step takes many minutes")
     parser.add_argument("--trainers", default=",".join(TRAINERS), type=lambda s: s.split(","),
                         help=f"comma-separated, of {', '.join(TRAINERS)}")
     parser.add_argument("--pairs", default="", help="pairs per epoch: N for every size or SIZE=N,... "
