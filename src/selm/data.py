@@ -16,7 +16,8 @@ Template decisions (docs/paper.md section 2 lists the authors' quirks; we fix th
   so that prompt + answer fit `max_length` (the authors' settings).
 
 A batch of B pairs is one tensor of 2B rows (chosen, rejected) or 3B rows (chosen, rejected,
-y_ref), so the policy needs ONE forward per step for all three sequences.
+y_ref), so the policy needs ONE forward per step for all three sequences. At alpha = 0 (DPO) y_ref
+has no part in the loss: `without_y_ref` drops it before the reference pass and training.
 """
 
 from __future__ import annotations
@@ -108,6 +109,13 @@ class TokenizedPair:
         if self.response_ids is not None:
             out["response"] = self.response_ids
         return out
+
+
+def without_y_ref(pairs: list[TokenizedPair]) -> list[TokenizedPair]:
+    """The same pairs with y_ref dropped: what DPO (alpha = 0) trains on. The optimism term is
+    alpha * beta * (...), so at alpha = 0 y_ref changes neither the loss nor any gradient, and
+    carrying it would only add a third of the policy's and the reference pass's compute."""
+    return [TokenizedPair(p.prompt_ids, p.chosen_ids, p.rejected_ids, None) for p in pairs]
 
 
 @dataclass

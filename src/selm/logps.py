@@ -7,9 +7,10 @@ hashes exactly what changes them: the checkpoint's weights and config, the token
 data, chat template, tokenizer and lengths) and the precision. A rerun with the same inputs loads
 them instead of recomputing; any change gives a new key.
 
-`bounded_logps` is the inference-only pass of the analyses (Figures 4 and 5) at any vocabulary
-size: micro-batches of pairs, and within each the vocabulary projection and fp32 log-softmax done
-over chunks of positions, so that at most rows x seq_chunk x vocab logits exist at a time.
+`bounded_logps` is the inference-only pass of the reference log-probs and of the analyses
+(Figures 4 and 5) at any vocabulary size: micro-batches of pairs, and within each the vocabulary
+projection and fp32 log-softmax done over chunks of positions, so that at most rows x seq_chunk x
+vocab logits exist at a time.
 """
 
 from __future__ import annotations
@@ -170,35 +171,29 @@ _FINGERPRINTS: dict[tuple, str] = {}
 
 def reference_cache_key(model_dir, pairs: list[TokenizedPair], precision: str, memo_dir=None) -> str:
     h = hashlib.sha256()
-    for part in (model_fingerprint(model_dir, memo_dir), pairs_fingerprint(pairs), precision, "completion_logps/v1"):
+    for part in (model_fingerprint(model_dir, memo_dir), pairs_fingerprint(pairs), precision, "bounded_logps/v1"):
         h.update(part.encode())
         h.update(b"\0")
     return h.hexdigest()[:32]
 
 
+REF_SEQ_CHUNK = 128  # positions per vocabulary projection in the reference pass
+
+
 @torch.no_grad()
 def compute_reference_logps(
-    model, pairs: list[TokenizedPair], *, pad_token_id: int, batch_size: int, autocast_dtype=None
+    model, pairs: list[TokenizedPair], *, pad_token_id: int, batch_size: int, autocast_dtype=None,
+    seq_chunk: int = REF_SEQ_CHUNK,
 ) -> torch.Tensor:
-    """(N, K) reference log-probs, K = 2 (chosen, rejected) or 3 (+ y_ref), in pair order."""
-    was_training = model.training
-    model.eval()
+    """(N, K) reference log-probs, K = 2 (chosen, rejected) or 3 (+ y_ref), in pair order.
+
+    The pass is `bounded_logps` (under autocast when `autocast_dtype` is set): `batch_size` pairs
+    per forward, the head and the fp32 log-softmax over `seq_chunk` positions at a time, so at a
+    128k vocabulary the reference pass holds rows x seq_chunk x vocab logits, not rows x length x
+    vocab."""
     device = next(model.parameters()).device
-    collate = PairCollator(pad_token_id)
-    n_kinds = len(pairs[0].completions())
-    dataset = PairDataset(pairs)
-    out = []
-    for start in range(0, len(pairs), batch_size):
-        batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(pairs)))])
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            logps, _ = completion_logps(
-                model, batch["input_ids"].to(device), batch["attention_mask"].to(device),
-                batch["completion_mask"].to(device),
-            )
-        # rows are [chosen_1..B, rejected_1..B(, response_1..B)]: regroup to one row per pair
-        out.append(logps.float().cpu().view(n_kinds, -1).T)
-    model.train(was_training)
-    return torch.cat(out)
+    with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        return bounded_logps(model, pairs, pad_token_id=pad_token_id, batch_size=batch_size, seq_chunk=seq_chunk)
 
 
 def load_cached_reference_logps(model_dir, pairs: list[TokenizedPair], cache_dir,

@@ -2,8 +2,9 @@
 
     init checkpoint (policy = reference = pi_{t-1})  +  pairs JSONL  ->  checkpoint pi_t
 
-Steps: validate inputs; tokenise the pairs; compute (or load from cache) the reference log-probs
-of chosen, rejected and y_ref with the freshly loaded policy; train with SELMTrainer; save the
+Steps: validate inputs; tokenise the pairs (at alpha = 0, DPO, without y_ref: it has no part in
+the loss); compute (or load from cache) the reference log-probs of chosen, rejected and y_ref with
+the freshly loaded policy; train with SELMTrainer; save the
 final model into `<output_dir>.partial/` and rename it to `output_dir` only once complete, so an
 interrupted run never leaves an output that looks finished. Checkpoints live in the partial folder
 and a rerun resumes from the newest one.
@@ -24,7 +25,7 @@ from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from selm.checkpoints import check_checkpoint
-from selm.data import PairCollator, PairDataset, load_pairs, pad_token_id
+from selm.data import PairCollator, PairDataset, load_pairs, pad_token_id, without_y_ref
 from selm.io import write_json_atomic
 from selm.logps import compute_reference_logps, load_cached_reference_logps, store_reference_logps
 from selm.provenance import provenance
@@ -114,15 +115,22 @@ def reference_dir(cfg: DictConfig, init_dir: Path) -> Path:
 
 
 def _tokenized_pairs(cfg: DictConfig, init_dir: Path):
+    """(tokenizer, the pairs this iteration trains on, truncation stats, whether the file has y_ref).
+
+    At alpha = 0 y_ref is dropped here, so neither the reference pass nor any training step pushes
+    it through a model (it would cost a third of the compute for a zero gradient)."""
     t = cfg.train
     tokenizer = AutoTokenizer.from_pretrained(init_dir)
     pairs, trunc = load_pairs(
         Path(cfg.pairs), tokenizer, max_length=t.max_length, max_prompt_length=t.max_prompt_length,
         system_prompt=cfg.model.system_prompt,
     )
-    if t.alpha != 0 and pairs[0].response_ids is None:
+    file_has_y_ref = pairs[0].response_ids is not None
+    if t.alpha != 0 and not file_has_y_ref:
         raise ValueError(f"{cfg.pairs}: train.alpha={t.alpha} needs y_ref, but the pairs have no 'response' field")
-    return tokenizer, pairs, trunc
+    if t.alpha == 0 and file_has_y_ref:
+        pairs = without_y_ref(pairs)
+    return tokenizer, pairs, trunc, file_has_y_ref
 
 
 def reference_logps(cfg: DictConfig, init_dir: Path, pairs, precision: str, tokenizer, policy=None):
@@ -166,7 +174,7 @@ def precompute_reference(cfg: DictConfig) -> str:
     """Fill the reference cache for one iteration (the loop calls this before a launched training)."""
     init_dir = check_checkpoint(cfg.init_checkpoint, "init_checkpoint")
     precision = resolve_precision(cfg.train.precision)
-    tokenizer, pairs, _ = _tokenized_pairs(cfg, init_dir)
+    tokenizer, pairs, _, _ = _tokenized_pairs(cfg, init_dir)
     _, key, hit = reference_logps(cfg, init_dir, pairs, precision, tokenizer)
     log.info("reference log-probs %s (key %s)", "already cached" if hit else "computed", key)
     return key
@@ -209,7 +217,7 @@ def train_iteration(cfg: DictConfig, callbacks: list | None = None) -> Path:
     precision = resolve_precision(t.precision)
     learning_rate_for(t, cfg.iteration)  # fail on a missing learning rate before any work
 
-    tokenizer, pairs, trunc = _tokenized_pairs(cfg, init_dir)
+    tokenizer, pairs, trunc, file_has_y_ref = _tokenized_pairs(cfg, init_dir)
     run = init_wandb(cfg) if is_main_process() else None
     # TrainingArguments first: under DeepSpeed ZeRO-3 it switches on zero.Init, so the policy loaded
     # next is sharded as it is built instead of materialised whole on every rank.
@@ -256,7 +264,8 @@ def train_iteration(cfg: DictConfig, callbacks: list | None = None) -> Path:
                 "iteration": cfg.iteration,
                 "pairs": str(pairs_path),
                 "n_pairs": len(pairs),
-                "with_y_ref": pairs[0].response_ids is not None,
+                "with_y_ref": file_has_y_ref,  # the pairs file carries y_ref
+                "sequences_per_pair": len(pairs[0].completions()),  # 2 at alpha = 0: y_ref is not trained on
                 "init_checkpoint": str(init_dir),
                 "reference_checkpoint": str(reference_dir(cfg, init_dir)),
                 "learning_rate": learning_rate_for(t, cfg.iteration),

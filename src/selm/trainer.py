@@ -3,7 +3,10 @@
 transformers' Trainer brings gradient accumulation, AdamW, the cosine schedule with warmup,
 gradient checkpointing, bf16, DeepSpeed through accelerate, checkpoint/resume and W&B; this class
 only supplies the loss. The reference log-probs arrive in the batch (`ref_logps`, computed once per
-iteration, see selm.logps), so no reference model is held or run during training.
+iteration, see selm.logps), so no reference model is held or run during training. A batch of 2B
+rows (chosen, rejected) is DPO; 3B rows add y_ref for the optimism term. selm.train gives alpha = 0
+the two-sequence batches (selm.data.without_y_ref): y_ref would cost a third of the compute there
+for a zero gradient.
 """
 
 from __future__ import annotations
