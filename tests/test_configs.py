@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra.errors import ConfigCompositionException, MissingConfigException
 
 from conftest import make_pairs, write_jsonl
@@ -81,8 +82,14 @@ def test_hydra_multirun_over_alpha(tiny_model, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     for alpha in ("0", "0.01"):
         assert (Path(tmp_path) / "runs" / f"alpha{alpha}" / "model.safetensors").is_file()
-    # alpha does not change the reference log-probs: both runs share one cache entry
-    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 1
+    # DPO (alpha 0) drops y_ref, so its reference pass has two columns and its own cache entry; the
+    # chosen / rejected reference log-probs are the same numbers in both
+    from safetensors.torch import load_file
+
+    cached = sorted((load_file(str(f))["ref_logps"] for f in (tmp_path / "cache").glob("*.safetensors")),
+                    key=lambda t: t.shape[1])
+    assert [tuple(t.shape) for t in cached] == [(8, 2), (8, 3)]
+    assert torch.equal(cached[0], cached[1][:, :2])
 
 
 def test_cli_error_names_the_missing_pairs(tiny_model, tmp_path):

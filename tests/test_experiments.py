@@ -265,4 +265,4 @@ def test_controls_spec_expands_and_names_existing_cells():
     assert named and set(named) <= cells, set(named) - cells
     for n in spec.experiments:
         for r in expand(spec, n):
-            run_config(r, ROOT / "params.yaml")  # every cell composes and validates
+            r.config(ROOT / "params.yaml")  # every cell composes and validates

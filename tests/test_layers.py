@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "selm"
 LAYERS = [
     ("foundation: files, configs, identities, the loss", {
         "selm", "selm.io", "selm.config", "selm.compose", "selm.determinism", "selm.provenance",
-        "selm.checkpoints", "selm.tracking", "selm.losses", "selm.tiny"}),
+        "selm.checkpoints", "selm.tracking", "selm.losses", "selm.tiny", "selm.console", "selm.stagelog"}),
     ("data: pairs and batches; the toy world", {"selm.data", "selm.world"}),
     ("parts: reference log-probs, generation, the trainer, rankers, judges, external artifacts", {
         "selm.logps", "selm.generation", "selm.trainer", "selm.pairrm", "selm.rankers", "selm.judges",
@@ -25,7 +25,9 @@ LAYERS = [
     ("recipes: one iteration, SFT, the loop, exports, evaluations, stand-ins", {
         "selm.train", "selm.sft", "selm.loop", "selm.ultrafeedback", "selm.evals", "selm.evaluate",
         "selm.standins", "selm.judge_server"}),
-    ("orchestration: experiments and benchmarks", {"selm.experiments", "selm.bench"}),
+    ("orchestration: experiments, benchmarks, the stage-time table, the W&B workspace", {
+        "selm.experiments", "selm.bench", "selm.bench_train", "selm.bench_growth", "selm.stagetable",
+        "selm.dashboard"}),
     ("report: analyses, tables, figures", {"selm.report"}),
     ("entry points", {"selm.cli"}),
 ]
@@ -33,7 +35,8 @@ LAYERS = [
 APART = [({"selm.evaluate", "selm.evals", "selm.judges"}, {"selm.train", "selm.trainer", "selm.loop"},
           "an evaluation runs on any checkpoint and needs no training code")]
 # Who may import the toy world: the toy scale's own modules and the registries' toy entries.
-WORLD_IMPORTERS = {"selm.sft", "selm.bench", "selm.rankers", "selm.judges.oracle"}
+WORLD_IMPORTERS = {"selm.sft", "selm.bench", "selm.bench_train", "selm.rankers", "selm.judges.oracle",
+                   "selm.report.controls_analysis"}
 
 
 def module_name(path: Path) -> str:

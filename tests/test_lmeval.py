@@ -139,7 +139,7 @@ def test_the_environment_report_is_made_once_per_process(models, gold_a_world, t
     calls = []
     monkeypatch.setattr(collect_env, "get_pretty_env_info", lambda: calls.append(1) or "report")
     for name in ("right", "wrong"):
-        run_config(models[name], "toy", world=gold_a_world, out=tmp_path / f"{name}.json", batch_size=4)
+        run_suite(models[name], "toy", world=gold_a_world, out=tmp_path / f"{name}.json", batch_size=4)
     assert len(calls) == 1
 
 
