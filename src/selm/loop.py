@@ -369,13 +369,13 @@ def _train_online_iteration(cfg: DictConfig, t: int, rows: list[dict], previous:
             responses_path = it_dir / "responses.jsonl"
             k = y_ref_samples(variant)
             if not responses_path.exists():
-                backend = backend_from_config(cfg, previous)
-                if k > 1:
-                    ranker = ranker or _make_ranker(cfg)
-                    responses = best_of_k_responses(backend, rows, cfg.generation, cfg.train.seed + t, k, ranker)
-                else:
-                    responses = generate_responses(backend, rows, cfg.generation, cfg.train.seed + t)
-                del backend
+                with backend_from_config(cfg, previous) as backend:  # closed (vLLM: engine shut down) on exit
+                    if k > 1:
+                        ranker = ranker or _make_ranker(cfg)
+                        responses = best_of_k_responses(backend, rows, cfg.generation, cfg.train.seed + t, k,
+                                                        ranker)
+                    else:
+                        responses = generate_responses(backend, rows, cfg.generation, cfg.train.seed + t)
                 write_jsonl_atomic(responses_path, responses)
                 _release_accelerator_memory()  # the generation engine is gone; training needs the memory
             responses = read_jsonl(responses_path, RESPONSES_SCHEMA)
@@ -519,8 +519,9 @@ def _evaluate(cfg: DictConfig, model_dir: Path, model_fp: str, test: list[dict],
     for stale in (path, out_dir / "eval_answers.jsonl"):  # made under another identity, or none
         stale.unlink(missing_ok=True)
     write_json_atomic(record, identity)
-    metrics, rows = evaluate_test_answers(backend_from_config(cfg, model_dir), test, cfg.generation,
-                                          true_reward_scorer(cfg.eval.true_reward), cfg.eval.coverage_samples)
+    with backend_from_config(cfg, model_dir) as backend:
+        metrics, rows = evaluate_test_answers(backend, test, cfg.generation, true_reward_scorer(cfg.eval.true_reward),
+                                              cfg.eval.coverage_samples)
     write_jsonl_atomic(out_dir / "eval_answers.jsonl", rows)
     write_json_atomic(path, metrics)
     return metrics

