@@ -155,7 +155,10 @@ def _paper_scale_figs() -> dict:
         "figure6_ablations": {"iterative (rank y_w, y_l, y_ref)": {"points": [{"mt_bench": one(7.5)}]},
                               "rank_w_ref": {"points": [{"mt_bench": one(7.2)}]},
                               "stepwise": {"points": [{"mt_bench": one(7.3)}]},
-                              "offline": {"points": [{"mt_bench": one(7.1)}]}},
+                              "offline": {"points": [{"mt_bench": one(7.1)}]},
+                              "batch128": {"points": [{"mt_bench": one(7.4)}]},
+                              "decaying_lr": {"points": [{"mt_bench": one(7.45)}]},
+                              "six_iterations": {"points": [{"mt_bench": one(7.2)}]}},
     }
 
 
@@ -185,6 +188,7 @@ def test_the_paper_scale_report_has_no_toy_sentence(tmp_path):
     assert "one seed, so no interval and no t-test anywhere" in text
     assert "fewer than 2 seeds per cell: no paired test" in text  # sections that need seeds say so
     assert "Final point of each variant (MT-Bench): iterative (rank y_w, y_l, y_ref): 7.50; rank_w_ref: 7.20" in text
+    assert "batch128 (batch size): MT-Bench 7.400 vs 7.500 (-0.100, one seed: no interval: inconclusive)" in text
     assert "fraction of prompts in bins of width 2 over [-6, 6] (1.2% of the values lie beyond the range" in text
     # the alpha selection: external reward 0.5 at alpha 0.001 is the highest of the searched alphas; one seed
     assert "Selected: **alpha 0.001**; its lead over alpha 0.005 (+0.100) is within what the seeds resolve (one " \
@@ -287,3 +291,23 @@ def test_alpha_selection_in_words_with_and_without_the_true_reward():
     near = alpha_selection_text(_selection({0.005: 0.605, 0.1: 0.60}, None, 3, 0.01))
     assert "its lead over alpha 0.1 (+0.005) is within what the seeds resolve (95% interval includes 0; MDE 0.018)" in near
     assert "no true reward" in near
+
+
+
+def test_figure6_panels_against_iterative_dpo():
+    from selm.report.report_text import figure6_panels_text
+
+    point = lambda mt, r, k: {"points": [{"pairs_k": k, "mt_bench": {"mean": mt, "ci95": 0.01, "n": 3},  # noqa: E731
+                                          "r_star": {"mean": r, "ci95": 0.01, "n": 3}}]}
+    fig6 = {"iterative (rank y_w, y_l, y_ref)": point(7.5, 0.50, 2.0), "stepwise": point(7.0, 0.40, 2.0),
+            "batch32": point(7.0, 0.50, 2.0), "decaying_lr": point(7.49, 0.53, 2.0),
+            "six_iterations": point(7.5, 0.56, 1.75)}
+    text = figure6_panels_text(fig6)
+    # each side's se 0.01 / 4.302653 = 0.0023241, the difference's 0.0032868 (2 dof): half-width 0.0141,
+    # MDE 5.363313 * 0.0032868 = 0.0176 (r*: the floor 0.016 is smaller)
+    assert "batch32 (batch size, 2k pairs seen): MT-Bench 7.000 vs 7.500 (-0.500, MDE 0.018: lower)" in text
+    assert "decaying_lr (learning-rate schedule, 2k pairs seen): MT-Bench 7.490 vs 7.500 (-0.010, 95% interval " \
+           "includes 0; MDE 0.018: inconclusive); r* 0.530 vs 0.500 (+0.030, MDE 0.018: higher)" in text
+    assert "six_iterations (number of iterations, 1.75k pairs seen)" in text and "r* 0.560 vs 0.500 (+0.060" in text
+    assert "stepwise" not in text  # the label- and dataset-update variants are the claims section's
+    assert figure6_panels_text({"iterative (rank y_w, y_l, y_ref)": point(7.5, 0.5, 2.0)}) is None
