@@ -7,6 +7,9 @@ drawn from these files by selm.report.build (no model is loaded there).
 Choices the paper leaves open, recorded here and in the JSON:
 - Figure 3's scalar "reward" of an answer is the ranker's score (toy: the oracle ranker's r* plus its
   deterministic noise; at the paper scale PairRM's aggregated pairwise logit, selm.pairrm).
+- Figure 3's alpha selection (the paper's rule: the alpha with the best average external reward on the
+  hold-out set): the ranker's score above, of the final iteration's greedy answers to the held-out
+  prompts, one mean per seed, seeds averaged; the argmax over alpha > 0 (the searched alphas).
 - Figure 4: r_SELM - r_DPO on the test chosen/rejected answers at iteration 1. Both runs of a seed start
   iteration 1 from the same checkpoint (iteration 0 is alpha-free and seeded), so
   r_SELM - r_DPO = beta * (log pi_SELM(y|x) - log pi_DPO(y|x)); averaged over seeds per prompt.
