@@ -123,7 +123,7 @@ def _selection(external: dict, r_star: dict | None, n: int, ci: float | None = N
                        **({"r_star": summary(r_star[a])} if r_star else {})} for a, m in external.items()}
     searched = sorted((a for a in external if a > 0), key=lambda a: -external[a])
     out = {"rule": "the searched alpha with the highest mean external reward", "alphas": alphas,
-           "searched": sorted(searched), "selected": searched[0], "runner_up": searched[1]}
+           "searched": sorted(searched), "selected": searched[0], "runner_up": searched[1] if len(searched) > 1 else None}
     if r_star:
         best = max((a for a in r_star if a > 0), key=lambda a: r_star[a])
         out.update(best_r_star=best, agree=best == searched[0])
@@ -291,6 +291,9 @@ def test_alpha_selection_in_words_with_and_without_the_true_reward():
     near = alpha_selection_text(_selection({0.005: 0.605, 0.1: 0.60}, None, 3, 0.01))
     assert "its lead over alpha 0.1 (+0.005) is within what the seeds resolve (95% interval includes 0; MDE 0.018)" in near
     assert "no true reward" in near
+    # the rehearsal's Figure 3: one searched alpha beside iterative DPO
+    single = alpha_selection_text(_selection({0.0: 0.1, 0.001: 0.2}, None, 1))
+    assert "Selected: **alpha 0.001**; it is the only searched alpha." in single
 
 
 
