@@ -118,7 +118,10 @@ def test_every_stage_command_exists_and_composes():
             for run in expand(spec, key):  # every run composes, lands in the stage's outputs, reads its deps
                 cfg = run.config(None)
                 assert cfg.run_dir.startswith(f"runs/{key}/") and cfg.model.path in deps and cfg.ranker.path in deps
-                assert cfg.data.slice_size in (15_283, 20_378) and cfg.data.train_prefs.startswith("data/ultrafeedback")
+                # the 61,135 rows split evenly over the run's slices (iteration 0 + SELM iterations): 15,283 for
+                # Zephyr's 4, 20,378 for Llama-3's 3, 8,733 for Figure 6's six_iterations' 7
+                slices = len(cfg.model.iterations) + int(cfg.model.offline_dpo_iteration)
+                assert cfg.data.slice_size == 61_135 // slices and cfg.data.train_prefs.startswith("data/ultrafeedback")
         elif kind == "eval_base":
             cfg = compose_config(*_overrides(argv))
             assert cfg.model.path in deps and outs == [f"evals/base/{cfg.model.name}"]
