@@ -134,6 +134,11 @@ def test_paper_like_runs_one_seed_and_no_true_reward(tmp_path, monkeypatch):
     # the ranker scores each greedy answer beside the test chosen answer: noiseless oracle, "3" is right
     assert fig3["hist_by_alpha_iter2"] == {"0.0": [1.0, 0.0], "0.001": [0.0, 1.0]}
     assert fig3["beyond_bins"] == 0.0 and "the true reward r* plus the oracle ranker's" in fig3["reward"]
+    # the alpha selection: the final iteration (2) of alpha 0.001 answers right (1.0), alpha 0 wrong (0.0);
+    # one seed, no interval; no r* on disk, so no true-reward selection to compare with
+    sel = fig3["selection"]
+    assert sel["selected"] == 0.001 and sel["runner_up"] is None and "best_r_star" not in sel
+    assert sel["alphas"]["0.0"]["external_reward"] == {"mean": 0.0, "ci95": None, "n": 1}
 
 
 def test_implicit_rewards_load_the_training_precision_and_hold_one_micro_batch_chunk_of_logits(
@@ -183,3 +188,80 @@ def test_analysis_section_is_checked():
         analyze.analysis_options(OmegaConf.create({"analysis": {"seq_chunk": 0}}))
     with pytest.raises(KeyError, match="analysis.batchsize is not a known key"):
         analyze.analysis_options(OmegaConf.create({"analysis": {"batchsize": 4}}))
+
+
+# --- Figure 3: the paper's alpha selection rule --------------------------------------------------------
+
+SEL_TEST = {p: {"prompt": f"add: {a}+{b}", "family": "add", "gold": str(a + b),
+                "chosen": [{"role": "assistant", "content": str(a + b)}]} for p, a, b in (("p1", 1, 2), ("p2", 2, 2))}
+RIGHT, WRONG = {"p1": "3", "p2": "4"}, "no idea"  # the noiseless oracle scores these 1 and 0
+# final-iteration (iter3) answers per alpha and seed: True = right, for p1 and p2; and the r* the run's
+# eval.json records, chosen to disagree with the answers' external reward
+SEL_ANSWERS = {"0.0": [(True, False), (True, False)], "0.005": [(True, True), (True, False)],
+               "0.1": [(False, False), (True, False)], "1.0": [(True, False), (True, False)]}
+SEL_R_STAR = {"0.0": [0.50, 0.50], "0.005": [0.40, 0.42], "0.1": [0.60, 0.62], "1.0": [0.30, 0.30]}
+
+
+def _selection_runs(root, with_r_star=True, last_iteration=None):
+    cells = {}
+    for alpha, per_seed in SEL_ANSWERS.items():
+        experiment = "main" if alpha in ("0.0", "0.1") else "alpha"
+        cells.setdefault(experiment, []).append(float(alpha))
+        for seed, (ok1, ok2), r_star in zip((1, 2), per_seed, SEL_R_STAR[alpha]):
+            run = root / "runs" / experiment / f"tiny-sft/alpha{alpha}" / f"seed{seed}"
+            for t in range(1, (last_iteration or {}).get((alpha, seed), 3) + 1):
+                it = run / f"iter{t}"
+                (it / "model").mkdir(parents=True)
+                (it / "model" / "config.json").write_text("{}")
+                answers = {"p1": RIGHT["p1"] if ok1 else WRONG, "p2": RIGHT["p2"] if ok2 else WRONG}
+                if t < 3:  # earlier iterations: all wrong, so only the final one can decide
+                    answers = {p: WRONG for p in answers}
+                (it / "eval_answers.jsonl").write_text("".join(json.dumps({"prompt_id": p, "answer": a}) + "\n"
+                                                               for p, a in answers.items()))
+                (it / "eval.json").write_text(json.dumps({"mean_reward": r_star} if with_r_star else {"n": 2}))
+            (run / "config.json").write_text(json.dumps({"ranker": {"name": "oracle", "noise": 0.0, "salt": "r"}}))
+    spec = OmegaConf.create({"bases": ["tiny-sft"], "seeds": [1, 2], "experiments": {
+        e: {"alphas": alphas, "cells": {"tiny-sft": {"model": "tiny-sft"}}} for e, alphas in cells.items()}})
+    fig = OmegaConf.create({"cells": [f"{'main' if a in ('0.0', '0.1') else 'alpha'}/tiny-sft/alpha{a}"
+                                      for a in SEL_ANSWERS], "shift_cell": "main/tiny-sft/alpha0.1"})
+    return spec, fig
+
+
+def test_alpha_selection_by_external_reward_against_the_true_reward(tmp_path, monkeypatch):
+    from selm.rankers import get_ranker
+
+    monkeypatch.chdir(tmp_path)
+    spec, fig = _selection_runs(tmp_path)
+    ranker = get_ranker(OmegaConf.create({"name": "oracle", "noise": 0.0, "salt": "r"}))
+    sel = analyze.alpha_selection(spec, fig, SEL_TEST, ranker)
+    ext = {a: e["external_reward"] for a, e in sel["alphas"].items()}
+    # per-seed means of the two prompts: alpha 0.005: 1.0 and 0.5 -> 0.75, sd 0.353553, ci95 =
+    # t(0.975, 1) 12.706205 * 0.353553 / sqrt 2 = 3.176551; alpha 0.1: 0 and 0.5 -> 0.25; alphas 0 and 1: 0.5 twice
+    assert ext["0.005"] == {"mean": 0.75, "ci95": pytest.approx(3.17655, abs=1e-5), "n": 2}
+    assert ext["0.1"]["mean"] == 0.25 and ext["1.0"] == {"mean": 0.5, "ci95": 0.0, "n": 2} and ext["0.0"]["mean"] == 0.5
+    assert {a: e["iteration"] for a, e in sel["alphas"].items()} == {a: 3 for a in SEL_ANSWERS}
+    # argmax over the searched alphas (> 0): 0.005; second 1.0 (0.5 > 0.25)
+    assert (sel["selected"], sel["runner_up"], sel["searched"]) == (0.005, 1.0, [0.005, 0.1, 1.0])
+    # r*: alpha 0.1's 0.60, 0.62 is the best (mean 0.61, ci95 12.706205 * 0.0141421 / sqrt 2 = 0.127062):
+    # selection by the external reward disagrees with selection by r*
+    assert sel["alphas"]["0.1"]["r_star"] == {"mean": 0.61, "ci95": pytest.approx(0.12706, abs=1e-5), "n": 2}
+    assert sel["best_r_star"] == 0.1 and sel["agree"] is False
+    # no r* (the paper scale): the selection alone
+    (tmp_path / "paper").mkdir()
+    monkeypatch.chdir(tmp_path / "paper")
+    spec, fig = _selection_runs(tmp_path / "paper", with_r_star=False)
+    sel = analyze.alpha_selection(spec, fig, SEL_TEST, ranker)
+    assert sel["selected"] == 0.005 and "best_r_star" not in sel and "r_star" not in sel["alphas"]["0.005"]
+
+
+def test_alpha_selection_needs_one_final_iteration_per_cell_and_an_alpha_above_zero(tmp_path, monkeypatch):
+    from selm.rankers import get_ranker
+
+    monkeypatch.chdir(tmp_path)
+    ranker = get_ranker(OmegaConf.create({"name": "oracle", "noise": 0.0, "salt": "r"}))
+    spec, fig = _selection_runs(tmp_path, last_iteration={("0.1", 2): 2})  # seed 2 of alpha 0.1 stopped at iter2
+    with pytest.raises(ValueError, match=r"main/tiny-sft/alpha0.1: the seeds' last trained iterations differ"):
+        analyze.alpha_selection(spec, fig, SEL_TEST, ranker)
+    only_dpo = OmegaConf.create({"cells": ["main/tiny-sft/alpha0.0"]})
+    with pytest.raises(ValueError, match="no cell with alpha > 0"):
+        analyze.alpha_selection(spec, only_dpo, SEL_TEST, ranker)

@@ -38,6 +38,26 @@ def test_figure_inputs_name_existing_cells():
     assert set(named) <= cells, set(named) - cells
 
 
+
+def test_toy_figures_3_and_6_have_the_papers_grid_and_panels():
+    """Figure 3: the paper's largest searched alpha 0.005 beside the toy's; Figure 6: the paper's batch,
+    schedule and iteration-count panels (batch 2x main's, peak lr decaying 5:3:1 with cosine kept, 6
+    iterations) besides its label- and dataset-update ones."""
+    spec = load_experiments(ROOT / "experiments" / "toy.yaml")
+    params = ROOT / "params.yaml"
+    fig3 = {float(p.rsplit("alpha", 1)[1]) for p in spec.figures.figure3_alpha.cells}
+    assert fig3 == {0.0, 0.005, 0.01, 0.1, 0.3, 1.0}
+    cfg = {r.cell.split("/")[0]: r.config(params) for r in expand(spec, "ablations") if r.seed == 42}
+    main = next(r.config(params) for r in expand(spec, "main") if r.cell == "tiny-sft/alpha0.0" and r.seed == 42)
+    assert "constant_lr" not in cfg  # the old constant_with_warmup cell was not the paper's panel
+    assert list(main.train.learning_rates) == [3e-5] * 4  # main: the same peak every iteration
+    assert list(cfg["decaying_lr"].train.learning_rates) == pytest.approx([3e-5, 3e-5, 1.8e-5, 6e-6])  # 5:3:1 x 6e-6
+    assert cfg["decaying_lr"].train.lr_scheduler == main.train.lr_scheduler == "cosine"
+    assert cfg["batch32"].train.global_batch_size == 2 * main.train.global_batch_size
+    assert list(cfg["six_iterations"].model.iterations) == [1, 2, 3, 4, 5, 6]
+    variants = {p.split("/")[1] for p in spec.figures.figure6_ablations.variants}
+    assert {"batch32", "decaying_lr", "six_iterations"} <= variants and variants == set(cfg)
+
 def test_a_group_key_that_is_not_a_group_is_refused():
     spec = OmegaConf.create({"seeds": [1], "experiments": {"x": {"alphas": [0.0], "cells": {
         "c": {"model": "tiny-sft", "generation": "sampled"}}}}})

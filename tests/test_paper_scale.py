@@ -118,7 +118,10 @@ def test_every_stage_command_exists_and_composes():
             for run in expand(spec, key):  # every run composes, lands in the stage's outputs, reads its deps
                 cfg = run.config(None)
                 assert cfg.run_dir.startswith(f"runs/{key}/") and cfg.model.path in deps and cfg.ranker.path in deps
-                assert cfg.data.slice_size in (15_283, 20_378) and cfg.data.train_prefs.startswith("data/ultrafeedback")
+                # the 61,135 rows split evenly over the run's slices (iteration 0 + SELM iterations): 15,283 for
+                # Zephyr's 4, 20,378 for Llama-3's 3, 8,733 for Figure 6's six_iterations' 7
+                slices = len(cfg.model.iterations) + int(cfg.model.offline_dpo_iteration)
+                assert cfg.data.slice_size == 61_135 // slices and cfg.data.train_prefs.startswith("data/ultrafeedback")
         elif kind == "eval_base":
             cfg = compose_config(*_overrides(argv))
             assert cfg.model.path in deps and outs == [f"evals/base/{cfg.model.name}"]
@@ -138,14 +141,48 @@ def test_paper_grid_has_the_papers_alphas_and_hyperparameters():
     assert main == {("zephyr-7b-sft", 0.0), ("zephyr-7b-sft", 0.001), ("llama3-8b-instruct", 0.0),
                     ("llama3-8b-instruct", 0.0001)}  # docs/paper.md: alpha 0.001 Zephyr, 0.0001 Llama-3; 0 = DPO
     fig3 = {c.train.alpha for n, c in runs.items() if n.startswith(("paper_alpha/", "paper_main/zephyr"))}
-    assert fig3 == {0.01, 0.001, 0.0005, 0.0001, 0.0}  # docs/paper.md: Figure 3's alphas
+    # the searched {0.005, 0.001, 0.0005, 0.0001} and Figure 3's plotted {0.01, 0.001, 0.0005, 0.0001, 0}
+    assert fig3 == {0.01, 0.005, 0.001, 0.0005, 0.0001, 0.0}
+    assert {float(p.rsplit("alpha", 1)[1]) for p in spec.figures.figure3_alpha.cells} == fig3
     assert {c.variant.name for n, c in runs.items() if n.startswith("paper_ablations/")} == \
-        {"rank_w_ref", "stepwise", "offline"}
-    for cfg in runs.values():
+        {"rank_w_ref", "stepwise", "offline", "iterative"}
+    for name, cfg in runs.items():
         assert cfg.train.beta == 0.01 and cfg.train.seed == 42 and cfg.ranker.name == "pairrm"
-        assert cfg.train.global_batch_size == (256 if cfg.model.name == "zephyr-7b-sft" else 128)
+        if not name.startswith("paper_ablations/batch128/"):
+            assert cfg.train.global_batch_size == (256 if cfg.model.name == "zephyr-7b-sft" else 128)
         assert cfg.eval.n_prompts == 2000 and cfg.eval.coverage_samples == 0  # the 2k test split, no r*
 
+
+
+def test_figure6_panels_batch_schedule_and_iterations():
+    """Figure 6's other panels as Zephyr cells: batch 128 vs 256, the same peak lr each iteration vs
+    Llama-3's 5:3:1 decay, 6 iterations on smaller slices of the 61,135 rows."""
+    from selm.experiments import expand, load_experiments
+    from selm.loop import slice_index
+    from selm.train import gradient_accumulation_steps
+
+    spec = load_experiments(ROOT / "experiments/paper.yaml")
+    cfg = {r.cell.split("/")[0]: r.config(None) for r in expand(spec, "paper_ablations")}
+    main = next(r.config(None) for r in expand(spec, "paper_main") if r.cell == "zephyr-7b-sft/alpha0.0")
+    # 128 pairs per step = 8 per device x 2 accumulation x 8 GPUs; paper_main's 256 = 8 x 4 x 8
+    assert (cfg["batch128"].train.global_batch_size, main.train.global_batch_size) == (128, 256)
+    assert gradient_accumulation_steps(cfg["batch128"].train, 8) == 2 and gradient_accumulation_steps(main.train, 8) == 4
+    assert list(main.train.learning_rates) == [5e-7, 5e-7, 5e-7, 1e-7]  # the paper's Zephyr: neither end of the panel
+    assert list(cfg["constant_lr"].train.learning_rates) == [5e-7] * 4
+    decay = list(cfg["decaying_lr"].train.learning_rates)
+    assert decay[0] == 5e-7 and [x / 1e-7 for x in decay[1:]] == pytest.approx([5, 3, 1])  # Llama-3's 5e-7, 3e-7, 1e-7
+    six = cfg["six_iterations"]
+    assert list(six.model.iterations) == [1, 2, 3, 4, 5, 6] and six.model.offline_dpo_iteration
+    # 7 slices (iteration 0 + 6) of 61,135 // 7 = 8,733: the last one ends at row 7 x 8,733 = 61,131 <= 61,135,
+    # 4 rows unused; paper_main's 4 slices of 15,283 use 61,132
+    assert six.data.slice_size == 61_135 // 7 == 8_733 and (slice_index(6, True) + 1) * 8_733 == 61_131
+    assert main.data.slice_size * 4 == 61_132
+    assert len(six.train.learning_rates) == 7 and six.train.learning_rates[6] == 1e-7
+    for name in ("batch128", "constant_lr", "decaying_lr", "six_iterations"):
+        assert cfg[name].model.name == "zephyr-7b-sft" and cfg[name].train.alpha == 0.0
+        assert cfg[name].train.lr_scheduler == "cosine"  # restarted every iteration in every cell
+    variants = set(spec.figures.figure6_ablations.variants)
+    assert {f"paper_ablations/{n}/alpha0.0" for n in cfg} == variants
 
 def test_loop_paper_entry_config():
     for experiment, name in (("paper_zephyr", "zephyr-7b-sft"), ("paper_llama3", "llama3-8b-instruct")):

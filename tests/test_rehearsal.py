@@ -93,6 +93,33 @@ def test_train_configs_keep_the_papers_shape(experiment, paper, slices):
     assert ours.data.slice_size == 16 // slices  # the first 16 fixture rows, sliced as the paper's 61,135
 
 
+
+def test_rehearsal_ablations_mirror_the_papers_figure6_cells():
+    """Figure 6's cells of the paper scale have rehearsal cells, shrunk the way the rehearsal shrinks
+    the paper: half the global batch, the same learning-rate ratios (x 2,000), 7 slices of the 16 rows
+    (the learning-rate panel's cells only change numbers: not rehearsed, to keep it under 30 minutes)."""
+    from selm.experiments import expand, load_experiments
+
+    paper_spec, spec = load_experiments(ROOT / "experiments/paper.yaml"), load_experiments(SPEC)
+    paper = {r.cell.split("/")[0]: r.config(None) for r in expand(paper_spec, "paper_ablations")}
+    ours = {r.cell.split("/")[0]: r.config(None) for r in expand(spec, "rehearsal_ablations")}
+    main = next(r.config(None) for r in expand(spec, "rehearsal_main") if r.cell == "rehearsal-zephyr/alpha0.0")
+    paper_main = next(r.config(None) for r in expand(paper_spec, "paper_main") if r.cell == "zephyr-7b-sft/alpha0.0")
+    # constant_lr and decaying_lr only change train.learning_rates' numbers: not rehearsed (time)
+    names = {"batch2": "batch128", "six_iterations": "six_iterations", "offline": "offline"}
+    assert set(ours) == set(names) and set(names.values()) <= set(paper)
+    # 2 of 4 as 128 of 256
+    assert ours["batch2"].train.global_batch_size / main.train.global_batch_size == \
+        paper["batch128"].train.global_batch_size / paper_main.train.global_batch_size == 0.5
+    for cell in ("six_iterations",):
+        lrs, theirs = list(ours[cell].train.learning_rates), list(paper[cell].train.learning_rates)
+        assert [a / b for a, b in zip(lrs, theirs)] == pytest.approx([2000.0] * len(theirs))  # 1e-3 / 5e-7
+    assert list(main.train.learning_rates) == pytest.approx([2000 * x for x in paper_main.train.learning_rates])
+    six = ours["six_iterations"]
+    assert list(six.model.iterations) == list(paper["six_iterations"].model.iterations) == [1, 2, 3, 4, 5, 6]
+    assert six.data.slice_size == 16 // 7 and 7 * six.data.slice_size <= 16  # the 16 rows the runs use, as 61,135 // 7
+    assert set(spec.figures.figure6_ablations.variants) == {f"rehearsal_ablations/{n}/alpha0.0" for n in ours}
+
 # ---------------------------------------------------------------- the fallback judge server
 
 def test_hash_judge_speaks_both_protocols_and_the_wrapper_stops_it(tmp_path):

@@ -116,6 +116,20 @@ def _paper_scale_rows() -> list[dict]:
     return rows
 
 
+def _selection(external: dict, r_star: dict | None, n: int, ci: float | None = None, iteration: int = 3) -> dict:
+    """An alpha selection (selm.report.analyze.alpha_selection) from per-alpha means: argmax over alpha > 0."""
+    summary = lambda m: {"mean": m, "ci95": ci, "n": n}  # noqa: E731
+    alphas = {str(a): {"cell": f"x/b/alpha{a}", "iteration": iteration, "external_reward": summary(m),
+                       **({"r_star": summary(r_star[a])} if r_star else {})} for a, m in external.items()}
+    searched = sorted((a for a in external if a > 0), key=lambda a: -external[a])
+    out = {"rule": "the searched alpha with the highest mean external reward", "alphas": alphas,
+           "searched": sorted(searched), "selected": searched[0], "runner_up": searched[1] if len(searched) > 1 else None}
+    if r_star:
+        best = max((a for a in r_star if a > 0), key=lambda a: r_star[a])
+        out.update(best_r_star=best, agree=best == searched[0])
+    return out
+
+
 def _paper_scale_figs() -> dict:
     one = lambda m: {"mean": m, "ci95": None, "n": 1}  # noqa: E731
     models = ["SELM iter3", "DPO iter3", "SELM iter2", "DPO iter2", "SELM iter1", "DPO iter1"]
@@ -131,7 +145,9 @@ def _paper_scale_figs() -> dict:
                                      for a in (0.0, 0.0001, 0.0005, 0.001, 0.01)},
                           "hist_by_iteration": {"1": {"mean": 0.1}, "2": {"mean": 0.2}, "3": {"mean": 0.3}},
                           "shift_cell": "paper_main/zephyr-7b-sft/alpha0.001", "bins": bins, "beyond_bins": 0.012,
-                          "reward": "the ranker's score of the greedy answer to each test prompt (PairRM's logit)"},
+                          "reward": "the ranker's score of the greedy answer to each test prompt (PairRM's logit)",
+                          "selection": _selection({0.0: 0.1, 0.0001: 0.3, 0.0005: 0.2, 0.001: 0.5, 0.005: 0.4,
+                                                   0.01: -0.2}, None, 1, iteration=3)},
         "figure4_ird": {b: {"chosen_sorted": _spread(0.02, 0.01), "rejected_sorted": _spread(0.01, 0.01),
                             "mean_chosen": 0.02, "mean_rejected": 0.01, "frac_chosen_positive": 0.9,
                             "frac_rejected_positive": 0.6, "iteration": 1} for b in fig2},
@@ -139,7 +155,10 @@ def _paper_scale_figs() -> dict:
         "figure6_ablations": {"iterative (rank y_w, y_l, y_ref)": {"points": [{"mt_bench": one(7.5)}]},
                               "rank_w_ref": {"points": [{"mt_bench": one(7.2)}]},
                               "stepwise": {"points": [{"mt_bench": one(7.3)}]},
-                              "offline": {"points": [{"mt_bench": one(7.1)}]}},
+                              "offline": {"points": [{"mt_bench": one(7.1)}]},
+                              "batch128": {"points": [{"mt_bench": one(7.4)}]},
+                              "decaying_lr": {"points": [{"mt_bench": one(7.45)}]},
+                              "six_iterations": {"points": [{"mt_bench": one(7.2)}]}},
     }
 
 
@@ -169,7 +188,12 @@ def test_the_paper_scale_report_has_no_toy_sentence(tmp_path):
     assert "one seed, so no interval and no t-test anywhere" in text
     assert "fewer than 2 seeds per cell: no paired test" in text  # sections that need seeds say so
     assert "Final point of each variant (MT-Bench): iterative (rank y_w, y_l, y_ref): 7.50; rank_w_ref: 7.20" in text
+    assert "batch128 (batch size): MT-Bench 7.400 vs 7.500 (-0.100, one seed: no interval: inconclusive)" in text
     assert "fraction of prompts in bins of width 2 over [-6, 6] (1.2% of the values lie beyond the range" in text
+    # the alpha selection: external reward 0.5 at alpha 0.001 is the highest of the searched alphas; one seed
+    assert "Selected: **alpha 0.001**; its lead over alpha 0.005 (+0.100) is within what the seeds resolve (one " \
+           "seed: no interval)" in text and "alpha 0 (iterative DPO, not searched): 0.100;" in text
+    assert "This scale has no true reward, so whether selection by the external reward agrees" in text
     # the same shape under the toy spec gets the toy's wording, from experiments/toy.yaml
     toy = render(_paper_scale_data(tmp_path, "experiments/toy.yaml"))
     assert "Ours is the toy scale" in toy and "dvc repro dvc.yaml" in toy
@@ -243,3 +267,50 @@ def test_one_seed_figures_draw_without_error_bars(tmp_path):
             for k, v in figs["figure6_ablations"].items()}
     assert figures.figure3(fig3, tmp_path)[0].stat().st_size > 10_000
     assert figures.figure6(fig6, tmp_path)[0].stat().st_size > 10_000
+
+
+def test_alpha_selection_in_words_with_and_without_the_true_reward():
+    from selm.report.report_text import alpha_selection_text
+
+    ext = {0.0: 0.50, 0.005: 0.60, 0.1: 0.55, 1.0: 0.40}
+    # lead 0.60 - 0.55 = +0.05; each side's se 0.01 / 4.302653 = 0.0023241, the difference's 0.0032868 (2 dof):
+    # MDE (4.302653 + 1.060660) * 0.0032868 = 0.0176, so the lead is beyond it
+    text = alpha_selection_text(_selection(ext, {0.0: 0.5, 0.005: 0.50, 0.1: 0.56, 1.0: 0.45}, 3, 0.01))
+    assert "alpha 0 (iterative DPO, not searched): 0.500 ± 0.010; alpha 0.005: 0.600 ± 0.010;" in text
+    assert "Selected: **alpha 0.005**; its lead over alpha 0.1 (+0.050) is beyond what the seeds resolve (MDE 0.018)" in text
+    # r* selects 0.1: 0.56 - 0.50 = +0.06, beyond the MDE 0.0176 (and r*'s floor 0.016)
+    assert ("would select alpha 0.1 (r* 0.560 vs 0.500 for alpha 0.005, +0.060, MDE 0.018): selection by the external "
+            "reward **does not agree** with selection by the true reward.") in text
+    # r* 0.56 vs 0.55: +0.01, whose 95% interval (half-width 4.302653 * 0.0032868 = 0.0141) holds 0
+    close = alpha_selection_text(_selection(ext, {0.0: 0.5, 0.005: 0.55, 0.1: 0.56, 1.0: 0.45}, 3, 0.01))
+    assert "+0.010, 95% interval includes 0; MDE 0.018): selection by the external reward **does not agree** with " \
+           "selection by the true reward, though their r* differ by less than the seeds resolve." in close
+    same = alpha_selection_text(_selection(ext, {0.0: 0.5, 0.005: 0.60, 0.1: 0.56, 1.0: 0.45}, 3, 0.01))
+    assert "selects the same alpha (r* 0.600): selection by the external reward **agrees**" in same
+    # a lead of 0.005 (0.605 vs 0.60) is below the MDE 0.0176
+    near = alpha_selection_text(_selection({0.005: 0.605, 0.1: 0.60}, None, 3, 0.01))
+    assert "its lead over alpha 0.1 (+0.005) is within what the seeds resolve (95% interval includes 0; MDE 0.018)" in near
+    assert "no true reward" in near
+    # the rehearsal's Figure 3: one searched alpha beside iterative DPO
+    single = alpha_selection_text(_selection({0.0: 0.1, 0.001: 0.2}, None, 1))
+    assert "Selected: **alpha 0.001**; it is the only searched alpha." in single
+
+
+
+def test_figure6_panels_against_iterative_dpo():
+    from selm.report.report_text import figure6_panels_text
+
+    point = lambda mt, r, k: {"points": [{"pairs_k": k, "mt_bench": {"mean": mt, "ci95": 0.01, "n": 3},  # noqa: E731
+                                          "r_star": {"mean": r, "ci95": 0.01, "n": 3}}]}
+    fig6 = {"iterative (rank y_w, y_l, y_ref)": point(7.5, 0.50, 2.0), "stepwise": point(7.0, 0.40, 2.0),
+            "batch32": point(7.0, 0.50, 2.0), "decaying_lr": point(7.49, 0.53, 2.0),
+            "six_iterations": point(7.5, 0.56, 1.75)}
+    text = figure6_panels_text(fig6)
+    # each side's se 0.01 / 4.302653 = 0.0023241, the difference's 0.0032868 (2 dof): half-width 0.0141,
+    # MDE 5.363313 * 0.0032868 = 0.0176 (r*: the floor 0.016 is smaller)
+    assert "batch32 (batch size, 2k pairs seen): MT-Bench 7.000 vs 7.500 (-0.500, MDE 0.018: lower)" in text
+    assert "decaying_lr (learning-rate schedule, 2k pairs seen): MT-Bench 7.490 vs 7.500 (-0.010, 95% interval " \
+           "includes 0; MDE 0.018: inconclusive); r* 0.530 vs 0.500 (+0.030, MDE 0.018: higher)" in text
+    assert "six_iterations (number of iterations, 1.75k pairs seen)" in text and "r* 0.560 vs 0.500 (+0.060" in text
+    assert "stepwise" not in text  # the label- and dataset-update variants are the claims section's
+    assert figure6_panels_text({"iterative (rank y_w, y_l, y_ref)": point(7.5, 0.5, 2.0)}) is None

@@ -7,6 +7,9 @@ drawn from these files by selm.report.build (no model is loaded there).
 Choices the paper leaves open, recorded here and in the JSON:
 - Figure 3's scalar "reward" of an answer is the ranker's score (toy: the oracle ranker's r* plus its
   deterministic noise; at the paper scale PairRM's aggregated pairwise logit, selm.pairrm).
+- Figure 3's alpha selection (the paper's rule: the alpha with the best average external reward on the
+  hold-out set): the ranker's score above, of the final iteration's greedy answers to the held-out
+  prompts, one mean per seed, seeds averaged; the argmax over alpha > 0 (the searched alphas).
 - Figure 4: r_SELM - r_DPO on the test chosen/rejected answers at iteration 1. Both runs of a seed start
   iteration 1 from the same checkpoint (iteration 0 is alpha-free and seeded), so
   r_SELM - r_DPO = beta * (log pi_SELM(y|x) - log pi_DPO(y|x)); averaged over seeds per prompt.
@@ -207,7 +210,51 @@ def alpha_ablation(spec, fig, test: dict) -> dict:
     return {"curves": curves, "bins": bins.round(3).tolist(), "hist_by_alpha_iter2": hist_alpha,
             "hist_by_iteration": hist_shift, "shift_cell": fig.shift_cell, "beyond_bins": beyond_bins(all_rewards, bins),
             "reward": "the ranker's score of the greedy answer to each test prompt ("
-                      + RANKER_REWARD[str(_run_config(shift_runs[0]).ranker.name)] + ")"}
+                      + RANKER_REWARD[str(_run_config(shift_runs[0]).ranker.name)] + ")",
+            "selection": alpha_selection(spec, fig, test, ranker)}
+
+
+SELECTION_RULE = ("the searched alpha (> 0; 0 is iterative DPO) with the highest mean external reward (the ranker's "
+                  "score, as in the histograms) of the final iteration's greedy answers to the held-out prompts, one "
+                  "mean per seed, averaged over seeds")
+
+
+def _final_iteration(runs: list, path: str) -> int:
+    """The last trained iteration, the same in every seed of a cell (else the seeds would not average)."""
+    last = {r.seed: _iterations(r.run_dir)[-1] if _iterations(r.run_dir) else None for r in runs}
+    if None in last.values() or len(set(last.values())) != 1:
+        raise ValueError(f"figures.figure3_alpha: {path}: the seeds' last trained iterations differ or are missing "
+                         f"({last}); the alpha selection averages one iteration over seeds")
+    return next(iter(last.values()))
+
+
+def alpha_selection(spec, fig, test: dict, ranker) -> dict:
+    """The paper's alpha selection rule on Figure 3's cells: per alpha, the mean external reward (the
+    ranker's score, Figure 3's reward: PairRM at the paper scale, the oracle ranker at the toy scale)
+    of the final iteration's greedy answers to the held-out prompts, one mean per seed, summarized
+    over seeds; the selected alpha is the argmax among alphas > 0 (the paper searched SELM's alphas;
+    alpha 0 is kept as the reference). Where every run measured the true reward r* of the same
+    answers, also its summary and the alpha r* would select; `runner_up` is the second by external
+    reward (the report holds the selection's lead over it against the seeds' resolution)."""
+    alphas = {}
+    for path in fig.cells:
+        runs = _cell_runs(spec, path)
+        t = _final_iteration(runs, path)
+        external = [float(np.mean(_ranker_rewards(ranker, r.run_dir, f"iter{t}", test))) for r in runs]
+        entry = {"cell": path, "iteration": t, "seeds": [r.seed for r in runs], "external_reward": summarize(external)}
+        if all(_has_r_star(r.run_dir, t) for r in runs):
+            entry["r_star"] = summarize([_json(r.run_dir / f"iter{t}" / "eval.json")["mean_reward"] for r in runs])
+        alphas[str(runs[0].alpha)] = entry
+    searched = sorted((a for a in alphas if float(a) > 0), key=float)
+    if not searched:
+        raise ValueError("figures.figure3_alpha: no cell with alpha > 0: the alpha selection has nothing to choose from")
+    by_external = sorted(searched, key=lambda a: -alphas[a]["external_reward"]["mean"])  # stable: ties keep alpha order
+    out = {"rule": SELECTION_RULE, "alphas": alphas, "searched": [float(a) for a in searched],
+           "selected": float(by_external[0]), "runner_up": float(by_external[1]) if len(by_external) > 1 else None}
+    if all("r_star" in alphas[a] for a in searched):
+        best = sorted(searched, key=lambda a: -alphas[a]["r_star"]["mean"])[0]
+        out.update(best_r_star=float(best), agree=best == by_external[0])
+    return out
 
 
 # --- Figures 4 and 5: implicit rewards -------------------------------------------------------------

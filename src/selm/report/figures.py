@@ -87,8 +87,29 @@ def figure2_heatmaps(data: dict, out: Path) -> list[Path]:
     return paths
 
 
+def _alpha_selection_panel(ax, sel: dict) -> None:
+    """The paper's alpha selection: mean external reward of the final iteration per alpha (and r* where
+    measured), mean ± 95% CI over seeds, the selected alpha starred."""
+    alphas = sorted(sel["alphas"], key=float)
+    xs = np.arange(len(alphas))
+    for key, label, marker, dx in (("external_reward", "external reward (ranker)", "o", -0.08),
+                                   ("r_star", "true reward r*", "s", 0.08)):
+        if all(key in sel["alphas"][a] for a in alphas):
+            ax.errorbar(xs + dx, [sel["alphas"][a][key]["mean"] for a in alphas],
+                        yerr=[_bar(sel["alphas"][a][key]["ci95"]) for a in alphas], marker=marker, capsize=3,
+                        ls="none", label=label)
+    chosen = alphas.index(next(a for a in alphas if float(a) == sel["selected"]))
+    ax.plot([xs[chosen] - 0.08], [sel["alphas"][alphas[chosen]]["external_reward"]["mean"]], marker="*", ms=14, color="gold",
+            mec="k", ls="none", label=f"selected: alpha {sel['selected']:g}")
+    ax.set_xticks(xs, [f"{float(a):g}" for a in alphas], fontsize=8)
+    ax.set_xlabel("alpha (0 = iterative DPO, not searched)", fontsize=8)
+    ax.set_ylabel("mean reward, final iteration")
+    ax.set_title("alpha selection (the paper's rule), mean ± 95% CI", fontsize=9)
+    ax.legend(fontsize=7)
+
+
 def figure3(data: dict, out: Path) -> list[Path]:
-    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
+    fig, axes = plt.subplots(1, 4, figsize=(20, 3.8))
     ax = axes[0]
     for alpha, c in sorted(data["curves"].items(), key=lambda kv: float(kv[0])):
         its = sorted(c["lc"], key=int)
@@ -107,11 +128,12 @@ def figure3(data: dict, out: Path) -> list[Path]:
     for t, h in sorted(data["hist_by_iteration"].items(), key=lambda kv: int(kv[0])):
         axes[2].plot(centers, h["hist"], marker=".", label=f"iteration {t} (mean {h['mean']:.3f})")
     axes[2].set_title(f"reward shift over iterations ({data['shift_cell']})", fontsize=9)
-    for a in axes[1:]:
+    for a in axes[1:3]:
         a.set_xlabel(f"ranker reward of the greedy answer\n({bin_width_text(data['bins'])}; outliers in the edge bins)",
                      fontsize=8)
         a.set_ylabel("fraction of prompts")
         a.legend(fontsize=7)
+    _alpha_selection_panel(axes[3], data["selection"])
     return [_save(fig, out / "figure3_alpha.png")]
 
 

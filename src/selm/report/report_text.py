@@ -22,7 +22,7 @@ from pathlib import Path
 
 from selm.report.claims import (WORDS, Claim, alpha_verdicts, all_claims, change_verdict, combine, final_lc_by_alpha,
                                 interval, loop_start_rows, verdict_note)
-from selm.report.stats import MACHINE_FLOOR, effect_verdict, regime_verdict, sample_test, summary_diff
+from selm.report.stats import MACHINE_FLOOR, effect_verdict, fmt_mean_ci, regime_verdict, sample_test, summary_diff
 
 # The spec's `report` section: key -> (required, what it says)
 REPORT_KEYS = {
@@ -317,9 +317,52 @@ def takeaway_figure3(fig3: dict) -> str:
     lo, hi = min(final, key=lambda x: final[x]["mean"]), max(final, key=lambda x: final[x]["mean"])
     resolved = (f"alpha {a['best']:g} is above every other beyond the seeds' resolution" if a["best"] is not None
                 else "no alpha is above every other beyond the seeds' resolution")
+    sel = fig3["selection"]
+    selection = f"; the paper's selection rule picks alpha {sel['selected']:g}" + (
+        "" if "best_r_star" not in sel else " (as the true reward does)" if sel["agree"]
+        else f" (the true reward: alpha {sel['best_r_star']:g})")
     return (f"Final LC spans {final[lo]['mean']:.2f} (alpha {lo:g}) to {final[hi]['mean']:.2f} (alpha {hi:g}) and "
             f"{resolved}; the mean ranker reward of greedy answers goes "
-            + " -> ".join(f"{m:.3f}" for m in means) + " over the SELM iterations.")
+            + " -> ".join(f"{m:.3f}" for m in means) + f" over the SELM iterations{selection}.")
+
+
+def _selection_lead(sel: dict) -> str:
+    """The selected alpha's lead in external reward over the runner-up, against the seeds' resolution."""
+    if sel["runner_up"] is None:
+        return "it is the only searched alpha"
+    a, b = (sel["alphas"][str(x)]["external_reward"] for x in (sel["selected"], sel["runner_up"]))
+    v = effect_verdict(summary_diff(a, b))
+    return (f"its lead over alpha {sel['runner_up']:g} ({v['mean_diff']:+.3f}) is "
+            + ("beyond" if v["verdict"] == "positive" else "within") + f" what the seeds resolve ({verdict_note(v)})")
+
+
+def _selection_vs_true_reward(sel: dict) -> str:
+    """Does the external reward select the alpha the true reward r* would (scales that know r*)?"""
+    r = {x: sel["alphas"][str(x)]["r_star"] for x in (sel["selected"], sel["best_r_star"])}
+    if sel["agree"]:
+        return (f"The true reward r* of the same answers selects the same alpha (r* {r[sel['selected']]['mean']:.3f}): "
+                "selection by the external reward **agrees** with selection by the true reward.")
+    v = effect_verdict(summary_diff(r[sel["best_r_star"]], r[sel["selected"]]), MACHINE_FLOOR["r_star"])
+    return (f"The true reward r* of the same answers would select alpha {sel['best_r_star']:g} (r* "
+            f"{r[sel['best_r_star']]['mean']:.3f} vs {r[sel['selected']]['mean']:.3f} for alpha {sel['selected']:g}, "
+            f"{v['mean_diff']:+.3f}, {verdict_note(v)}): selection by the external reward **does not agree** with "
+            "selection by the true reward" + (", though their r* differ by less than the seeds resolve."
+                                               if v["verdict"] == "inconclusive" else "."))
+
+
+def alpha_selection_text(sel: dict) -> str:
+    """Figure 3's alpha selection (selm.report.analyze.alpha_selection) in words: each alpha's mean
+    external reward, the selected alpha, and whether the true reward agrees where the scale knows it."""
+    means = "; ".join(f"alpha {float(a):g}" + (" (iterative DPO, not searched)" if float(a) == 0 else "")
+                      + f": {fmt_mean_ci(e['external_reward']['mean'], e['external_reward']['ci95'])}"
+                      for a, e in sorted(sel["alphas"].items(), key=lambda kv: float(kv[0])))
+    iterations = sorted({e["iteration"] for e in sel["alphas"].values()})
+    truth = (_selection_vs_true_reward(sel) if "best_r_star" in sel else
+             "This scale has no true reward, so whether selection by the external reward agrees with selection by "
+             "the true reward cannot be checked here.")
+    return (f"**Alpha selection (the paper's rule):** {sel['rule']}. Mean external reward, final iteration "
+            f"({', '.join(map(str, iterations))}): {means}. Selected: **alpha {sel['selected']:g}**; "
+            f"{_selection_lead(sel)}. {truth}")
 
 
 def render_figure3(data: ReportData) -> str:
@@ -334,6 +377,7 @@ def render_figure3(data: ReportData) -> str:
            if beyond is not None else "") + f". Mean ranker reward of the greedy test answers by iteration for "
         f"{fig3['shift_cell']}: " + ", ".join(f"iteration {t}: {h['mean']:.3f}"
                                                for t, h in sorted(fig3["hist_by_iteration"].items())) + ".",
+        alpha_selection_text(fig3["selection"]),
         f"**Takeaway:** {takeaway_figure3(fig3)}"])
 
 
@@ -393,15 +437,53 @@ def takeaway_figure6(fig6: dict) -> str:
             + f" what the seeds resolve ({verdict_note(v)}).")
 
 
+def figure6_panel(label: str) -> str | None:
+    """Which of Figure 6's batch / schedule / iteration-count panels a variant belongs to (None: the
+    label- and dataset-update variants, which the claims section covers)."""
+    if label.startswith("batch"):
+        return "batch size"
+    if label.endswith("_lr"):
+        return "learning-rate schedule"
+    if label.endswith("_iterations"):
+        return "number of iterations"
+    return None
+
+
+def figure6_panels_text(fig6: dict) -> str | None:
+    """Each variant of Figure 6's batch, schedule and iteration-count panels against iterative DPO at
+    the last point (MT-Bench, and r* where measured), decided with the seeds' resolution."""
+    iterative = next((s for label, s in fig6.items() if label.startswith("iterative")), None)
+    if iterative is None:
+        return None
+    base, parts = iterative["points"][-1], []
+    for label, s in fig6.items():
+        panel, last = figure6_panel(label), s["points"][-1]
+        if panel is None:
+            continue
+        diffs = []
+        for key, name in (("mt_bench", "MT-Bench"), ("r_star", "r*")):
+            if key in last and key in base:
+                v = effect_verdict(summary_diff(last[key], base[key]), MACHINE_FLOOR.get(key, 0.0))
+                word = {"positive": "higher", "negative": "lower"}.get(v["verdict"], "inconclusive")
+                diffs.append(f"{name} {last[key]['mean']:.3f} vs {base[key]['mean']:.3f} ({v['mean_diff']:+.3f}, "
+                             f"{verdict_note(v)}: {word})")
+        seen = f", {last['pairs_k']:g}k pairs seen" if "pairs_k" in last else ""
+        parts.append(f"{label} ({panel}{seen}): " + "; ".join(diffs))
+    if not parts:
+        return None
+    return ("Figure 6's batch-size, learning-rate and iteration-count panels, each variant against iterative DPO at "
+            "its last point (ours: the paper plots these panels without stating an ordering): " + "; ".join(parts) + ".")
+
+
 def render_figure6(data: ReportData) -> str:
     fig6 = data.figs["figure6_ablations"]
     with_r = all("r_star" in s["points"][-1] for s in fig6.values())
     final = "; ".join(f"{label}: {s['points'][-1]['mt_bench']['mean']:.2f}"
                       + (f", {s['points'][-1]['r_star']['mean']:.3f}" if "r_star" in s["points"][-1] else "")
                       for label, s in fig6.items())
-    return "\n\n".join([_img(data, "figure6_ablations.png"),
-                        f"Final point of each variant (MT-Bench{', r*' if with_r else ''}): {final}.",
-                        f"**Takeaway:** {takeaway_figure6(fig6)}"])
+    return "\n\n".join(x for x in [_img(data, "figure6_ablations.png"),
+                                   f"Final point of each variant (MT-Bench{', r*' if with_r else ''}): {final}.",
+                                   figure6_panels_text(fig6), f"**Takeaway:** {takeaway_figure6(fig6)}"] if x)
 
 
 FIGURES = (("Figure 1: the concept", render_figure1),
