@@ -223,7 +223,9 @@ def stage_code(cmd: str) -> tuple[set[str], bool]:
 
     words = cmd.split()
     module, wrapper = words[words.index("-m") + 1], set()
-    if module == "selm.stagelog":  # `python -m selm.stagelog run -- python -m <module> ...`: both run
+    # `python -m selm.stagelog run -- python -m <module> ...` (the stage timer) and `python -m
+    # selm.judge_server ... -- python -m <module> ...` (a judge server for the command's life): both run
+    if module in ("selm.stagelog", "selm.judge_server"):
         wrapper = set(module_closure(module))
         words = words[words.index("--") + 1:]
         module = words[words.index("-m") + 1]
