@@ -197,6 +197,10 @@ def test_the_paper_scale_report_has_no_toy_sentence(tmp_path):
     # the same shape under the toy spec gets the toy's wording, from experiments/toy.yaml
     toy = render(_paper_scale_data(tmp_path, "experiments/toy.yaml"))
     assert "Ours is the toy scale" in toy and "dvc repro dvc.yaml" in toy
+    # which verdicts the toy report is not built from (the named controls experiment): said under the claims
+    agreement = toy.split("## What agrees with the paper and what does not")[1].split("\n## ")[0]
+    assert "**Not in this report:** This report is built from `make repro`'s runs" in agreement
+    assert "`dvc repro experiments/controls/dvc.yaml`" in agreement and "Not in this report" not in text
 
 
 def test_a_spec_without_report_wording_is_an_error_naming_the_key(tmp_path):

@@ -132,7 +132,12 @@ def test_engine_runs_in_process_and_another_starts_after_close(vllm_backend, smo
     assert engine_processes() == []
     encoded = [vllm_backend.encode(p) for p in PROMPTS[:4]]
     first = vllm_backend.answer_ids(encoded, **GREEDY)
+    threads = torch.get_num_threads()
     vllm_backend.close()
+    other = 1 if threads != 1 else 2
+    torch.set_num_threads(other)  # the engine's no-op replacement is gone with it
+    assert torch.get_num_threads() == other
+    torch.set_num_threads(threads)
     with pytest.raises(RuntimeError, match="closed"):
         vllm_backend.generate(PROMPTS[:1], **GREEDY)
     vllm_backend.close()  # a second close does nothing

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import glob
+import logging
 import os
 import sys
 import time
@@ -329,6 +330,12 @@ class VLLMBackend(GenerationBackend):
             ) from e
         self._vllm = vllm
         env = {} if torch.cuda.is_available() else cpu_engine_env(cpu_kv_cache_gib)
+        # An in-process CPU engine replaces torch.set_num_threads with a no-op that warns (its threads
+        # are bound to the cores); close() puts the real one back. Its worker's warnings about that and
+        # about tcmalloc (preloads reach only a spawned engine) are the known cost of running in-process.
+        self._set_num_threads = torch.set_num_threads
+        if env.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0":
+            logging.getLogger("vllm.v1.worker.cpu_worker").setLevel(logging.ERROR)
         # the environment is read while the engine starts (in a spawned engine process: for its life);
         # an in-process engine seeds the global RNGs, which this process's own sampling must not see
         with _environment(env), _kept_rng_state():
@@ -380,6 +387,7 @@ class VLLMBackend(GenerationBackend):
             return
         self.llm.llm_engine.engine_core.shutdown()
         self.llm = None
+        torch.set_num_threads = self._set_num_threads
         gc.collect()
         from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
 

@@ -35,6 +35,7 @@ REPORT_KEYS = {
     "true_reward": (False, "what r* is (scales with a known true reward)"),
     "coverage": (False, "how high-reward coverage is measured (scales with r*)"),
     "regimes": (False, "what each regime of the regime map changes"),
+    "controls": (False, "which verdicts come from a named, longer experiment and where its report is"),
 }
 
 
@@ -169,6 +170,12 @@ def render_how_to_read(data: ReportData) -> str:
 
 def render_claims(claims: list[Claim]) -> str:
     return "\n".join(c.line for c in claims)
+
+
+def render_agreement(data: ReportData, claims: list[Claim]) -> str:
+    """The claims, then (where the scale has one) which verdicts this report was not built from."""
+    controls = wording(data, "controls")
+    return render_claims(claims) + (f"\n\n**Not in this report:** {controls}" if controls else "")
 
 
 def _direction_agreement(comparison: list[dict]) -> str:
@@ -523,7 +530,7 @@ def render_regimes(data: ReportData) -> str:
 def sections(data: ReportData, claims: list[Claim]) -> list[Section]:
     """The report's sections after the summary, in order (the extra ones last)."""
     out = [Section("How to read this report", render_how_to_read(data)),
-           Section("What agrees with the paper and what does not", render_claims(claims)),
+           Section("What agrees with the paper and what does not", render_agreement(data, claims)),
            Section("Tables 1 and 2 beside the paper", render_tables(data)),
            Section("SELM vs iterative DPO, paired by seed", render_paired(data)),
            Section("Figures", render_figures(data))]
