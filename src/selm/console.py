@@ -40,7 +40,7 @@ LIBRARY_ENV = {
     "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
     "DATASETS_VERBOSITY": "warning",
     "ACCELERATE_LOG_LEVEL": "warning",
-    "VLLM_LOGGING_LEVEL": "WARNING",
+    "VLLM_LOGGING_LEVEL": "ERROR",            # its warnings are about its own set-up, at every engine start
     "WANDB_SILENT": "true",
     "WANDB_CONSOLE": "off",
 }
