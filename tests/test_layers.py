@@ -15,8 +15,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "selm"
 
 # Bottom to top. A unit is a top-level module of selm or a subpackage (all its modules).
 LAYERS = [
-    ("foundation: files, configs, identities, the loss", {
-        "selm", "selm.io", "selm.config", "selm.compose", "selm.determinism", "selm.provenance",
+    ("foundation: files, the run layout, configs, identities, the loss", {
+        "selm", "selm.io", "selm.layout", "selm.config", "selm.compose", "selm.determinism", "selm.provenance",
         "selm.checkpoints", "selm.tracking", "selm.losses", "selm.tiny", "selm.console", "selm.stagelog"}),
     ("data: pairs and batches; the toy world", {"selm.data", "selm.world"}),
     ("parts: reference log-probs, generation, the trainer, rankers, judges, external artifacts", {

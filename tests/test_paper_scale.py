@@ -216,11 +216,11 @@ def test_vllm_gets_tensor_parallelism_from_config(monkeypatch):
 
 
 def test_evaluate_cli_mirrors_run_folders():
-    from selm.cli.evaluate import eval_root
+    from selm.layout import eval_dir_of  # what the command's evaluations of a run folder go to
 
-    assert eval_root("runs/paper/zephyr-selm") == Path("evals/paper/zephyr-selm")
+    assert eval_dir_of("runs/paper/zephyr-selm") == Path("evals/paper/zephyr-selm")
     with pytest.raises(ValueError, match=re.escape("run_dir=elsewhere/x: expected a folder under runs/")):
-        eval_root("elsewhere/x")
+        eval_dir_of("elsewhere/x")
     from selm.experiments import evaluate_run  # what the command calls for a run's checkpoints
 
     assert callable(evaluate_run)

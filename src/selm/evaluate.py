@@ -18,6 +18,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from selm import layout
 from selm.io import read_jsonl, reuse_or_reset, write_json_atomic, write_jsonl_atomic
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ def alpaca_eval(cfg: DictConfig, backend, judge, model_id: str, out: Path) -> di
     a = cfg.eval.alpaca_eval
     glm = glm_data(a)  # eval.alpaca_eval.glm_data (paper: the official df_gamed.csv); checked before any work
     reference = read_jsonl(a.data)[: a.limit]
-    outputs_path = out / "alpaca_outputs.json"
+    outputs_path = out / layout.ALPACA_OUTPUTS
     if outputs_path.exists():
         outputs = json.loads(outputs_path.read_text())
     else:
@@ -182,7 +183,7 @@ def evaluate_checkpoint(cfg: DictConfig, model_dir: str | Path, out: str | Path,
     # Finished parts are reused only under the same identity. The judge cache is kept whatever
     # changed: its keys name the judge, instruction and outputs, and its judgments may be paid for.
     reuse_or_reset(out, evaluation_identity(cfg, model_dir, model_id), record="eval_config.json", keep=(JUDGE_CACHE,))
-    path = out / "metrics.json"
+    path = out / layout.EVAL_METRICS
     if path.exists():
         return json.loads(path.read_text())
     backend = backend_from_config(cfg, model_dir)

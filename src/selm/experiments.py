@@ -22,7 +22,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from selm import console
+from selm import console, layout
 from selm.compose import run_config
 from selm.io import write_json_atomic
 from selm.stagelog import add_counts
@@ -35,7 +35,7 @@ GROUP_KEYS = ("model", "variant", "experiment")  # cell keys that pick a config 
 @dataclass(frozen=True)
 class Run:
     experiment: str
-    cell: str          # <cell>/alpha<alpha>
+    cell: str          # <cell>/alpha<alpha> (selm.layout.cell_path)
     alpha: float
     seed: int
     groups: dict = field(default_factory=dict)     # model / variant / experiment options
@@ -46,15 +46,15 @@ class Run:
 
     @property
     def run_dir(self) -> Path:
-        return Path("runs") / self.experiment / self.cell / f"seed{self.seed}"
+        return layout.run_dir(self.experiment, self.cell, self.seed)
 
     @property
     def eval_dir(self) -> Path:
-        return Path("evals") / self.experiment / self.cell / f"seed{self.seed}"
+        return layout.eval_dir(self.experiment, self.cell, self.seed)
 
     @property
     def name(self) -> str:
-        return f"{self.experiment}/{self.cell}/seed{self.seed}"
+        return layout.run_name(self.experiment, self.cell, self.seed)
 
     def config(self, params_file: Path | None) -> DictConfig:
         """The run's config (selm.compose.run_config): its entry config with the cell's groups,
@@ -102,7 +102,7 @@ def expand(spec: DictConfig, name: str, source: str = "experiments") -> list[Run
         values = {k: v for k, v in overrides.items() if k not in GROUP_KEYS}
         for alpha in alphas:
             for seed in cell_seeds:
-                runs.append(Run(name, f"{cell}/alpha{float(alpha)}", float(alpha), int(seed), groups, values,
+                runs.append(Run(name, layout.cell_path(cell, alpha), float(alpha), int(seed), groups, values,
                                 tuple(exp.get("eval", [])), config_name, use_params))
     return runs
 
@@ -143,14 +143,14 @@ def freeze_heap() -> None:
 # a checkpoint evaluation's metrics.json. Each is written atomically (a new inode), so one that is
 # new or changed was made by this invocation. A hard-linked checkpoint is iteration 0, trained once
 # in the shared folder (selm.loop) and linked into the run.
-OUTPUT_KINDS = {"train_metrics.json": "iterations trained", "eval.json": "r* evaluations",
-                "metrics.json": "checkpoint evaluations"}
+OUTPUT_KINDS = {layout.TRAIN_METRICS: "iterations trained", layout.LOOP_EVAL: "r* evaluations",
+                layout.EVAL_METRICS: "checkpoint evaluations"}
 
 
 def output_state(run: Run) -> dict[str, tuple]:
     state = {}
-    patterns = [(run.run_dir, "iter*/model/train_metrics.json"), (run.run_dir, "*/eval.json"),
-                (run.eval_dir, "iter*/metrics.json")]
+    patterns = [(run.run_dir, f"{layout.ITERATION_GLOB}/{layout.MODEL}/{layout.TRAIN_METRICS}"),
+                (run.run_dir, f"*/{layout.LOOP_EVAL}"), (run.eval_dir, f"{layout.ITERATION_GLOB}/{layout.EVAL_METRICS}")]
     for root, pattern in patterns:
         for path in root.glob(pattern):
             st = path.stat()
@@ -176,16 +176,15 @@ def evaluate_run(cfg: DictConfig, out_root: Path) -> None:
     from selm.evaluate import evaluate_checkpoint, log_eval_to_wandb
 
     run = Path(cfg.run_dir)
-    iterations = sorted((p for p in run.glob("iter*") if (p / "model" / "config.json").exists()),
-                        key=lambda p: int(p.name.removeprefix("iter")))
+    iterations = layout.finished_iterations(run)
     if not iterations:
         raise FileNotFoundError(f"{run}: no trained iteration (iter*/model) to evaluate")
-    for it in console.track(iterations, f"evaluate {run}", "checkpoints"):
-        t = int(it.name.removeprefix("iter"))
-        model_id = f"{cfg.run.experiment}/{cfg.run.cell}/{it.name}/seed{cfg.train.seed}"
-        path = out_root / it.name / "metrics.json"
+    for t in console.track(iterations, f"evaluate {run}", "checkpoints"):
+        model_id = layout.checkpoint_id(cfg.run.experiment, cfg.run.cell, t, cfg.train.seed)
+        out = layout.iteration_dir(out_root, t)
+        path = out / layout.EVAL_METRICS
         before = path.stat().st_mtime_ns if path.exists() else None
-        metrics = evaluate_checkpoint(cfg, it / "model", out_root / it.name, model_id)
+        metrics = evaluate_checkpoint(cfg, layout.model_dir(run, t), out, model_id)
         if path.stat().st_mtime_ns != before:  # logged when computed: a rerun does not log the same numbers again
             log_eval_to_wandb(cfg, t, metrics)
 
@@ -249,7 +248,7 @@ def run_experiment(name: str, spec_file: Path, params_file: Path, workers: int |
     console.summary(f"experiment {name}", f"{len(runs) - len(failures)}/{len(runs)} runs done"
                     + (f", {len(failures)} failed" if failures else ""), start)
     # the experiment's manifest (also makes evals/<name> exist when the experiment evaluates nothing)
-    write_json_atomic(Path("evals") / name / "experiment.json", {
+    write_json_atomic(layout.experiment_manifest(name), {
         "experiment": name, "spec": str(spec_file), "eval": list(runs[0].eval_parts) if runs else [],
         "runs": [{"run": r.name, "run_dir": str(r.run_dir), "eval_dir": str(r.eval_dir),
                   "ok": not errors[r.name]} for r in runs]})

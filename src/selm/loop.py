@@ -31,14 +31,13 @@ import importlib
 import json
 import logging
 import os
-import re
 import shutil
 from functools import partial
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from selm import console
+from selm import console, layout
 from selm.generation import backend_from_config
 from selm.io import DataError, read_jsonl, reuse_or_reset, write_json_atomic, write_jsonl_atomic, write_text_atomic
 from selm.provenance import code_fingerprint, digest, result_versions, tree_sha256
@@ -85,6 +84,16 @@ def original_pairs(rows: list[dict], source: str) -> list[dict]:
 PAIR_RULES = ("ranked", "replace", "original")
 
 
+def _candidate_texts(row: dict, by_id: dict[str, str]) -> dict[str, str]:
+    """The three candidate answers of one prompt: y_ref (pi_{t-1}'s, from `by_id`: prompt_id ->
+    response) and the corpus's chosen y_w and rejected y_l."""
+    if row["prompt_id"] not in by_id:
+        raise DataError(f"responses: no y_ref for prompt_id {row['prompt_id']}")
+    return {"y_ref": by_id[row["prompt_id"]],
+            "y_w": last_assistant(row["chosen"], f"train_prefs:{row['prompt_id']}:chosen"),
+            "y_l": last_assistant(row["rejected"], f"train_prefs:{row['prompt_id']}:rejected")}
+
+
 def rank_pairs(rows: list[dict], responses: list[dict], ranker,
                candidates: tuple[str, ...] = ("y_ref", "y_w", "y_l")) -> tuple[list[dict], dict]:
     """Rank the named candidates per prompt (default [y_ref, y_w, y_l]; Figure 6's label-update
@@ -97,11 +106,7 @@ def rank_pairs(rows: list[dict], responses: list[dict], ranker,
     by_id = {r["prompt_id"]: r["response"] for r in responses}
     pairs, stats = [], {"pairs": 0, "dropped_equal": 0, "label_flipped": 0, "y_ref_chosen": 0, "y_ref_rejected": 0}
     for row in rows:
-        if row["prompt_id"] not in by_id:
-            raise DataError(f"responses: no y_ref for prompt_id {row['prompt_id']}")
-        texts = {"y_ref": by_id[row["prompt_id"]],
-                 "y_w": last_assistant(row["chosen"], f"train_prefs:{row['prompt_id']}:chosen"),
-                 "y_l": last_assistant(row["rejected"], f"train_prefs:{row['prompt_id']}:rejected")}
+        texts = _candidate_texts(row, by_id)
         order = ranker.rank(row, [texts[name] for name in candidates])
         best, worst = candidates[order[0]], candidates[order[-1]]
         if texts[best] == texts[worst]:
@@ -129,11 +134,7 @@ def replace_pairs(rows: list[dict], responses: list[dict], ranker) -> tuple[list
     by_id = {r["prompt_id"]: r["response"] for r in responses}
     pairs, stats = [], {"pairs": 0, "dropped_equal": 0, "label_flipped": 0, "y_ref_chosen": 0, "y_ref_rejected": 0}
     for row in rows:
-        if row["prompt_id"] not in by_id:
-            raise DataError(f"responses: no y_ref for prompt_id {row['prompt_id']}")
-        texts = {"y_ref": by_id[row["prompt_id"]],
-                 "y_w": last_assistant(row["chosen"], f"train_prefs:{row['prompt_id']}:chosen"),
-                 "y_l": last_assistant(row["rejected"], f"train_prefs:{row['prompt_id']}:rejected")}
+        texts = _candidate_texts(row, by_id)
         y_ref_wins = ranker.rank(row, [texts["y_ref"], texts["y_w"]])[0] == 0
         best, worst = ("y_ref", "y_l") if y_ref_wins else ("y_w", "y_ref")
         if texts[best] == texts[worst]:
@@ -302,10 +303,6 @@ def eval_identity(cfg: DictConfig, model_fp: str, test: list[dict], code: str) -
             "code": code, "versions": result_versions()}
 
 
-def _iteration_dirs(run_dir: Path) -> dict[int, Path]:
-    return {int(m.group(1)): p for p in run_dir.glob("iter*") if (m := re.fullmatch(r"iter(\d+)", p.name))}
-
-
 def run_loop(cfg: DictConfig) -> Path:
     """Run (or resume) every iteration of one base x method x seed; return the run folder."""
     from selm.logps import model_fingerprint
@@ -330,16 +327,17 @@ def run_loop(cfg: DictConfig) -> Path:
     fingerprint = partial(model_fingerprint, memo_dir=cfg.paths.ref_cache_dir)  # hashed once per file set
     base_fp = fingerprint(base)
     run_dir.mkdir(parents=True, exist_ok=True)
-    if not (run_dir / "config.json").exists() or json.loads((run_dir / "config.json").read_text()) != run_identity(cfg):
-        write_json_atomic(run_dir / "config.json", run_identity(cfg))
-    for t, stale in _iteration_dirs(run_dir).items():  # iterations this config no longer runs
+    config_path = run_dir / layout.RUN_CONFIG
+    if not config_path.exists() or json.loads(config_path.read_text()) != run_identity(cfg):
+        write_json_atomic(config_path, run_identity(cfg))
+    for t, stale in layout.iteration_dirs(run_dir).items():  # iterations this config no longer runs
         if t not in iterations:
             shutil.rmtree(stale)
 
-    summary = {"base": _evaluate(cfg, base, base_fp, test, run_dir / "base", code)}
+    summary = {layout.BASE: _evaluate(cfg, base, base_fp, test, run_dir / layout.BASE, code)}
     previous, previous_id, ranker = base, {"base": base_fp}, None
     for t in console.track(iterations, f"loop {run_dir}", "iterations"):
-        it_dir = run_dir / f"iter{t}"
+        it_dir = layout.iteration_dir(run_dir, t)
         rows = prefs_slice(prefs, slice_index(t, cfg.model.offline_dpo_iteration), cfg.data.slice_size,
                            str(cfg.data.train_prefs))
         if t == 0:
@@ -347,12 +345,12 @@ def run_loop(cfg: DictConfig) -> Path:
         else:
             reference_fp = base_fp if variant.reference == "base" else "init_checkpoint"
             identity = iteration_identity(cfg, t, previous_id, fingerprint(previous), reference_fp, rows, code)
-            reuse_or_reset(it_dir, identity, record="identity.json")
+            reuse_or_reset(it_dir, identity, record=layout.IDENTITY)
             ranker = _train_online_iteration(cfg, t, rows, previous, base, it_dir, ranker)
-        model_dir = it_dir / "model"
-        summary[f"iter{t}"] = _evaluate(cfg, model_dir, fingerprint(model_dir), test, it_dir, code)
+        model_dir = layout.model_dir(it_dir)
+        summary[layout.iteration_name(t)] = _evaluate(cfg, model_dir, fingerprint(model_dir), test, it_dir, code)
         previous, previous_id = model_dir, identity
-    write_json_atomic(run_dir / "summary.json", summary)
+    write_json_atomic(run_dir / layout.SUMMARY, summary)
     return run_dir
 
 
@@ -361,12 +359,12 @@ def _train_online_iteration(cfg: DictConfig, t: int, rows: list[dict], previous:
     """Pairs of iteration t (ranked y_ref of pi_{t-1}, or the original ones), then pi_t; each step
     skipped when its output exists. Returns the ranker (built once per run, when first needed)."""
     variant = cfg.variant
-    pairs_path = it_dir / "pairs.jsonl"
+    pairs_path = it_dir / layout.PAIRS
     if not pairs_path.exists():
         if variant.pairs == "original":
             write_jsonl_atomic(pairs_path, original_pairs(rows, str(cfg.data.train_prefs)))
         else:
-            responses_path = it_dir / "responses.jsonl"
+            responses_path = it_dir / layout.RESPONSES
             k = y_ref_samples(variant)
             if not responses_path.exists():
                 with backend_from_config(cfg, previous) as backend:  # closed (vLLM: engine shut down) on exit
@@ -384,10 +382,10 @@ def _train_online_iteration(cfg: DictConfig, t: int, rows: list[dict], previous:
                 pairs, stats = replace_pairs(rows, responses, ranker)
             else:
                 pairs, stats = rank_pairs(rows, responses, ranker, tuple(variant.candidates))
-            write_json_atomic(it_dir / "ranking_stats.json", stats)
+            write_json_atomic(it_dir / layout.RANKING_STATS, stats)
             write_jsonl_atomic(pairs_path, pairs)
-    model_dir = it_dir / "model"
-    if not (model_dir / "config.json").exists():
+    model_dir = layout.model_dir(it_dir)
+    if not layout.is_trained(it_dir):
         reference = base if variant.reference == "base" else None
         _train(iteration_config(cfg, t, previous, pairs_path, model_dir, reference), it_dir)
     return ranker
@@ -408,21 +406,21 @@ def _shared_iteration0(cfg: DictConfig, base: Path, base_fp: str, rows: list[dic
     checkpoint). Returns the run's iteration-0 identity: the shared one's digest."""
     shared_id = iteration0_identity(cfg, base_fp, rows, code)
     identity = {"iteration": 0, "shared": digest(shared_id)}
-    reuse_or_reset(it_dir, identity, record="identity.json")
-    if (it_dir / "model" / "config.json").exists():
+    reuse_or_reset(it_dir, identity, record=layout.IDENTITY)
+    if layout.is_trained(it_dir):
         return identity
-    shared = Path(cfg.paths.shared_runs) / cfg.model.name / f"iter0-seed{cfg.train.seed}-{identity['shared'][:16]}"
+    shared = layout.shared_iteration0_dir(cfg.paths.shared_runs, cfg.model.name, cfg.train.seed, identity["shared"])
     with _exclusive(shared.with_name(shared.name + ".lock")):
-        reuse_or_reset(shared, shared_id, record="identity.json")
-        pairs_path, model_dir = shared / "pairs.jsonl", shared / "model"
+        reuse_or_reset(shared, shared_id, record=layout.IDENTITY)
+        pairs_path, model_dir = shared / layout.PAIRS, layout.model_dir(shared)
         if not pairs_path.exists():
             write_jsonl_atomic(pairs_path, original_pairs(rows, str(cfg.data.train_prefs)))
-        if not (model_dir / "config.json").exists():
+        if not layout.is_trained(shared):
             neutral = OmegaConf.merge(cfg, {"train": {"alpha": 0.0}, "run_dir": str(shared), "run": {
                 "experiment": "shared", "cell": f"{cfg.model.name}/offline_dpo", "method": "offline_dpo"}})
             _train(iteration_config(neutral, 0, base, pairs_path, model_dir), shared)
-    _link_copy(pairs_path, it_dir / "pairs.jsonl")
-    _link_copy(model_dir, it_dir / "model")
+    _link_copy(pairs_path, it_dir / layout.PAIRS)
+    _link_copy(model_dir, layout.model_dir(it_dir))
     return identity
 
 
@@ -493,7 +491,7 @@ def launch_training(tcfg: DictConfig, it_dir: Path) -> None:
 
     from selm.train import precompute_reference
 
-    path = it_dir / "train_config.yaml"
+    path = it_dir / layout.TRAIN_CONFIG
     write_text_atomic(path, OmegaConf.to_yaml(tcfg, resolve=True))
     precompute_reference(tcfg)
     command = [*shlex.split(tcfg.train.launcher), "-m", "selm.train", "--config", str(path)]
@@ -510,18 +508,18 @@ def _make_ranker(cfg: DictConfig):
 
 
 def _evaluate(cfg: DictConfig, model_dir: Path, model_fp: str, test: list[dict], out_dir: Path, code: str) -> dict:
-    path = out_dir / "eval.json"
+    path = out_dir / layout.LOOP_EVAL
     if not test:  # eval.n_prompts = 0: no true reward outside the toy world (paper scale)
         return {}
-    identity, record = eval_identity(cfg, model_fp, test, code), out_dir / "eval_identity.json"
+    identity, record = eval_identity(cfg, model_fp, test, code), out_dir / layout.EVAL_IDENTITY
     if record.exists() and json.loads(record.read_text()) == identity and path.exists():
         return json.loads(path.read_text())
-    for stale in (path, out_dir / "eval_answers.jsonl"):  # made under another identity, or none
+    for stale in (path, out_dir / layout.EVAL_ANSWERS):  # made under another identity, or none
         stale.unlink(missing_ok=True)
     write_json_atomic(record, identity)
     with backend_from_config(cfg, model_dir) as backend:
         metrics, rows = evaluate_test_answers(backend, test, cfg.generation, true_reward_scorer(cfg.eval.true_reward),
                                               cfg.eval.coverage_samples)
-    write_jsonl_atomic(out_dir / "eval_answers.jsonl", rows)
+    write_jsonl_atomic(out_dir / layout.EVAL_ANSWERS, rows)
     write_json_atomic(path, metrics)
     return metrics

@@ -17,18 +17,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
+from selm import layout
 from selm.config import compose_config
-
-
-def eval_root(run_dir: str) -> Path:
-    """evals/... mirroring runs/...: where the evaluations of a run's checkpoints go."""
-    run = Path(run_dir)
-    if len(run.parts) < 2 or run.parts[0] != "runs":
-        raise ValueError(f"run_dir={run_dir}: expected a folder under runs/ "
-                         "(its evaluations go to the same path under evals/)")
-    return Path("evals", *run.parts[1:])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -49,14 +40,14 @@ def evaluate(cfg, base: bool) -> None:
     if base:
         from selm.evaluate import evaluate_checkpoint
 
-        out = Path("evals") / "base" / cfg.model.name  # where the report looks for base models, at every scale
+        out = layout.base_eval_dir(cfg.model.name)  # where the report looks for base models, at every scale
         metrics = evaluate_checkpoint(cfg, cfg.model.path, out, f"{cfg.model.name}/base")
         print(f"{cfg.model.name}/base -> {out}: " + ", ".join(
             f"{k} {v:.2f}" for k, v in metrics.items() if isinstance(v, float)))
     else:
         from selm.experiments import evaluate_run
 
-        out = eval_root(cfg.run_dir)
+        out = layout.eval_dir_of(cfg.run_dir)
         evaluate_run(cfg, out)
         print(f"{cfg.run_dir}: every checkpoint evaluated -> {out}")
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from selm import console
+from selm import console, layout
 from selm.compose import run_config
 from selm.stagelog import count
 
@@ -101,10 +101,11 @@ def main(argv: list[str] | None = None) -> None:
 
         start = time.perf_counter()
         cfg = run_config(args.params, groups={"model": args.base}, dotlist=args.set)
-        out = Path("evals") / "base" / args.base
-        before = (out / "metrics.json").stat().st_mtime_ns if (out / "metrics.json").exists() else None
+        out = layout.base_eval_dir(args.base)
+        path = out / layout.EVAL_METRICS
+        before = path.stat().st_mtime_ns if path.exists() else None
         metrics = evaluate_checkpoint(cfg, cfg.model.path, out, f"{args.base}/base")
-        count("checkpoint evaluations" if (out / "metrics.json").stat().st_mtime_ns != before else "evaluations kept")
+        count("checkpoint evaluations" if path.stat().st_mtime_ns != before else "evaluations kept")
         console.summary(f"eval-base {args.base}", f"{', '.join(cfg.eval.get('parts', PARTS))} "
                         f"-> {out} ({len([v for v in metrics.values() if isinstance(v, float)])} scores)", start)
     else:

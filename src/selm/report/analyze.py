@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from selm import layout
 from selm.experiments import expand, load_experiments
 from selm.io import read_jsonl, write_json_atomic
 from selm.report.stats import paired_test, regime_verdict, summarize
@@ -51,7 +52,7 @@ def selm_alpha(fig, base: str) -> float:
 
 
 def _has_r_star(run_dir: Path, t: int) -> bool:
-    path = run_dir / f"iter{t}" / "eval.json"
+    path = layout.iteration_dir(run_dir, t) / layout.LOOP_EVAL
     return path.is_file() and "mean_reward" in json.loads(path.read_text())
 
 
@@ -63,21 +64,18 @@ def _runs_by_cell(spec, experiment: str) -> dict[str, list]:
 
 
 def _cell_runs(spec, path: str) -> list:
-    """Runs of '<experiment>/<cell>/alpha<a>' over its seeds."""
-    experiment, cell = path.split("/", 1)
-    runs = _runs_by_cell(spec, experiment).get(cell)
+    """Runs of '<experiment>/<cell>/alpha<a>' (selm.layout.figure_ref) over its seeds."""
+    ref = layout.parse_figure_ref(path)
+    experiment = ref.experiment
+    runs = _runs_by_cell(spec, experiment).get(ref.cell_path)
     if not runs:
         raise KeyError(f"figures: no cell {path!r} in experiments.{experiment}")
     return runs
 
 
-def _iterations(run_dir: Path) -> list[int]:
-    return sorted(int(p.name.removeprefix("iter")) for p in run_dir.glob("iter*") if (p / "model" / "config.json").exists())
-
-
 def _run_config(run):
     """The config a run was made with (runs/.../config.json: model, train, data, generation, ranker, ...)."""
-    return OmegaConf.create(_json(run.run_dir / "config.json"))
+    return OmegaConf.create(_json(run.run_dir / layout.RUN_CONFIG))
 
 
 def _json(path: Path) -> dict:
@@ -119,21 +117,22 @@ def heatmaps(spec, fig, judge_cache: Path) -> dict:
     cells = _runs_by_cell(spec, fig.experiment)
     out = {}
     for base in spec.bases:
-        dpo = {r.seed: r for r in cells[f"{base}/alpha0.0"]}
-        selm = {r.seed: r for r in cells[f"{base}/alpha{selm_alpha(fig, base)}"]}
+        dpo = {r.seed: r for r in cells[layout.cell_path(base, 0.0)]}
+        selm = {r.seed: r for r in cells[layout.cell_path(base, selm_alpha(fig, base))]}
         cfg = alpaca_settings([*dpo.values(), *selm.values()])
         glm = glm_data(cfg.eval.alpaca_eval)  # Table 1's GLM data (paper: the official df_gamed.csv; toy: none)
         judge = make_judge(cfg, judge_cache)
-        start_it = 0 if (dpo[min(dpo)].run_dir / "iter0").is_dir() else None
+        start_it = 0 if layout.iteration_dir(dpo[min(dpo)].run_dir, 0).is_dir() else None
         base_label = "offline DPO (iter0)" if start_it == 0 else "SFT base"
         names = [f"SELM iter{t}" for t in (1, 2, 3)] + [f"DPO iter{t}" for t in (1, 2, 3)] + [base_label]
         per_seed = []
         for seed in sorted(dpo):
             outputs = {}
             for t in (1, 2, 3):
-                outputs[f"SELM iter{t}"] = load_outputs(selm[seed].eval_dir / f"iter{t}" / "alpaca_outputs.json")
-                outputs[f"DPO iter{t}"] = load_outputs(dpo[seed].eval_dir / f"iter{t}" / "alpaca_outputs.json")
-            base_file = (dpo[seed].eval_dir / "iter0" if start_it == 0 else Path("evals/base") / base) / "alpaca_outputs.json"
+                outputs[f"SELM iter{t}"] = load_outputs(layout.iteration_dir(selm[seed].eval_dir, t) / layout.ALPACA_OUTPUTS)
+                outputs[f"DPO iter{t}"] = load_outputs(layout.iteration_dir(dpo[seed].eval_dir, t) / layout.ALPACA_OUTPUTS)
+            base_dir = layout.iteration_dir(dpo[seed].eval_dir, 0) if start_it == 0 else layout.base_eval_dir(base)
+            base_file = base_dir / layout.ALPACA_OUTPUTS
             outputs[base_label] = load_outputs(base_file)
             m = pairwise_matrix(outputs, judge, glm)
             # matrix[row][col]: LC win rate of the row model with the column model's outputs as reference
@@ -157,11 +156,11 @@ def _ranker(run):
     return get_ranker(_run_config(run).ranker)  # the ranker the run itself used
 
 
-def _ranker_rewards(ranker, run_dir: Path, it: str, test: dict) -> list[float]:
+def _ranker_rewards(ranker, run_dir: Path, t: int, test: dict) -> list[float]:
     """The ranker's score of each greedy test answer, scored beside the test set's chosen answer (a
     pairwise ranker such as PairRM has no score for one answer alone; the oracle ranker's score of an
     answer does not depend on the others)."""
-    rows = read_jsonl(run_dir / it / "eval_answers.jsonl")
+    rows = read_jsonl(layout.iteration_dir(run_dir, t) / layout.EVAL_ANSWERS)
     return [float(ranker.score(test[r["prompt_id"]], [r["answer"], test[r["prompt_id"]]["chosen"][-1]["content"]])[0])
             for r in rows]
 
@@ -191,20 +190,22 @@ def alpha_ablation(spec, fig, test: dict) -> dict:
     for path in fig.cells:
         runs = _cell_runs(spec, path)
         alpha = runs[0].alpha
-        its = _iterations(runs[0].run_dir)
+        its = layout.finished_iterations(runs[0].run_dir)
         lc, rstar = {}, {}
         for t in its:
-            lc[t] = summarize([_json(r.eval_dir / f"iter{t}" / "metrics.json")["alpaca_lc_win_rate"] for r in runs])
+            lc[t] = summarize([_json(layout.iteration_dir(r.eval_dir, t) / layout.EVAL_METRICS)["alpaca_lc_win_rate"]
+                               for r in runs])
             if _has_r_star(runs[0].run_dir, t):
-                rstar[t] = summarize([_json(r.run_dir / f"iter{t}" / "eval.json")["mean_reward"] for r in runs])
+                rstar[t] = summarize([_json(layout.iteration_dir(r.run_dir, t) / layout.LOOP_EVAL)["mean_reward"]
+                                      for r in runs])
         curves[str(alpha)] = {"cell": path, "lc": lc, "r_star": rstar, "seeds": [r.seed for r in runs]}
-        rewards = [x for r in runs for x in _ranker_rewards(ranker, r.run_dir, "iter2", test)]
+        rewards = [x for r in runs for x in _ranker_rewards(ranker, r.run_dir, 2, test)]
         hist_alpha[str(alpha)] = reward_histogram(rewards, bins)
         all_rewards += rewards
     shift_runs = _cell_runs(spec, fig.shift_cell)
-    for t in [t for t in _iterations(shift_runs[0].run_dir) if t >= 1]:  # SELM iterations 1..T
+    for t in [t for t in layout.finished_iterations(shift_runs[0].run_dir) if t >= 1]:  # SELM iterations 1..T
         runs = shift_runs
-        rewards = [x for r in runs for x in _ranker_rewards(ranker, r.run_dir, f"iter{t}", test)]
+        rewards = [x for r in runs for x in _ranker_rewards(ranker, r.run_dir, t, test)]
         hist_shift[str(t)] = {"hist": reward_histogram(rewards, bins), "mean": round(float(np.mean(rewards)), 4)}
         all_rewards += rewards
     return {"curves": curves, "bins": bins.round(3).tolist(), "hist_by_alpha_iter2": hist_alpha,
@@ -221,7 +222,7 @@ SELECTION_RULE = ("the searched alpha (> 0; 0 is iterative DPO) with the highest
 
 def _final_iteration(runs: list, path: str) -> int:
     """The last trained iteration, the same in every seed of a cell (else the seeds would not average)."""
-    last = {r.seed: _iterations(r.run_dir)[-1] if _iterations(r.run_dir) else None for r in runs}
+    last = {r.seed: (layout.finished_iterations(r.run_dir) or [None])[-1] for r in runs}
     if None in last.values() or len(set(last.values())) != 1:
         raise ValueError(f"figures.figure3_alpha: {path}: the seeds' last trained iterations differ or are missing "
                          f"({last}); the alpha selection averages one iteration over seeds")
@@ -240,10 +241,11 @@ def alpha_selection(spec, fig, test: dict, ranker) -> dict:
     for path in fig.cells:
         runs = _cell_runs(spec, path)
         t = _final_iteration(runs, path)
-        external = [float(np.mean(_ranker_rewards(ranker, r.run_dir, f"iter{t}", test))) for r in runs]
+        external = [float(np.mean(_ranker_rewards(ranker, r.run_dir, t, test))) for r in runs]
         entry = {"cell": path, "iteration": t, "seeds": [r.seed for r in runs], "external_reward": summarize(external)}
         if all(_has_r_star(r.run_dir, t) for r in runs):
-            entry["r_star"] = summarize([_json(r.run_dir / f"iter{t}" / "eval.json")["mean_reward"] for r in runs])
+            entry["r_star"] = summarize([_json(layout.iteration_dir(r.run_dir, t) / layout.LOOP_EVAL)["mean_reward"]
+                                         for r in runs])
         alphas[str(runs[0].alpha)] = entry
     searched = sorted((a for a in alphas if float(a) > 0), key=float)
     if not searched:
@@ -281,7 +283,7 @@ def _precision(train, run_dir: Path) -> str:
     from selm.train import resolve_precision
 
     if train.get("precision") is None:
-        raise KeyError(f"{run_dir / 'config.json'}: no train.precision (the analysis loads models in it)")
+        raise KeyError(f"{run_dir / layout.RUN_CONFIG}: no train.precision (the analysis loads models in it)")
     return resolve_precision(str(train.precision))
 
 
@@ -315,8 +317,8 @@ def implicit_rewards(spec, fig4, fig5, test_rows: list[dict]) -> tuple[dict, dic
                for r in test_rows]
     out4, out5 = {}, {}
     for base in spec.bases:
-        dpo = {r.seed: r for r in cells[f"{base}/alpha0.0"]}
-        selm = {r.seed: r for r in cells[f"{base}/alpha{selm_alpha(fig4, base)}"]}
+        dpo = {r.seed: r for r in cells[layout.cell_path(base, 0.0)]}
+        selm = {r.seed: r for r in cells[layout.cell_path(base, selm_alpha(fig4, base))]}
         run_cfg = _run_config(dpo[min(dpo)])
         train, beta = run_cfg.train, float(run_cfg.train.beta)
         precision = _precision(train, dpo[min(dpo)].run_dir)
@@ -325,8 +327,8 @@ def implicit_rewards(spec, fig4, fig5, test_rows: list[dict]) -> tuple[dict, dic
         t = int(fig4.iteration)
         diffs = []
         for seed in sorted(dpo):
-            lp_selm = _logps(selm[seed].run_dir / f"iter{t}" / "model", records, train, precision, options)
-            lp_dpo = _logps(dpo[seed].run_dir / f"iter{t}" / "model", records, train, precision, options)
+            lp_selm = _logps(layout.model_dir(selm[seed].run_dir, t), records, train, precision, options)
+            lp_dpo = _logps(layout.model_dir(dpo[seed].run_dir, t), records, train, precision, options)
             diffs.append(beta * (lp_selm - lp_dpo))
         d = np.mean(diffs, axis=0)  # (prompts, [chosen, rejected])
         out4[base] = {"chosen_sorted": np.sort(d[:, 0]).round(5).tolist(),
@@ -341,14 +343,14 @@ def implicit_rewards(spec, fig4, fig5, test_rows: list[dict]) -> tuple[dict, dic
         for seed in sorted(dpo):
             rewards = {}
             for name, run in (("selm", selm[seed]), ("dpo", dpo[seed])):
-                model_dir = run.run_dir / f"iter{t5}" / "model"
+                model_dir = layout.model_dir(run.run_dir, t5)
                 samples = HFBackend(str(model_dir), progress=False).generate([r["prompt"] for r in records], n=k, do_sample=True,
                                                              temperature=1.0, top_p=1.0,
                                                              max_new_tokens=run_cfg.scale.max_new_tokens, seed=seed)
                 own = [{"prompt": r["prompt"], "chosen": s[0], "rejected": s[1], "response": s[2]}
                        for r, s in zip(records, samples)]
                 now = _logps(model_dir, own, train, precision, options)
-                before = _logps(run.run_dir / f"iter{t5 - 1}" / "model", own, train, precision, options)
+                before = _logps(layout.model_dir(run.run_dir, t5 - 1), own, train, precision, options)
                 rewards[name] = (beta * (now - before)).mean(axis=1)
             per_seed.append(rewards["selm"] - rewards["dpo"])
         d5 = np.mean(per_seed, axis=0)
@@ -366,15 +368,16 @@ def ablations(spec, fig) -> dict:
         runs = _cell_runs(spec, path)
         points = []
         seen_pairs = 0.0
-        for t in _iterations(runs[0].run_dir):
-            n_pairs = np.mean([_json(r.run_dir / f"iter{t}" / "model" / "train_metrics.json")["n_pairs"] for r in runs])
+        for t in layout.finished_iterations(runs[0].run_dir):
+            n_pairs = np.mean([_json(layout.model_dir(r.run_dir, t) / layout.TRAIN_METRICS)["n_pairs"] for r in runs])
             seen_pairs += n_pairs
-            mt = [_json(r.eval_dir / f"iter{t}" / "metrics.json")["mt_bench_average"] for r in runs]
+            mt = [_json(layout.iteration_dir(r.eval_dir, t) / layout.EVAL_METRICS)["mt_bench_average"] for r in runs]
             point = {"iteration": t, "pairs_k": round(seen_pairs / 1000, 3), "mt_bench": summarize(mt)}
             if _has_r_star(runs[0].run_dir, t):
-                point["r_star"] = summarize([_json(r.run_dir / f"iter{t}" / "eval.json")["mean_reward"] for r in runs])
+                point["r_star"] = summarize([_json(layout.iteration_dir(r.run_dir, t) / layout.LOOP_EVAL)["mean_reward"]
+                                             for r in runs])
             points.append(point)
-        label = "iterative (rank y_w, y_l, y_ref)" if path == fig.iterative else path.split("/")[1]
+        label = "iterative (rank y_w, y_l, y_ref)" if path == fig.iterative else layout.parse_figure_ref(path).cell
         series[label] = {"cell": path, "points": points}
     return series
 
@@ -388,7 +391,8 @@ PAIRED_KEYS = ("mean_reward", "frac_correct", "frac_prompts_covered", "mean_best
 def _iteration_metrics(run, t: int) -> dict:
     """Everything measured of a run's iteration t, read once: the loop's eval.json (coverage
     flattened) and the evaluation's metrics.json, each where it exists."""
-    loop_path, eval_path = run.run_dir / f"iter{t}" / "eval.json", run.eval_dir / f"iter{t}" / "metrics.json"
+    loop_path = layout.iteration_dir(run.run_dir, t) / layout.LOOP_EVAL
+    eval_path = layout.iteration_dir(run.eval_dir, t) / layout.EVAL_METRICS
     loop = _json(loop_path) if loop_path.is_file() else {}
     return {**loop, **loop.get("coverage", {}), **(_json(eval_path) if eval_path.is_file() else {})}
 
@@ -398,17 +402,17 @@ def paired_main(spec, experiment: str) -> dict:
     cells = _runs_by_cell(spec, experiment)
     out = {}
     for base in spec.bases:
-        dpo = {r.seed: r for r in cells[f"{base}/alpha0.0"]}
+        dpo = {r.seed: r for r in cells[layout.cell_path(base, 0.0)]}
         alphas = sorted({r.alpha for cell, runs in cells.items() if cell.startswith(f"{base}/") for r in runs
                          if r.alpha > 0})
         for alpha in alphas:
-            selm = {r.seed: r for r in cells[f"{base}/alpha{alpha}"]}
+            selm = {r.seed: r for r in cells[layout.cell_path(base, alpha)]}
             seeds = sorted(set(dpo) & set(selm))
             if len(seeds) < 2:  # the paper's protocol has one seed: a paired test needs two
-                out[f"{base}/alpha{alpha}"] = {"seeds": seeds, "iterations": [], "note": "fewer than 2 seeds: no test"}
+                out[layout.cell_path(base, alpha)] = {"seeds": seeds, "iterations": [], "note": "fewer than 2 seeds: no test"}
                 continue
             rows = []
-            for t in _iterations(dpo[seeds[0]].run_dir):
+            for t in layout.finished_iterations(dpo[seeds[0]].run_dir):
                 a = {s: _iteration_metrics(selm[s], t) for s in seeds}
                 b = {s: _iteration_metrics(dpo[s], t) for s in seeds}
                 row = {"iteration": t}
@@ -416,22 +420,22 @@ def paired_main(spec, experiment: str) -> dict:
                     if all(key in a[s] and key in b[s] for s in seeds):
                         row[key] = paired_test([a[s][key] for s in seeds], [b[s][key] for s in seeds])
                 rows.append(row)
-            out[f"{base}/alpha{alpha}"] = {"seeds": seeds, "iterations": rows}
+            out[layout.cell_path(base, alpha)] = {"seeds": seeds, "iterations": rows}
     return out
 
 
 def regime_map(spec, fig) -> dict:
     def final_rewards(path: str) -> dict[int, float]:
         runs = _cell_runs(spec, path)
-        return {r.seed: _json(r.run_dir / "summary.json")[f"iter{_iterations(r.run_dir)[-1]}"]["mean_reward"]
-                for r in runs}
+        return {r.seed: _json(r.run_dir / layout.SUMMARY)[layout.iteration_name(layout.finished_iterations(r.run_dir)[-1])]
+                ["mean_reward"] for r in runs}
 
     regimes = {"standard": {"dpo": fig.baseline.dpo, "selm": list(fig.baseline.selm)}}
     cells = _runs_by_cell(spec, fig.experiment)
     for name in fig.regimes:
         alphas = sorted(r.alpha for r in (runs[0] for cell, runs in cells.items() if cell.startswith(f"{name}/")))
-        regimes[name] = {"dpo": f"{fig.experiment}/{name}/alpha0.0",
-                         "selm": [f"{fig.experiment}/{name}/alpha{a}" for a in alphas if a > 0]}
+        regimes[name] = {"dpo": layout.figure_ref(fig.experiment, name, 0.0),
+                         "selm": [layout.figure_ref(fig.experiment, name, a) for a in alphas if a > 0]}
     out = {}
     for name, paths in regimes.items():
         dpo = final_rewards(paths["dpo"])
@@ -441,7 +445,7 @@ def regime_map(spec, fig) -> dict:
             seeds = sorted(set(dpo) & set(selm))
             test = paired_test([selm[s] for s in seeds], [dpo[s] for s in seeds])
             verdict = regime_verdict(test)["verdict"]
-            alpha = path.rsplit("alpha", 1)[1]
+            alpha = str(layout.parse_figure_ref(path).alpha)
             entry["selm"][alpha] = {"cell": path, "final_r_star": summarize(list(selm.values())), "diff": test,
                                     "verdict": verdict}
         out[name] = entry

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from selm import layout
 from selm.io import write_json_atomic, write_text_atomic
 from selm.provenance import config_hash, provenance
 from selm.report import analyze, eval_tables, figures, toy_table
@@ -35,7 +36,7 @@ def _paper_key(base: str, method: str, iteration: str) -> tuple | None:
         return None
     if iteration == "base":
         return (pb, "sft" if pb == "zephyr" else "base", "0")
-    t = iteration.removeprefix("iter")
+    t = str(layout.parse_iteration_name(iteration))
     if t == "0":
         return (pb, "offline_dpo", "0") if method == "iterative DPO" else None
     return (pb, "dpo" if method == "iterative DPO" else "selm", t)
@@ -218,12 +219,12 @@ def main(argv: list[str] | None = None) -> None:
     selm_alpha = {b: analyze.selm_alpha(heat, b) for b in spec.bases}
 
     # tables: true reward per iteration and headroom (toy world only), evaluations, paper comparison
-    main_runs = Path("runs") / heat.experiment
-    if any(json.loads(p.read_text()).get("iter1", {}).get("mean_reward") is not None
-           for p in main_runs.glob("*/alpha*/seed*/summary.json")):
+    main_runs = layout.RUNS / heat.experiment
+    if any(json.loads((run.path / layout.SUMMARY).read_text()).get(layout.iteration_name(1), {}).get("mean_reward")
+           is not None for run in layout.experiment_runs(main_runs, having=layout.SUMMARY)):
         toy_table.main(["--runs", str(main_runs), "--models", "models", "--out", str(tables)])
-    eval_tables.main(["--evals", "evals", "--bases", *spec.bases, "--experiment", heat.experiment, "--out", str(tables)])
-    rows = eval_tables.collect(Path("evals"), list(spec.bases), heat.experiment)
+    eval_tables.main(["--evals", str(layout.EVALS), "--bases", *spec.bases, "--experiment", heat.experiment, "--out", str(tables)])
+    rows = eval_tables.collect(layout.EVALS, list(spec.bases), heat.experiment)
     comparison = paper_comparison(rows, _read_csv(args.paper / "table1_alpacaeval_mtbench.csv"),
                                   _read_csv(args.paper / "table2_academic.csv"), selm_alpha)
     buf = io.StringIO()
@@ -246,8 +247,8 @@ def main(argv: list[str] | None = None) -> None:
     report = render_report(args, spec, comparison, paired, regimes, load, fig1_facts, tables, figdir)
     write_text_atomic(args.report, report)
     run_configs = {}
-    for cfg_path in sorted(Path("runs").glob("*/**/seed*/config.json")):
-        run_configs[str(cfg_path.parent)] = config_hash(json.loads(cfg_path.read_text()))
+    for run_dir in layout.all_run_dirs():
+        run_configs[str(run_dir)] = config_hash(json.loads((run_dir / layout.RUN_CONFIG).read_text()))
     write_json_atomic(tables / "provenance.json", {**provenance(command="dvc repro dvc.yaml (report stage)"),
                                                     "runs": run_configs})
     _log_figures_to_wandb(pngs, args.scale, analyze.spec_config(spec).logger)

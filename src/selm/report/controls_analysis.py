@@ -24,12 +24,12 @@ import argparse
 import csv
 import json
 import math
-import re
 import statistics
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from selm import layout
 from selm.io import DataError, write_json_atomic
 from selm.provenance import config_hash, provenance
 from selm.report.stats import MACHINE_FLOOR, effect_verdict, mde, paired_test
@@ -40,17 +40,17 @@ PAPER_START = {"zephyr": ("offline_dpo", "0"), "llama3": ("base", "0")}
 
 
 def _last_iteration(summary: dict) -> str:
-    iters = [k for k in summary if re.fullmatch(r"iter\d+", k)]
+    iters = [k for k in summary if layout.parse_iteration_name(k) is not None]
     if not iters:
-        raise DataError("summary.json has no iteration")
-    return max(iters, key=lambda k: int(k[4:]))
+        raise DataError(f"{layout.SUMMARY} has no iteration")
+    return max(iters, key=layout.parse_iteration_name)
 
 
-def run_metrics(run_dir: Path, eval_dir: Path, start_iteration: str = "iter0") -> dict:
+def run_metrics(run_dir: Path, eval_dir: Path, start_iteration: str = layout.iteration_name(0)) -> dict:
     """The metrics of one finished run (module doc); `start` is r* where the online loop starts."""
-    path = run_dir / "summary.json"
+    path = run_dir / layout.SUMMARY
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: the run has not finished (no summary.json)")
+        raise FileNotFoundError(f"{path}: the run has not finished (no {layout.SUMMARY})")
     summary = json.loads(path.read_text())
     last = _last_iteration(summary)
     final = summary[last]
@@ -59,7 +59,7 @@ def run_metrics(run_dir: Path, eval_dir: Path, start_iteration: str = "iter0") -
         out["coverage"] = final["coverage"]["frac_prompts_covered"]
         out["best_of_k"] = final["coverage"]["mean_best_of_k"]
     for it, key in ((last, "alpaca_lc"), (start_iteration, "start_alpaca_lc")):
-        metrics = eval_dir / it / "metrics.json"
+        metrics = eval_dir / it / layout.EVAL_METRICS
         if metrics.is_file():
             value = json.loads(metrics.read_text()).get("alpaca_lc_win_rate")
             if value is not None:
@@ -73,19 +73,18 @@ def arm(cells: list[str], root: Path = Path("."), unfinished: list | None = None
     by_seed: dict[int, dict] = {}
     where: dict[int, str] = {}
     for cell in cells:
-        cell_dir = root / "runs" / cell
-        seeds = sorted(cell_dir.glob("seed*"))
+        cell_dir = root / layout.RUNS / cell
+        seeds = layout.cell_runs(cell_dir)
         if not seeds:
             if unfinished is not None:
                 unfinished.append(str(cell_dir))
                 continue
             raise FileNotFoundError(f"{cell_dir}: no run folders (seed*)")
-        for sd in seeds:
-            seed = int(sd.name.removeprefix("seed"))
-            if unfinished is not None and not (sd / "summary.json").is_file():
+        for seed, sd in seeds:
+            if unfinished is not None and not (sd / layout.SUMMARY).is_file():
                 unfinished.append(str(sd))
                 continue
-            m = run_metrics(sd, root / "evals" / cell / sd.name)
+            m = run_metrics(sd, root / layout.eval_dir_of(sd.relative_to(root)))
             if seed in by_seed:
                 if not math.isclose(by_seed[seed]["r_star"], m["r_star"], abs_tol=1e-12):
                     raise DataError(f"seed {seed}: {where[seed]} and {cell} disagree on final r* "
@@ -165,23 +164,23 @@ def pair_quality(cells: list[str], root: Path = Path(".")) -> dict:
     sums: dict[str, list[float]] = {"chosen": [], "rejected": [], "y_ref": [], "policy_start": [], "policy_gain": []}
     records: dict[str, dict] = {}
     for cell in cells:
-        for sd in sorted((root / "runs" / cell).glob("seed*")):
-            if not (sd / "summary.json").is_file():
+        for _, sd in layout.cell_runs(root / layout.RUNS / cell):
+            if not (sd / layout.SUMMARY).is_file():
                 continue
-            config = json.loads((sd / "config.json").read_text())
+            config = json.loads((sd / layout.RUN_CONFIG).read_text())
             source = root / config["data"]["train_prefs"]
             if str(source) not in records:
                 records[str(source)] = {r["prompt_id"]: r for r in read_jsonl(source)}
-            rows, summary = records[str(source)], json.loads((sd / "summary.json").read_text())
-            for it in sorted(sd.glob("iter*")):
-                t = int(it.name[4:])
-                if t == 0 or not (it / "responses.jsonl").is_file():
+            rows, summary = records[str(source)], json.loads((sd / layout.SUMMARY).read_text())
+            for t, it in sorted(layout.iteration_dirs(sd).items(), key=lambda kv: kv[1]):
+                if t == 0 or not (it / layout.RESPONSES).is_file():
                     continue
-                pairs = read_jsonl(it / "pairs.jsonl")
+                pairs = read_jsonl(it / layout.PAIRS)
                 for kind, key in (("chosen", "chosen"), ("rejected", "rejected"), ("y_ref", "response")):
                     sums[kind].append(statistics.fmean(true_reward(rows[p["prompt_id"]], p[key]) for p in pairs))
-                sums["policy_start"].append(summary[f"iter{t - 1}"]["mean_reward"])
-                sums["policy_gain"].append(summary[f"iter{t}"]["mean_reward"] - summary[f"iter{t - 1}"]["mean_reward"])
+                start, now = summary[layout.iteration_name(t - 1)], summary[layout.iteration_name(t)]
+                sums["policy_start"].append(start["mean_reward"])
+                sums["policy_gain"].append(now["mean_reward"] - start["mean_reward"])
     if not sums["chosen"]:
         return {}
     return {f"mean_r_star_{k}": statistics.fmean(v) for k, v in sums.items()} | {"iterations": len(sums["chosen"])}

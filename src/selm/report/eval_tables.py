@@ -16,6 +16,7 @@ import io
 import json
 from pathlib import Path
 
+from selm import layout
 from selm.io import write_text_atomic
 from selm.report.stats import fmt_mean_ci, mean_ci
 from selm.report.toy_table import method_name
@@ -51,19 +52,18 @@ def collect(evals: Path, bases: list[str] | None = None, experiment: str = "main
     """Metrics of every evaluated checkpoint: evals/base/<base>/ and evals/<experiment>/<base>/alpha<a>/
     seed<s>/iter<t>/; of `bases` only when given."""
     rows = []
-    for path in sorted((evals / "base").glob("*/metrics.json")):
-        rows.append({"base": path.parts[-2], "method": "SFT base", "iteration": "base", "seed": None,
+    for base, path in layout.evaluated_bases(evals):
+        rows.append({"base": base, "method": "SFT base", "iteration": "base", "seed": None,
                      **json.loads(path.read_text())})
-    for path in sorted((evals / experiment).glob("*/alpha*/seed*/iter*/metrics.json")):
-        base, alpha, seed, it = path.parts[-5:-1]
-        rows.append({"base": base, "method": method_name(float(alpha.removeprefix("alpha"))), "iteration": it,
-                     "seed": int(seed.removeprefix("seed")), **json.loads(path.read_text())})
+    for run, t, path in layout.evaluated_checkpoints(evals / experiment):
+        rows.append({"base": run.cell, "method": method_name(run.alpha), "iteration": layout.iteration_name(t),
+                     "seed": run.seed, **json.loads(path.read_text())})
     return [r for r in rows if bases is None or r["base"] in bases]
 
 
 def _order(key: tuple) -> tuple:
     base, method, it = key
-    return (base, method != "SFT base", method, -1 if it == "base" else int(it.removeprefix("iter")))
+    return (base, method != "SFT base", method, -1 if it == "base" else layout.parse_iteration_name(it))
 
 
 def table1_markdown(rows: list[dict]) -> str:

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from selm import layout
 from selm.io import read_jsonl, write_json_atomic
 
 PAIRS_SCHEMA = {"prompt": (str, True), "prompt_id": (str, True), "chosen": (str, True), "rejected": (str, True),
@@ -98,12 +99,12 @@ def probe(run_dir: Path, iteration: int, alphas: list[float], work: Path, test_p
     from selm.loop import evaluate_test_answers, select_families, true_reward_scorer
     from selm.train import train_iteration
 
-    start = run_dir / f"iter{iteration - 1}" / "model"
-    pairs_path = run_dir / f"iter{iteration}" / "pairs.jsonl"
-    for path in (start / "config.json", pairs_path):
+    start = layout.model_dir(run_dir, iteration - 1)
+    pairs_path = layout.iteration_dir(run_dir, iteration) / layout.PAIRS
+    for path in (start / layout.CHECKPOINT_CONFIG, pairs_path):
         if not path.is_file():
             raise FileNotFoundError(f"{path}: the mechanism probe needs this file of the loop run {run_dir}")
-    cfg = OmegaConf.create(json.loads((start / "train_metrics.json").read_text())["config"])
+    cfg = OmegaConf.create(json.loads((start / layout.TRAIN_METRICS).read_text())["config"])
     records = read_jsonl(pairs_path, PAIRS_SCHEMA)
     tokenizer = AutoTokenizer.from_pretrained(start)
     pad_id = pad_token_id(tokenizer)
@@ -116,7 +117,7 @@ def probe(run_dir: Path, iteration: int, alphas: list[float], work: Path, test_p
     test = select_families(read_jsonl(cfg.data.test_prefs, TEST_SCHEMA), cfg.data.families,
                            str(cfg.data.test_prefs))[: test_prompts or cfg.eval.n_prompts]
     if cfg.eval.get("true_reward") is None:
-        raise ValueError(f"{start}/train_metrics.json: eval.true_reward is not set; the probe scores answers by it")
+        raise ValueError(f"{start / layout.TRAIN_METRICS}: eval.true_reward is not set; the probe scores answers by it")
     score = true_reward_scorer(cfg.eval.true_reward)
     rows = []
     for alpha in alphas:
@@ -126,7 +127,7 @@ def probe(run_dir: Path, iteration: int, alphas: list[float], work: Path, test_p
                                      "output_dir": str(out / "model"), "overwrite": True, "reference_checkpoint": None,
                                      "train": {"alpha": float(alpha)}, "logger": {"wandb": False}})
         model_dir = train_iteration(tcfg)
-        history = json.loads((model_dir / "train_metrics.json").read_text())["log_history"]
+        history = json.loads((model_dir / layout.TRAIN_METRICS).read_text())["log_history"]
         after = sequence_logps(model_dir, pairs, pad_id)
         metrics, _ = evaluate_test_answers(backend_from_config(tcfg, model_dir), test, tcfg.generation, score)
         rows.append({

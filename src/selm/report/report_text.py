@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from selm import layout
 from selm.report.claims import (WORDS, Claim, alpha_verdicts, all_claims, change_verdict, combine, final_lc_by_alpha,
                                 interval, loop_start_rows, verdict_note)
 from selm.report.stats import MACHINE_FLOOR, effect_verdict, fmt_mean_ci, regime_verdict, sample_test, summary_diff
@@ -374,7 +375,7 @@ def alpha_selection_text(sel: dict) -> str:
 
 def render_figure3(data: ReportData) -> str:
     fig3 = data.figs["figure3_alpha"]
-    base = str(fig3["shift_cell"]).split("/")[1]
+    base = layout.parse_figure_ref(str(fig3["shift_cell"])).cell
     beyond = fig3.get("beyond_bins")
     return "\n\n".join([
         _img(data, "figure3_alpha.png"),

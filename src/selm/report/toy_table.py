@@ -18,6 +18,7 @@ import math
 import statistics
 from pathlib import Path
 
+from selm import layout
 from selm.io import write_json_atomic, write_text_atomic
 from selm.provenance import config_hash, provenance
 from selm.report.stats import fmt_mean_ci, mean_ci
@@ -30,11 +31,11 @@ def method_name(alpha: float) -> str:
 
 def collect(runs_dir: Path) -> tuple[list[dict], dict]:
     rows, configs = [], {}
-    for summary_path in sorted(runs_dir.glob("*/alpha*/seed*/summary.json")):
-        run = summary_path.parent
-        config = json.loads((run / "config.json").read_text())
+    for found in layout.experiment_runs(runs_dir, having=layout.SUMMARY):
+        run = found.path
+        config = json.loads((run / layout.RUN_CONFIG).read_text())
         configs[str(run)] = config_hash(config)
-        summary = json.loads(summary_path.read_text())
+        summary = json.loads((run / layout.SUMMARY).read_text())
         for stage, metrics in summary.items():
             rows.append({
                 "base": config["model"]["name"], "alpha": config["train"]["alpha"],
@@ -50,7 +51,7 @@ def markdown(rows: list[dict]) -> str:
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["base"], r["method"], r["iteration"]), []).append(r)
-    order = sorted(groups, key=lambda k: (k[0], k[1], -1 if k[2] == "base" else int(k[2].removeprefix("iter"))))
+    order = sorted(groups, key=lambda k: (k[0], k[1], -1 if k[2] == layout.BASE else layout.parse_iteration_name(k[2])))
     lines = [
         "| base | method | iteration | mean r* | fully correct | seeds |",
         "|---|---|---|---|---|---|",
