@@ -282,12 +282,12 @@ def test_alpha_selection_in_words_with_and_without_the_true_reward():
     text = alpha_selection_text(_selection(ext, {0.0: 0.5, 0.005: 0.50, 0.1: 0.56, 1.0: 0.45}, 3, 0.01))
     assert "alpha 0 (iterative DPO, not searched): 0.500 ± 0.010; alpha 0.005: 0.600 ± 0.010;" in text
     assert "Selected: **alpha 0.005**; its lead over alpha 0.1 (+0.050) is beyond what the seeds resolve (MDE 0.018)" in text
-    # r* selects 0.1: 0.56 - 0.50 = +0.06, beyond the MDE 0.0176 (and r*'s floor 0.016)
-    assert ("would select alpha 0.1 (r* 0.560 vs 0.500 for alpha 0.005, +0.060, MDE 0.018): selection by the external "
+    # r* selects 0.1: 0.56 - 0.50 = +0.06, beyond the MDE 0.0176 and r*'s floor 0.028
+    assert ("would select alpha 0.1 (r* 0.560 vs 0.500 for alpha 0.005, +0.060, MDE 0.018, floor 0.028): selection by the external "
             "reward **does not agree** with selection by the true reward.") in text
     # r* 0.56 vs 0.55: +0.01, whose 95% interval (half-width 4.302653 * 0.0032868 = 0.0141) holds 0
     close = alpha_selection_text(_selection(ext, {0.0: 0.5, 0.005: 0.55, 0.1: 0.56, 1.0: 0.45}, 3, 0.01))
-    assert "+0.010, 95% interval includes 0; MDE 0.018): selection by the external reward **does not agree** with " \
+    assert "+0.010, 95% interval includes 0; MDE 0.018, floor 0.028): selection by the external reward **does not agree** with " \
            "selection by the true reward, though their r* differ by less than the seeds resolve." in close
     same = alpha_selection_text(_selection(ext, {0.0: 0.5, 0.005: 0.60, 0.1: 0.56, 1.0: 0.45}, 3, 0.01))
     assert "selects the same alpha (r* 0.600): selection by the external reward **agrees**" in same
@@ -311,10 +311,10 @@ def test_figure6_panels_against_iterative_dpo():
             "six_iterations": point(7.5, 0.56, 1.75)}
     text = figure6_panels_text(fig6)
     # each side's se 0.01 / 4.302653 = 0.0023241, the difference's 0.0032868 (2 dof): half-width 0.0141,
-    # MDE 5.363313 * 0.0032868 = 0.0176 (r*: the floor 0.016 is smaller)
+    # MDE 5.363313 * 0.0032868 = 0.0176 (r*: the floor 0.028 is larger)
     assert "batch32 (batch size, 2k pairs seen): MT-Bench 7.000 vs 7.500 (-0.500, MDE 0.018: lower)" in text
     assert "decaying_lr (learning-rate schedule, 2k pairs seen): MT-Bench 7.490 vs 7.500 (-0.010, 95% interval " \
-           "includes 0; MDE 0.018: inconclusive); r* 0.530 vs 0.500 (+0.030, MDE 0.018: higher)" in text
+           "includes 0; MDE 0.018: inconclusive); r* 0.530 vs 0.500 (+0.030, MDE 0.018, floor 0.028: higher)" in text
     assert "six_iterations (number of iterations, 1.75k pairs seen)" in text and "r* 0.560 vs 0.500 (+0.060" in text
     assert "stepwise" not in text  # the label- and dataset-update variants are the claims section's
     assert figure6_panels_text({"iterative (rank y_w, y_l, y_ref)": point(7.5, 0.5, 2.0)}) is None

@@ -34,7 +34,7 @@ def bold(verdict: str) -> str:
 
 
 def verdict_note(v: dict) -> str:
-    """What the difference was held against ('MDE 0.004, floor 0.016') and, when inconclusive, why."""
+    """What the difference was held against ('MDE 0.004, floor 0.028') and, when inconclusive, why."""
     if v["verdict"] != "inconclusive":
         return fmt_threshold(v)
     return v["reason"] if "below the" in v["reason"] or v["threshold"] is None else f"{v['reason']}; {fmt_threshold(v)}"

@@ -162,8 +162,9 @@ def render_how_to_read(data: ReportData) -> str:
         + "A verdict is definitive only when the difference's 95% interval excludes 0 and the difference is at "
         "least the minimum detectable effect (MDE: the smallest true difference this many seeds with this spread "
         "detect at alpha 0.05 with 80% power)"
-        + (f" and, in r*, at least {MACHINE_FLOOR['mean_reward']} (how far the SFT base's r* moved between two "
-           "machines of the same kind)" if has_r_star else "")
+        + (f" and, in r*, at least {MACHINE_FLOOR['mean_reward']} (the largest shift of the SFT base's greedy r* "
+           "measured when only the floating-point code path changed: another machine of the same kind, or this "
+           "one with fewer vector extensions)" if has_r_star else "")
         + "; otherwise it says **inconclusive**. Claims marked *ours* are not the paper's.")
 
 

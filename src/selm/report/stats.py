@@ -30,10 +30,12 @@ ALPHA = 0.05  # two-sided level of the intervals and tests
 POWER = 0.8  # power at which the minimum detectable effect is quoted
 
 # Between-machine tolerance by metric key (the effect below which a difference is treated as a
-# rounding artefact whatever the seeds say). r*: the toy SFT base's greedy r* came out 0.016 apart
-# on two machines of the same kind with the same pins (0.477 vs 0.461), so a difference in r* smaller
-# than that is not called. Metrics without a measured between-machine spread get no floor (0).
-MACHINE_FLOOR = {"mean_reward": 0.016, "r_star": 0.016}
+# rounding artefact whatever the seeds say). r*: the largest shift measured in the toy SFT base's greedy
+# r* when only the floating-point code path changed, same pins, same seeds: 0.016 between two machines
+# of the same kind (0.477 vs 0.461), and 0.028 on one machine between its full vector extensions and
+# ATen/MKL/oneDNN capped below AVX2 (0.461 vs 0.490; standing in for an older x86 CPU). A difference in
+# r* smaller than that is not called. Metrics without a measured spread get no floor (0).
+MACHINE_FLOOR = {"mean_reward": 0.028, "r_star": 0.028}
 
 
 @functools.lru_cache(maxsize=None)
