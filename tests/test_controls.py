@@ -230,3 +230,22 @@ def test_screening_table_and_the_positive_reading_of_a_working_control(tmp_path)
     reading = controls.positive_reading({"name": "w", "tests": {"r_star": t}, "pair_quality": {"dpo": q, "explorer": qe}})
     assert "(+0.050 [+0.040, +0.060]) is CI-separated" in reading
     assert "chosen answers have r* 0.740 against DPO's 0.620" in reading and "+0.012 (explorer) and -0.004 (DPO)" in reading
+
+
+def test_a_positive_entry_without_runs_is_listed_as_unfinished_when_asked(tmp_path):
+    (tmp_path / "results" / "paper").mkdir(parents=True)
+    (tmp_path / "results" / "paper" / "table1_alpacaeval_mtbench.csv").write_text(
+        "model,base,method,iteration,lc_win_rate\nA,zephyr,offline_dpo,0,15.41\nC,zephyr,dpo,3,22.19\nD,zephyr,selm,3,24.25\n")
+    for seed, (d, e) in {1: (0.50, 0.56), 2: (0.52, 0.57)}.items():
+        _screen_run(tmp_path, "w/dpo/alpha0.0", seed, [0.47, d])
+        _screen_run(tmp_path, "w/bok/alpha0.0", seed, [0.47, e])
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("controls:\n  positive:\n    - {name: gone, dpo: [g/dpo/alpha0.0], explorer: [g/bok/alpha0.0]}\n"
+                    "    - {name: w, dpo: [w/dpo/alpha0.0], explorer: [w/bok/alpha0.0]}\n")
+    out = ca.analyze(spec, tmp_path, allow_unfinished=True)["positive_control"]
+    assert out["unfinished_runs"] == [str(tmp_path / "runs" / "g" / c / "alpha0.0") for c in ("dpo", "bok")]
+    gone, w = out["rows"]
+    assert gone["tests"] == {} and gone["dpo_gain_over_start"] is None
+    assert w["tests"]["r_star"]["mean_diff"] == pytest.approx(0.055)
+    assert w["dpo_gain_over_start"] == pytest.approx(((0.50 - 0.47) + (0.52 - 0.47)) / 2)
+    assert "- gone: fewer than two paired seeds; no reading." in controls.positive_markdown(out)

@@ -259,7 +259,8 @@ def analyze(spec_path: Path, root: Path = Path("."), allow_unfinished: bool = Fa
             dpo, explorer = arm(item["dpo"], root, unfinished), arm(item["explorer"], root, unfinished)
             rows.append({"name": item["name"], "dpo": item["dpo"], "explorer": item["explorer"],
                          "what": item.get("what", ""), "tests": compare(explorer, dpo),
-                         "dpo_gain_over_start": statistics.fmean(m["r_star"] - m["start_r_star"] for m in dpo.values()),
+                         "dpo_gain_over_start": (statistics.fmean(m["r_star"] - m["start_r_star"] for m in dpo.values())
+                                                 if dpo else None),  # None: no finished DPO run (allow_unfinished)
                          "pair_quality": {"dpo": pair_quality(item["dpo"], root),
                                           "explorer": pair_quality(item["explorer"], root)}})
         out["positive_control"] = {"rows": rows, "paper_fraction": fraction, "unfinished_runs": unfinished or []}
