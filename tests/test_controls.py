@@ -187,6 +187,18 @@ def test_screening_row_is_explorer_minus_dpo_after_iteration_1_and_at_the_last(t
     assert row["mean_diff_first"] == pytest.approx(0.52 - 0.50) and row["mean_diff_last"] == pytest.approx(0.60 - 0.55)
     assert row["per_seed"][0]["iteration"] == "iter3" and row["per_seed"][0]["dpo_r_star_last"] == 0.55
     assert row["pair_quality"] == {"dpo": {}, "explorer": {}}  # no online iteration recorded its pairs
+    d = tmp_path / "runs" / "s" / "dpo" / "alpha0.0"
+    for seed in (42, 43):  # an online iteration's pairs: chosen right (r* 1), y_ref and rejected wrong (r* 0)
+        it = d / f"seed{seed}" / "iter1"
+        it.mkdir()
+        (it / "responses.jsonl").write_text("{}\n")
+        pair = {"prompt_id": "p0", "prompt": "reverse: ab", "chosen": "ba", "rejected": "zz", "response": "zz"}
+        (it / "pairs.jsonl").write_text(json.dumps(pair) + "\n")
+    (tmp_path / "prefs.jsonl").write_text(json.dumps({"prompt_id": "p0", "family": "reverse", "prompt": "reverse: ab",
+                                                       "gold": "ba"}) + "\n")
+    q = ca.screening_row({"name": "w", "dpo": ["s/dpo/alpha0.0"], "explorer": ["s/bok/alpha0.0"]}, tmp_path)["pair_quality"]
+    assert q["dpo"]["iterations"] == 1  # seed 43's iteration is left out: the explorer did not run seed 43
+    assert q["dpo"]["mean_r_star_policy_gain"] == pytest.approx(0.50 - 0.47)
     with pytest.raises(DataError, match="no seed run by both arms"):
         ca.screening_row({"name": "w", "dpo": ["s/dpo/alpha0.0"], "explorer": ["s/none/alpha0.0"]}, tmp_path)
     with pytest.raises(KeyError, match="missing key 'explorer'"):

@@ -109,8 +109,9 @@ def screening_markdown(result: dict) -> str:
     lines = ["### Screening: in which toy world does the positive control work?",
              "",
              f"Built from {_source(result)}: {result['rule']}. Each setting is run by both arms (explorer: "
-             "`best_of_k`, alpha 0; DPO: iterative DPO); r*(chosen) is the true reward of the online iterations' "
-             "chosen answers and 'gain/iter' the policy's mean r* gain per online iteration (arm means).",
+             "`best_of_k`, alpha 0, or SELM where the setting says so; DPO: iterative DPO), on the seeds both ran; "
+             "r*(chosen) is the true reward of the online iterations' chosen answers and 'gain/iter' the policy's "
+             "mean r* gain per online iteration.",
              "",
              "| setting | seeds | explorer - DPO r* after iter 1 | explorer - DPO r* at the last | explorer r* | DPO r* "
              "| r*(chosen) explorer | r*(chosen) DPO | gain/iter explorer | gain/iter DPO |",

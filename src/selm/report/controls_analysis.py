@@ -160,10 +160,11 @@ def power_row(name: str, dpo: dict[int, dict], selm: dict[int, dict], fraction: 
             "seeds": seeds}
 
 
-def pair_quality(cells: list[str], root: Path = Path(".")) -> dict:
+def pair_quality(cells: list[str], root: Path = Path("."), seeds: list[int] | None = None) -> dict:
     """Why an explorer helps or not: the true reward r* of what the loop trains on (chosen, rejected,
     y_ref of each online iteration's pairs) beside the r* of the policy that iteration starts from,
-    averaged over the arm's iterations and seeds (toy world only: needs the records' gold answers)."""
+    averaged over the arm's iterations and seeds, or only `seeds` (toy world only: needs the records'
+    gold answers)."""
     from selm.io import read_jsonl
     from selm.world import true_reward
 
@@ -171,7 +172,7 @@ def pair_quality(cells: list[str], root: Path = Path(".")) -> dict:
     records: dict[str, dict] = {}
     for cell in cells:
         for sd in sorted((root / "runs" / cell).glob("seed*")):
-            if not (sd / "summary.json").is_file():
+            if not (sd / "summary.json").is_file() or (seeds is not None and int(sd.name[4:]) not in seeds):
                 continue
             config = json.loads((sd / "config.json").read_text())
             source = root / config["data"]["train_prefs"]
@@ -225,7 +226,7 @@ def screening_row(item: dict, root: Path = Path(".")) -> dict:
             "seeds": seeds, "per_seed": per_seed,
             "mean_diff_first": statistics.fmean(r["diff_first"] for r in per_seed),
             "mean_diff_last": statistics.fmean(r["diff_last"] for r in per_seed),
-            "pair_quality": {"dpo": pair_quality(item["dpo"], root), "explorer": pair_quality(item["explorer"], root)}}
+            "pair_quality": {side: pair_quality(item[side], root, seeds) for side in ("dpo", "explorer")}}
 
 
 SECTIONS = {"positive_control": "positive", "power": "power", "screening": "screening"}  # output -> spec key
