@@ -261,3 +261,16 @@ def test_a_positive_entry_without_runs_is_listed_as_unfinished_when_asked(tmp_pa
     assert w["tests"]["r_star"]["mean_diff"] == pytest.approx(0.055)
     assert w["dpo_gain_over_start"] == pytest.approx(((0.50 - 0.47) + (0.52 - 0.47)) / 2)
     assert "- gone: fewer than two paired seeds; no reading." in controls.positive_markdown(out)
+
+
+def test_a_ci_separated_gain_below_the_threshold_is_not_called_a_null():
+    t = {"n": 5, "mean_diff": 0.041, "ci_low": 0.009, "ci_high": 0.073, "n_a_greater": 5, "verdict": "inconclusive",
+         "reason": "|effect| below the minimum detectable effect 0.0427"}
+    q = {"mean_r_star_chosen": 0.627, "mean_r_star_y_ref": 0.55, "mean_r_star_policy_start": 0.528,
+         "mean_r_star_policy_gain": 0.004}
+    row = {"name": "w", "tests": {"r_star": t}, "pair_quality": {"dpo": q, "explorer": {**q, "mean_r_star_chosen": 0.74,
+                                                                                          "mean_r_star_policy_gain": 0.018}}}
+    text = controls.positive_reading(row)
+    assert "a CI-separated gain in r* (+0.041 [+0.009, +0.073], explorer better in 5/5 seeds)" in text
+    assert "below the minimum detectable effect 0.0427" in text and "no CI-separated" not in text
+    assert "r* 0.740 against DPO's 0.627" in text and "+0.018 (explorer) and +0.004 (DPO)" in text
