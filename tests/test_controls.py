@@ -169,3 +169,108 @@ def test_unfinished_runs_are_listed_only_when_asked(tmp_path):
     missing: list = []
     assert sorted(ca.arm(["e/c/alpha0.0", "e/none/alpha0.0"], tmp_path, missing)) == [1]
     assert missing == [str(tmp_path / "runs" / "e" / "c" / "alpha0.0" / "seed2"), str(tmp_path / "runs" / "e" / "none" / "alpha0.0")]
+
+
+def _screen_run(root, cell, seed, iters):
+    _run(root, cell, seed, iters)
+    d = root / "runs" / cell / f"seed{seed}"
+    (root / "prefs.jsonl").write_text(json.dumps({"prompt_id": "p0", "family": "reverse"}) + "\n")
+    (d / "config.json").write_text(json.dumps({"data": {"train_prefs": "prefs.jsonl"}}))
+
+
+def test_screening_row_is_explorer_minus_dpo_after_iteration_1_and_at_the_last(tmp_path):
+    _screen_run(tmp_path, "s/dpo/alpha0.0", 42, [0.47, 0.50, 0.53, 0.55])
+    _screen_run(tmp_path, "s/dpo/alpha0.0", 43, [0.47, 0.51, 0.52, 0.50])   # the explorer lacks seed 43: left out
+    _screen_run(tmp_path, "s/bok/alpha0.0", 42, [0.47, 0.52, 0.56, 0.60])
+    row = ca.screening_row({"name": "w", "dpo": ["s/dpo/alpha0.0"], "explorer": ["s/bok/alpha0.0"]}, tmp_path)
+    assert row["seeds"] == [42]
+    assert row["mean_diff_first"] == pytest.approx(0.52 - 0.50) and row["mean_diff_last"] == pytest.approx(0.60 - 0.55)
+    assert row["per_seed"][0]["iteration"] == "iter3" and row["per_seed"][0]["dpo_r_star_last"] == 0.55
+    assert row["pair_quality"] == {"dpo": {}, "explorer": {}}  # no online iteration recorded its pairs
+    d = tmp_path / "runs" / "s" / "dpo" / "alpha0.0"
+    for seed in (42, 43):  # an online iteration's pairs: chosen right (r* 1), y_ref and rejected wrong (r* 0)
+        it = d / f"seed{seed}" / "iter1"
+        it.mkdir()
+        (it / "responses.jsonl").write_text("{}\n")
+        pair = {"prompt_id": "p0", "prompt": "reverse: ab", "chosen": "ba", "rejected": "zz", "response": "zz"}
+        (it / "pairs.jsonl").write_text(json.dumps(pair) + "\n")
+    (tmp_path / "prefs.jsonl").write_text(json.dumps({"prompt_id": "p0", "family": "reverse", "prompt": "reverse: ab",
+                                                       "gold": "ba"}) + "\n")
+    q = ca.screening_row({"name": "w", "dpo": ["s/dpo/alpha0.0"], "explorer": ["s/bok/alpha0.0"]}, tmp_path)["pair_quality"]
+    assert q["dpo"]["iterations"] == 1  # seed 43's iteration is left out: the explorer did not run seed 43
+    assert q["dpo"]["mean_r_star_policy_gain"] == pytest.approx(0.50 - 0.47)
+    with pytest.raises(DataError, match="no seed run by both arms"):
+        ca.screening_row({"name": "w", "dpo": ["s/dpo/alpha0.0"], "explorer": ["s/none/alpha0.0"]}, tmp_path)
+    with pytest.raises(KeyError, match="missing key 'explorer'"):
+        ca.screening_row({"name": "w", "dpo": ["s/dpo/alpha0.0"]}, tmp_path)
+    (tmp_path / "runs" / "s" / "bok" / "alpha0.0" / "seed43").mkdir()
+    with pytest.raises(FileNotFoundError, match="seed43/summary.json: the run has not finished"):
+        ca.screening_row({"name": "w", "dpo": ["s/dpo/alpha0.0"], "explorer": ["s/bok/alpha0.0"]}, tmp_path)
+
+
+def test_analyze_one_section_without_the_other_sections_runs(tmp_path):
+    (tmp_path / "results" / "paper").mkdir(parents=True)
+    (tmp_path / "results" / "paper" / "table1_alpacaeval_mtbench.csv").write_text(
+        "model,base,method,iteration,lc_win_rate\nA,zephyr,offline_dpo,0,15.41\nC,zephyr,dpo,3,22.19\nD,zephyr,selm,3,24.25\n")
+    _screen_run(tmp_path, "s/dpo/alpha0.0", 42, [0.47, 0.50])
+    _screen_run(tmp_path, "s/bok/alpha0.0", 42, [0.47, 0.53])
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("controls:\n  positive:\n    - {name: p, dpo: [gone/dpo/alpha0.0], explorer: [gone/bok/alpha0.0]}\n"
+                    "  screening:\n    - {name: w, dpo: [s/dpo/alpha0.0], explorer: [s/bok/alpha0.0]}\n")
+    with pytest.raises(FileNotFoundError, match="gone/dpo/alpha0.0: no run folders"):
+        ca.analyze(spec, tmp_path)
+    out = ca.analyze(spec, tmp_path, sections=["screening"])
+    assert list(out) == ["screening"] and out["screening"]["rows"][0]["mean_diff_last"] == pytest.approx(0.03)
+    with pytest.raises(KeyError, match=r"controls has no \['power'\] for section\(s\) \['power'\]"):
+        ca.analyze(spec, tmp_path, sections=["power"])
+    with pytest.raises(KeyError, match=r"unknown section\(s\) \['nope'\]"):
+        ca.analyze(spec, tmp_path, sections=["nope"])
+
+
+def test_screening_table_and_the_positive_reading_of_a_working_control(tmp_path):
+    q = {"mean_r_star_chosen": 0.62, "mean_r_star_y_ref": 0.53, "mean_r_star_policy_start": 0.52,
+         "mean_r_star_policy_gain": -0.004}
+    qe = {**q, "mean_r_star_chosen": 0.74, "mean_r_star_policy_gain": 0.012}
+    row = {"name": "weak corpus", "seeds": [42], "mean_diff_first": 0.024, "mean_diff_last": 0.047, "what": "y_w is weak",
+           "per_seed": [{"explorer_r_star_last": 0.511, "dpo_r_star_last": 0.464}], "pair_quality": {"dpo": q, "explorer": qe}}
+    prov = {"spec": "experiments/toy_controls.yaml", "git_commit": "abc1234567890"}
+    (tmp_path / "screening.json").write_text(json.dumps({"rows": [row], "rule": "one seed", "provenance": prov}))
+    text = controls.render(tmp_path)
+    assert "| weak corpus | 42 | +0.024 | +0.047 | 0.511 | 0.464 | 0.740 | 0.620 | +0.012 | -0.004 |" in text
+    assert "- weak corpus: y_w is weak" in text
+    t = {"n": 5, "mean_diff": 0.05, "ci_low": 0.04, "ci_high": 0.06, "verdict": "positive"}
+    reading = controls.positive_reading({"name": "w", "tests": {"r_star": t}, "pair_quality": {"dpo": q, "explorer": qe}})
+    assert "(+0.050 [+0.040, +0.060]) is CI-separated" in reading
+    assert "chosen answers have r* 0.740 against DPO's 0.620" in reading and "+0.012 (explorer) and -0.004 (DPO)" in reading
+
+
+def test_a_positive_entry_without_runs_is_listed_as_unfinished_when_asked(tmp_path):
+    (tmp_path / "results" / "paper").mkdir(parents=True)
+    (tmp_path / "results" / "paper" / "table1_alpacaeval_mtbench.csv").write_text(
+        "model,base,method,iteration,lc_win_rate\nA,zephyr,offline_dpo,0,15.41\nC,zephyr,dpo,3,22.19\nD,zephyr,selm,3,24.25\n")
+    for seed, (d, e) in {1: (0.50, 0.56), 2: (0.52, 0.57)}.items():
+        _screen_run(tmp_path, "w/dpo/alpha0.0", seed, [0.47, d])
+        _screen_run(tmp_path, "w/bok/alpha0.0", seed, [0.47, e])
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("controls:\n  positive:\n    - {name: gone, dpo: [g/dpo/alpha0.0], explorer: [g/bok/alpha0.0]}\n"
+                    "    - {name: w, dpo: [w/dpo/alpha0.0], explorer: [w/bok/alpha0.0]}\n")
+    out = ca.analyze(spec, tmp_path, allow_unfinished=True)["positive_control"]
+    assert out["unfinished_runs"] == [str(tmp_path / "runs" / "g" / c / "alpha0.0") for c in ("dpo", "bok")]
+    gone, w = out["rows"]
+    assert gone["tests"] == {} and gone["dpo_gain_over_start"] is None
+    assert w["tests"]["r_star"]["mean_diff"] == pytest.approx(0.055)
+    assert w["dpo_gain_over_start"] == pytest.approx(((0.50 - 0.47) + (0.52 - 0.47)) / 2)
+    assert "- gone: fewer than two paired seeds; no reading." in controls.positive_markdown(out)
+
+
+def test_a_ci_separated_gain_below_the_threshold_is_not_called_a_null():
+    t = {"n": 5, "mean_diff": 0.041, "ci_low": 0.009, "ci_high": 0.073, "n_a_greater": 5, "verdict": "inconclusive",
+         "reason": "|effect| below the minimum detectable effect 0.0427"}
+    q = {"mean_r_star_chosen": 0.627, "mean_r_star_y_ref": 0.55, "mean_r_star_policy_start": 0.528,
+         "mean_r_star_policy_gain": 0.004}
+    row = {"name": "w", "tests": {"r_star": t}, "pair_quality": {"dpo": q, "explorer": {**q, "mean_r_star_chosen": 0.74,
+                                                                                          "mean_r_star_policy_gain": 0.018}}}
+    text = controls.positive_reading(row)
+    assert "a CI-separated gain in r* (+0.041 [+0.009, +0.073], explorer better in 5/5 seeds)" in text
+    assert "below the minimum detectable effect 0.0427" in text and "no CI-separated" not in text
+    assert "r* 0.740 against DPO's 0.627" in text and "+0.018 (explorer) and +0.004 (DPO)" in text

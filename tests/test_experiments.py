@@ -281,7 +281,8 @@ def test_controls_spec_expands_and_names_existing_cells():
     toy = load_experiments(ROOT / "experiments" / "toy.yaml")
     cells = {f"{n}/{r.cell}" for s in (spec, toy) for n in s.experiments for r in expand(s, n)}
     c = spec.controls
-    named = [x for item in [*c.positive, *c.power] for key in ("dpo", "explorer", "selm") for x in item.get(key, [])]
+    named = [x for item in [*c.positive, *c.power, *c.screening] for key in ("dpo", "explorer", "selm")
+             for x in item.get(key, [])]
     assert named and set(named) <= cells, set(named) - cells
     for n in spec.experiments:
         for r in expand(spec, n):

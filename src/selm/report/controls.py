@@ -1,5 +1,6 @@
 """The report's controls section (markdown) from results/toy/controls/*.json: the positive control,
-the power of the SELM-vs-DPO comparison, the 10-seed verdicts and the mechanism table. It says which
+the screen of the world that lets the positive control work, the power of the SELM-vs-DPO
+comparison, the 10-seed verdicts and the mechanism table. It says which
 experiment the numbers come from (the JSON's provenance), and renders only what was analysed.
 
     python -m selm.report.controls --results results/toy/controls --out results/toy/controls/CONTROLS.md
@@ -75,13 +76,32 @@ def positive_reading(row: dict) -> str:
     t = row["tests"].get("r_star")
     if t is None:
         return f"- {row['name']}: fewer than two paired seeds; no reading."
+    q = row.get("pair_quality", {})
     if t["verdict"] == "positive":
-        return (f"- {row['name']}: the explorer's gain in r* ({t['mean_diff']:+.3f}) is CI-separated and above the "
-                "threshold: the toy grid can see an exploration gain of this size.")
+        text = (f"- {row['name']}: the explorer's gain in r* ({t['mean_diff']:+.3f} {_interval(t)}) is CI-separated and "
+                "above the threshold: the toy grid can see an exploration gain of this size.")
+        if q.get("dpo") and q.get("explorer"):
+            d, e = q["dpo"], q["explorer"]
+            text += (f" The explorer's chosen answers have r* {e['mean_r_star_chosen']:.3f} against DPO's "
+                     f"{d['mean_r_star_chosen']:.3f}, and one iteration moves the policy by "
+                     f"{e['mean_r_star_policy_gain']:+.3f} (explorer) and {d['mean_r_star_policy_gain']:+.3f} (DPO) "
+                     "in r* on average.")
+        return text
+    separated = t.get("ci_low") is not None and t["ci_low"] > 0
+    if separated:  # the interval excludes 0 but the effect is below the verdict's threshold (MDE or floor)
+        d, e = q.get("dpo"), q.get("explorer")
+        text = (f"- {row['name']}: a CI-separated gain in r* ({t['mean_diff']:+.3f} {_interval(t)}, explorer better in "
+                f"{t['n_a_greater']}/{t['n']} seeds) that is below the verdict's threshold ({t['reason']}): the toy grid "
+                "sees the explorer's gain here, though not yet with the power a verdict asks for.")
+        if d and e:
+            text += (f" The explorer's chosen answers have r* {e['mean_r_star_chosen']:.3f} against DPO's "
+                     f"{d['mean_r_star_chosen']:.3f}, and one iteration moves the policy by "
+                     f"{e['mean_r_star_policy_gain']:+.3f} (explorer) and {d['mean_r_star_policy_gain']:+.3f} (DPO) "
+                     "in r* on average.")
+        return text
     text = (f"- {row['name']}: no CI-separated gain in r* ({t['mean_diff']:+.3f} {_interval(t)}, {t['verdict']}): "
             "in this setting the toy grid cannot show that better exploration helps, so a SELM-vs-DPO null here "
             "says nothing about the paper's claim.")
-    q = row.get("pair_quality", {})
     if q.get("dpo") and q.get("explorer"):
         d, e = q["dpo"], q["explorer"]
         text += (f" The explorer raises r*(y_ref) from {d['mean_r_star_y_ref']:.3f} to {e['mean_r_star_y_ref']:.3f} but "
@@ -94,6 +114,33 @@ def positive_reading(row: dict) -> str:
                      "iteration closes little of that gap: the loop is limited by how far an iteration moves the "
                      "policy, not by what it explores.")
     return text
+
+
+def screening_markdown(result: dict) -> str:
+    """The screen that found a setting in which the positive control works: one row per setting."""
+    lines = ["### Screening: in which toy world does the positive control work?",
+             "",
+             f"Built from {_source(result)}: {result['rule']}. Each setting is run by both arms (explorer: "
+             "`best_of_k`, alpha 0, or SELM where the setting says so; DPO: iterative DPO), on the seeds both ran; "
+             "r*(chosen) is the true reward of the online iterations' chosen answers and 'gain/iter' the policy's "
+             "mean r* gain per online iteration.",
+             "",
+             "| setting | seeds | explorer - DPO r* after iter 1 | explorer - DPO r* at the last | explorer r* | DPO r* "
+             "| r*(chosen) explorer | r*(chosen) DPO | gain/iter explorer | gain/iter DPO |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        e_last = [p["explorer_r_star_last"] for p in r["per_seed"]]
+        d_last = [p["dpo_r_star_last"] for p in r["per_seed"]]
+        qd, qe = r["pair_quality"].get("dpo", {}), r["pair_quality"].get("explorer", {})
+        lines.append(f"| {r['name']} | {', '.join(str(s) for s in r['seeds'])} | {_num(r['mean_diff_first'], 3, True)} "
+                     f"| {_num(r['mean_diff_last'], 3, True)} | {_num(sum(e_last) / len(e_last))} "
+                     f"| {_num(sum(d_last) / len(d_last))} | {_num(qe.get('mean_r_star_chosen'))} "
+                     f"| {_num(qd.get('mean_r_star_chosen'))} | {_num(qe.get('mean_r_star_policy_gain'), 3, True)} "
+                     f"| {_num(qd.get('mean_r_star_policy_gain'), 3, True)} |")
+    notes = [r for r in result["rows"] if r.get("what")]
+    if notes:
+        lines += [""] + [f"- {r['name']}: {r['what']}" for r in notes]
+    return "\n".join(lines)
 
 
 def _unfinished(result: dict) -> list[str]:
@@ -155,15 +202,16 @@ def mechanism_markdown(result: dict) -> str:
 
 
 def render(results: Path) -> str:
-    """The controls section, from whichever of the three JSON files exist."""
+    """The controls section, from whichever of the four JSON files exist."""
     parts = ["## Controls: can the toy grid see an effect of the paper's size?"]
-    for name, fn in (("positive_control", positive_markdown), ("power", power_markdown),
-                     ("mechanism", mechanism_markdown)):
+    for name, fn in (("positive_control", positive_markdown), ("screening", screening_markdown),
+                     ("power", power_markdown), ("mechanism", mechanism_markdown)):
         path = results / f"{name}.json"
         if path.is_file():
             parts.append(fn(json.loads(path.read_text())))
     if len(parts) == 1:
-        raise FileNotFoundError(f"{results}: none of positive_control.json, power.json, mechanism.json")
+        raise FileNotFoundError(f"{results}: none of positive_control.json, screening.json, power.json, "
+                                "mechanism.json")
     return "\n\n".join(parts) + "\n"
 
 

@@ -10,12 +10,17 @@ Metrics per run, at the last iteration: r* of the greedy answers (`r_star`), and
 measured them the high-reward coverage of 8 samples (`coverage`), the mean best-of-8 r*
 (`best_of_k`), and AlpacaEval 2.0 LC from the experiment's evaluation (`alpaca_lc`).
 
+A screening entry (`controls.screening`) is the same comparison on one seed or a few, used to find a
+setting of the world in which the positive control works: per setting, explorer minus DPO in r* after
+the first online iteration and at the last, beside what each arm trains on (`pair_quality`).
+
 The paper's claimed gain on the same scale: (SELM iter3 - DPO iter3) / (DPO iter3 - the model the
 online iterations start from), read from results/paper/table1_alpacaeval_mtbench.csv (Zephyr:
 2.06 / 6.78 LC), times the toy DPO arm's own gain over its start (r* at the last iteration minus r*
 at the iteration the online loop starts from).
 
     python -m selm.report.controls_analysis --spec experiments/toy_controls.yaml --out results/toy/controls
+    python -m selm.report.controls_analysis --sections positive_control screening   # without the power runs
 """
 
 from __future__ import annotations
@@ -154,18 +159,19 @@ def power_row(name: str, dpo: dict[int, dict], selm: dict[int, dict], fraction: 
             "seeds": seeds}
 
 
-def pair_quality(cells: list[str], root: Path = Path(".")) -> dict:
+def pair_quality(cells: list[str], root: Path = Path("."), seeds: list[int] | None = None) -> dict:
     """Why an explorer helps or not: the true reward r* of what the loop trains on (chosen, rejected,
     y_ref of each online iteration's pairs) beside the r* of the policy that iteration starts from,
-    averaged over the arm's iterations and seeds (toy world only: needs the records' gold answers)."""
+    averaged over the arm's iterations and seeds, or only `seeds` (toy world only: needs the records'
+    gold answers)."""
     from selm.io import read_jsonl
     from selm.world import true_reward
 
     sums: dict[str, list[float]] = {"chosen": [], "rejected": [], "y_ref": [], "policy_start": [], "policy_gain": []}
     records: dict[str, dict] = {}
     for cell in cells:
-        for _, sd in layout.cell_runs(root / layout.RUNS / cell):
-            if not (sd / layout.SUMMARY).is_file():
+        for seed, sd in layout.cell_runs(root / layout.RUNS / cell):
+            if not (sd / layout.SUMMARY).is_file() or (seeds is not None and seed not in seeds):
                 continue
             config = json.loads((sd / layout.RUN_CONFIG).read_text())
             source = root / config["data"]["train_prefs"]
@@ -186,20 +192,75 @@ def pair_quality(cells: list[str], root: Path = Path(".")) -> dict:
     return {f"mean_r_star_{k}": statistics.fmean(v) for k, v in sums.items()} | {"iterations": len(sums["chosen"])}
 
 
-def analyze(spec_path: Path, root: Path = Path("."), allow_unfinished: bool = False) -> dict[str, dict]:
+def screening_row(item: dict, root: Path = Path(".")) -> dict:
+    """One screened setting: explorer minus DPO in r* after the first online iteration and at the
+    last, per common seed and averaged, with what each arm trains on (pair_quality)."""
+    for key in ("name", "dpo", "explorer"):
+        if key not in item:
+            raise KeyError(f"controls.screening entry {item!r}: missing key {key!r}")
+    runs = {side: {} for side in ("dpo", "explorer")}
+    for side in runs:
+        for cell in item[side]:
+            for seed, sd in layout.cell_runs(root / layout.RUNS / cell):
+                path = sd / layout.SUMMARY
+                if not path.is_file():
+                    raise FileNotFoundError(f"{path}: the run has not finished (no summary.json)")
+                runs[side][seed] = json.loads(path.read_text())
+    seeds = sorted(set(runs["dpo"]) & set(runs["explorer"]))
+    if not seeds:
+        raise DataError(f"controls.screening {item['name']!r}: no seed run by both arms "
+                        f"({item['dpo']} vs {item['explorer']})")
+    per_seed = []
+    for seed in seeds:
+        d, e = runs["dpo"][seed], runs["explorer"][seed]
+        last = _last_iteration(d)
+        if _last_iteration(e) != last:
+            raise DataError(f"controls.screening {item['name']!r} seed {seed}: the arms end at different iterations")
+        row = {"seed": seed, "iteration": last}
+        for key, it in (("first", "iter1"), ("last", last)):
+            row[f"dpo_r_star_{key}"], row[f"explorer_r_star_{key}"] = d[it]["mean_reward"], e[it]["mean_reward"]
+            row[f"diff_{key}"] = e[it]["mean_reward"] - d[it]["mean_reward"]
+        per_seed.append(row)
+    return {"name": item["name"], "dpo": item["dpo"], "explorer": item["explorer"], "what": item.get("what", ""),
+            "seeds": seeds, "per_seed": per_seed,
+            "mean_diff_first": statistics.fmean(r["diff_first"] for r in per_seed),
+            "mean_diff_last": statistics.fmean(r["diff_last"] for r in per_seed),
+            "pair_quality": {side: pair_quality(item[side], root, seeds) for side in ("dpo", "explorer")}}
+
+
+SECTIONS = {"positive_control": "positive", "power": "power", "screening": "screening"}  # output -> spec key
+
+
+def analyze(spec_path: Path, root: Path = Path("."), allow_unfinished: bool = False,
+            sections: list[str] | None = None) -> dict[str, dict]:
+    """The controls' results per output section; `sections` (default: every one the spec has) picks
+    some, so one section can be redone without the other sections' runs."""
     spec = OmegaConf.load(spec_path)
     if "controls" not in spec:
         raise KeyError(f"{spec_path}: no `controls` section")
     c = OmegaConf.to_container(spec.controls, resolve=True)
+    if sections is not None:
+        bad = [s for s in sections if s not in SECTIONS]
+        if bad:
+            raise KeyError(f"unknown section(s) {bad}; known: {sorted(SECTIONS)}")
+        missing = [s for s in sections if SECTIONS[s] not in c]
+        if missing:
+            raise KeyError(f"{spec_path}: controls has no {[SECTIONS[s] for s in missing]} for section(s) {missing}")
+        c = {k: v for k, v in c.items() if k not in SECTIONS.values() or k in {SECTIONS[s] for s in sections}}
     fraction = paper_fraction(root / "results" / "paper" / "table1_alpacaeval_mtbench.csv", c.get("paper_base", "zephyr"))
     out = {}
+    if "screening" in c:
+        out["screening"] = {"rows": [screening_row(item, root) for item in c["screening"]],
+                            "rule": "one seed or a few: explorer - DPO r* (greedy, 300 held-out prompts) after "
+                                    "iteration 1 and at the last iteration; a screen, not a test"}
     if "positive" in c:
         rows, unfinished = [], [] if allow_unfinished else None
         for item in c["positive"]:
             dpo, explorer = arm(item["dpo"], root, unfinished), arm(item["explorer"], root, unfinished)
             rows.append({"name": item["name"], "dpo": item["dpo"], "explorer": item["explorer"],
                          "what": item.get("what", ""), "tests": compare(explorer, dpo),
-                         "dpo_gain_over_start": statistics.fmean(m["r_star"] - m["start_r_star"] for m in dpo.values()),
+                         "dpo_gain_over_start": (statistics.fmean(m["r_star"] - m["start_r_star"] for m in dpo.values())
+                                                 if dpo else None),  # None: no finished DPO run (allow_unfinished)
                          "pair_quality": {"dpo": pair_quality(item["dpo"], root),
                                           "explorer": pair_quality(item["explorer"], root)}})
         out["positive_control"] = {"rows": rows, "paper_fraction": fraction, "unfinished_runs": unfinished or []}
@@ -219,11 +280,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("results/toy/controls"))
     parser.add_argument("--allow-unfinished", action="store_true",
                         help="analyse the finished runs and list the unfinished ones in the JSON (default: stop)")
+    parser.add_argument("--sections", nargs="+", choices=sorted(SECTIONS), default=None,
+                        help="analyse only these sections (default: every one the spec's `controls` has)")
     args = parser.parse_args(argv)
     spec = OmegaConf.to_container(OmegaConf.load(args.spec), resolve=True)
-    prov = {**provenance(spec, command=f"python -m selm.report.controls_analysis --spec {args.spec}"),
-            "spec": str(args.spec), "spec_hash": config_hash(spec)}
-    for name, result in analyze(args.spec, allow_unfinished=args.allow_unfinished).items():
+    command = f"python -m selm.report.controls_analysis --spec {args.spec}" + (
+        f" --sections {' '.join(args.sections)}" if args.sections else "")
+    prov = {**provenance(spec, command=command), "spec": str(args.spec), "spec_hash": config_hash(spec)}
+    for name, result in analyze(args.spec, allow_unfinished=args.allow_unfinished, sections=args.sections).items():
         write_json_atomic(args.out / f"{name}.json", {**result, "provenance": prov})
         print(f"wrote {args.out / f'{name}.json'}")
 
