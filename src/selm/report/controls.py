@@ -70,6 +70,18 @@ def positive_markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _gain_sources(q: dict) -> str:
+    """What each arm's chosen answers are worth and how far one iteration moves the policy (r*), where
+    both arms' pair quality is known; else nothing."""
+    d, e = q.get("dpo"), q.get("explorer")
+    if not (d and e):
+        return ""
+    return (f" The explorer's chosen answers have r* {e['mean_r_star_chosen']:.3f} against DPO's "
+            f"{d['mean_r_star_chosen']:.3f}, and one iteration moves the policy by "
+            f"{e['mean_r_star_policy_gain']:+.3f} (explorer) and {d['mean_r_star_policy_gain']:+.3f} (DPO) "
+            "in r* on average.")
+
+
 def positive_reading(row: dict) -> str:
     """One sentence per setting: does the instrument see the explorer's gain, and if not, the numbers
     that say why (what the explorer adds to the chosen answers against what one iteration learns)."""
@@ -80,25 +92,13 @@ def positive_reading(row: dict) -> str:
     if t["verdict"] == "positive":
         text = (f"- {row['name']}: the explorer's gain in r* ({t['mean_diff']:+.3f} {_interval(t)}) is CI-separated and "
                 "above the threshold: the toy grid can see an exploration gain of this size.")
-        if q.get("dpo") and q.get("explorer"):
-            d, e = q["dpo"], q["explorer"]
-            text += (f" The explorer's chosen answers have r* {e['mean_r_star_chosen']:.3f} against DPO's "
-                     f"{d['mean_r_star_chosen']:.3f}, and one iteration moves the policy by "
-                     f"{e['mean_r_star_policy_gain']:+.3f} (explorer) and {d['mean_r_star_policy_gain']:+.3f} (DPO) "
-                     "in r* on average.")
-        return text
+        return text + _gain_sources(q)
     separated = t.get("ci_low") is not None and t["ci_low"] > 0
     if separated:  # the interval excludes 0 but the effect is below the verdict's threshold (MDE or floor)
-        d, e = q.get("dpo"), q.get("explorer")
         text = (f"- {row['name']}: a CI-separated gain in r* ({t['mean_diff']:+.3f} {_interval(t)}, explorer better in "
                 f"{t['n_a_greater']}/{t['n']} seeds) that is below the verdict's threshold ({t['reason']}): the toy grid "
                 "sees the explorer's gain here, though not yet with the power a verdict asks for.")
-        if d and e:
-            text += (f" The explorer's chosen answers have r* {e['mean_r_star_chosen']:.3f} against DPO's "
-                     f"{d['mean_r_star_chosen']:.3f}, and one iteration moves the policy by "
-                     f"{e['mean_r_star_policy_gain']:+.3f} (explorer) and {d['mean_r_star_policy_gain']:+.3f} (DPO) "
-                     "in r* on average.")
-        return text
+        return text + _gain_sources(q)
     text = (f"- {row['name']}: no CI-separated gain in r* ({t['mean_diff']:+.3f} {_interval(t)}, {t['verdict']}): "
             "in this setting the toy grid cannot show that better exploration helps, so a SELM-vs-DPO null here "
             "says nothing about the paper's claim.")
