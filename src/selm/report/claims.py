@@ -1,7 +1,8 @@
 """Every verdict the report states, computed by the analyze stage into analysis/claims.json: the
 number of loop runs per experiment, the paper's claims one by one (the numbers each quotes and its
-verdict), the changes from the loop's start model, the SELM-vs-DPO verdicts at the last iteration, the alpha verdicts, Figures 3-6's takeaways,
-and the regime map's verdicts. selm.report.claims_text and selm.report.report_text render them.
+verdict), the changes from the loop's start model, the SELM-vs-DPO verdicts at the last iteration,
+the alpha verdicts, Figures 3-6's takeaways and the regime map's verdicts. selm.report.claims_text
+and selm.report.report_text render them.
 
 A claim is decided by stats.effect_verdict: agrees / does not agree only when the difference is beyond
 the smallest one the design can detect (its 95% interval excludes 0 and it is at least the minimum
@@ -362,10 +363,12 @@ def write(spec, spec_path: Path, analysis: Path, paper: Path, command: str) -> N
                                   {b: selm_alpha(heat, b) for b in spec.bases})
     block = provenance(command=command)
     write_json_atomic(analysis / COMPARISON_FILE, {"provenance": block, "rows": comparison})
-    analyses = {k: json.loads((analysis / f"{k}.json").read_text()) for k in ANALYSES if (analysis / f"{k}.json").is_file()}
-    missing = sorted(set(ANALYSES[:-1]) - set(analyses))
+    analyses = {k: json.loads((analysis / f"{k}.json").read_text())
+                for k in ANALYSES if (analysis / f"{k}.json").is_file()}
+    missing = sorted(set(ANALYSES[:-1]) - set(analyses))  # the regime map is optional
     if missing:
-        raise FileNotFoundError(f"{analysis}: {missing[0]}.json is missing (python -m selm.report.analyze --spec {spec_path})")
+        raise FileNotFoundError(f"{analysis / missing[0]}.json is missing: run python -m selm.report.analyze "
+                                f"--spec {spec_path}")
     # the summary's "what ran", in the spec's order ([name, runs] pairs: the file's objects have sorted keys)
     runs = [[name, len(expand(spec, name, str(spec_path)))] for name in spec.experiments]
     write_json_atomic(analysis / CLAIMS_FILE, {"provenance": block, "runs": runs, **compute(comparison, analyses)})
