@@ -133,3 +133,17 @@ def test_figure6_claims_compare_the_last_points():
     assert "(-0.500, MDE 0.250: lower): **does not agree**." in lines[1]
     # 8.0 - 7.95: se 0.065737, half-width 0.2828 -> holds 0
     assert "(+0.050, 95% interval includes 0; MDE 0.353: inconclusive): **inconclusive**." in lines[2]
+
+
+def test_claims_without_an_analysis_file_name_it(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from selm.experiments import load_experiments
+    from selm.report import claims
+
+    repo = Path(__file__).resolve().parents[1]
+    spec = load_experiments(repo / "experiments" / "toy.yaml")
+    monkeypatch.chdir(tmp_path)  # no evaluations here: an empty comparison
+    (tmp_path / "analysis").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"analysis/figure3_alpha.json is missing: run python -m selm.report.analyze"):
+        claims.write(spec, Path("experiments/toy.yaml"), tmp_path / "analysis", repo / "results" / "paper", "test")
