@@ -1,7 +1,8 @@
 """The package's layers point down: read from the source with ast (every import, function-local ones
 included), no module imports a module of a higher layer, the top-level units import each other in
-no cycle, evaluation does not import training, and only the toy scale's own modules import the toy
-world (the loop gets its true reward through `eval.true_reward`, selm.loop.TRUE_REWARDS).
+no cycle, evaluation does not import training, only the toy scale's own modules import the toy
+world (the loop gets its true reward through `eval.true_reward`, selm.loop.TRUE_REWARDS), and the
+report's rendering modules compute no statistic (the analyze stage does).
 
 A new module must be placed in LAYERS; the failure says which one is missing.
 """
@@ -35,6 +36,13 @@ LAYERS = [
 APART = [({"selm.evaluate", "selm.evals", "selm.judges"}, {"selm.train", "selm.trainer", "selm.loop"},
           "an evaluation runs on any checkpoint and needs no training code")]
 # Who may import the toy world: the toy scale's own modules and the registries' toy entries.
+# The report stage's modules render only: they import no module of the analyze stage and, from
+# selm.report.stats, only formatters and constants, never a test or a verdict (those run in analyze).
+RENDERING = {"selm.report.build", "selm.report.report_text", "selm.report.claims_text", "selm.report.figures",
+             "selm.report.toy_table", "selm.report.eval_tables", "selm.report.spec"}
+COMPUTING = {"selm.report.analyze", "selm.report.claims", "selm.report.comparison"}
+VERDICT_FUNCTIONS = {"effect_verdict", "regime_verdict", "paired_test", "sample_test", "summary_diff", "mde", "mde_se",
+                     "t95", "t_quantile"}
 WORLD_IMPORTERS = {"selm.sft", "selm.bench", "selm.bench_train", "selm.rankers", "selm.judges.oracle",
                    "selm.report.controls_analysis"}
 
@@ -151,3 +159,38 @@ def test_the_checks_find_what_they_look_for():
     layer = layer_of()
     assert layer["selm.io"] < layer["selm.loop"] < layer["selm.experiments"] < layer["selm.report"] < layer["selm.cli"]
     assert imports(PACKAGE / "judges" / "openai_judge.py") >= {"selm.judges", "selm.judges.base"}
+
+
+def rendering_imports(path: Path) -> list[str]:
+    """What a rendering module imports that it must not: an analyze-stage module, selm.report.stats as a
+    whole, or a test / verdict function from it (each as 'module.name')."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found += [a.name for a in node.names if a.name in COMPUTING | {"selm.report.stats"}]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            if node.module in COMPUTING:
+                found.append(node.module)
+            elif node.module == "selm.report":
+                found += [f"selm.report.{a.name}" for a in node.names if f"selm.report.{a.name}" in COMPUTING]
+            elif node.module == "selm.report.stats":
+                found += [f"selm.report.stats.{a.name}" for a in node.names if a.name in VERDICT_FUNCTIONS]
+    return found
+
+
+def test_the_report_stage_only_renders():
+    """REPORT.md, the tables and the figures are rendered from the analysis files: no rendering module
+    imports a test or verdict function (each verdict the report states is in analysis/claims.json)."""
+    modules = graph()
+    missing = sorted(RENDERING - set(modules))
+    assert not missing, f"RENDERING names modules that do not exist: {missing}"
+    found = [f"{m} imports {x}" for m in sorted(RENDERING) for x in
+             rendering_imports(PACKAGE.parent / (m.replace(".", "/") + ".py"))]
+    assert not found, "the report stage computes verdicts (move them to selm.report.claims): " + "; ".join(found)
+
+
+def test_the_rendering_check_finds_a_verdict_import(tmp_path):
+    path = tmp_path / "m.py"
+    path.write_text("from selm.report.stats import fmt_mean_ci, effect_verdict\nfrom selm.report import claims, figures\n"
+                    "import selm.report.stats\n")
+    assert rendering_imports(path) == ["selm.report.stats.effect_verdict", "selm.report.claims", "selm.report.stats"]

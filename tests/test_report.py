@@ -4,7 +4,9 @@ import math
 
 import pytest
 
-from selm.report.build import paper_comparison, regime_conclusion
+from selm.report.build import regime_conclusion
+from selm.report.claims import regime_verdicts
+from selm.report.comparison import paper_comparison
 from selm.report.stats import paired_test, summarize
 
 
@@ -62,7 +64,7 @@ def test_regime_conclusion_counts_verdicts():
     d = lambda m: {"mean_diff": m, "sd": 0.001, "n": 3}  # noqa: E731
     regimes = {"standard": {"selm": {"0.1": {"diff": d(0.01)}, "1.0": {"diff": d(-0.05)}}},
                "weak": {"selm": {"0.1": {"diff": d(0.05)}}}}
-    text = regime_conclusion(regimes)
+    text = regime_conclusion(regimes, regime_verdicts(regimes))
     assert "**helps** in 1 cell(s): weak at alpha=0.1" in text
     assert "**hurts** in 1 cell(s): standard at alpha=1" in text
     assert "**inconclusive** in 1 cell(s): standard at alpha=0.1" in text
@@ -78,18 +80,20 @@ def test_figures_are_written_from_analysis_data(tmp_path):
     regimes = {"standard": {"selm": {"0.1": {"diff": {"mean_diff": -0.1, "ci_low": -0.2, "ci_high": -0.05, "n": 3}},
                                      "1.0": {"diff": {"mean_diff": -0.1, "sd": 0.0, "n": 3, "ci_low": None,
                                                       "ci_high": None}}}}}  # zero spread: a point, no bar
-    assert figures.regime_map(regimes, tmp_path)[0].stat().st_size > 5_000
+    assert figures.regime_map(regimes, regime_verdicts(regimes), tmp_path)[0].stat().st_size > 5_000
     heat = {"b": {"models": ["A", "B"], "matrix": [[50.0, 60.0], [40.0, 50.0]], "seeds": [1]}}
     first = figures.figure2_heatmaps(heat, tmp_path)[0].read_bytes()
     assert figures.figure2_heatmaps(heat, tmp_path)[0].read_bytes() == first  # same data, same bytes
 
 
 def test_plain_agreement_verdicts_follow_the_numbers():
-    from selm.report.report_text import plain_agreement
+    from selm.report.claims import compute
+    from selm.report.claims_text import render_claims
 
     # LC of the loop's start 30 (one evaluation: a fixed reference); DPO iter1 31 +- 0.5 (n 3, se
     # 0.5 / 4.302653 = 0.1162, MDE 5.3633 * 0.1162 = 0.623: +1 is beyond it), iter2 29.9 +- 0.5 (-0.1: inconclusive)
-    row = lambda m, it, lc, ci, n: {"our_base": "b", "method": m, "iteration": it, "seeds": n,  # noqa: E731
+    row = lambda m, it, lc, ci, n: {"paper_model": f"{m} {it}", "our_base": "b", "method": m,  # noqa: E731
+                                    "iteration": it, "seeds": n,
                                     "AE2 LC ours": lc, "AE2 LC ours ci95": ci}
     comparison = [row("base", "0", 30.0, None, 1), row("dpo", "1", 31.0, 0.5, 3), row("dpo", "2", 29.9, 0.5, 3)]
     # paired SELM - DPO over 3 seeds with sd 0.001 (MDE 5.3633 * 0.001 / sqrt 3 = 0.0031): r* +0.04 is
@@ -101,7 +105,9 @@ def test_plain_agreement_verdicts_follow_the_numbers():
             "curves": {"0.0": {"lc": {"3": {"mean": 40.0}}}, "1.0": {"lc": {"3": {"mean": 41.0}}}}}
     fig4 = {"b": {"mean_chosen": 0.1, "mean_rejected": -0.1}}
     fig5 = {"b": {"mean": -0.1, "frac_positive": 0.4}}
-    lines = plain_agreement(comparison, paired, fig3, fig4, fig5).splitlines()
+    figs = {"paired_tests": paired, "figure3_alpha": fig3, "figure4_ird": fig4, "figure5_own_samples": fig5,
+            "figure6_ablations": {}}
+    lines = render_claims(compute(comparison, figs), figs).splitlines()
     assert "1 of 2" in lines[0] and lines[0].endswith("**inconclusive**.")  # iter2's -0.1 is within its MDE
     assert lines[1].endswith("**does not agree** (SELM lower).")  # LC CI below 0
     assert lines[2].endswith("**agrees**.")  # r* CI above 0
@@ -113,11 +119,12 @@ def test_plain_agreement_verdicts_follow_the_numbers():
 
 def test_figure6_claims_compare_the_last_points():
     from selm.report.claims import figure6_claims
+    from selm.report.claims_text import figure6
 
     point = lambda mt, ci: {"points": [{"mt_bench": {"mean": mt, "ci95": ci, "n": 3}}]}  # noqa: E731
     fig6 = {"iterative (rank y_w, y_l, y_ref)": point(7.5, 0.01), "rank_w_ref": point(7.0, 0.01),
             "stepwise": point(8.0, 0.2), "offline": point(7.95, 0.2)}
-    lines = [c.line for c in figure6_claims(fig6)]
+    lines = [figure6(c, {}, {}) for c in figure6_claims(fig6)]
     # se of each side = ci95 / t(0.975, 2) = ci95 / 4.302653; the difference's se is their root sum of
     # squares; MDE = (4.302653 + 1.060660) * se
     # 7.5 - 7.0: se 0.003287, MDE 0.0176 -> higher
@@ -126,3 +133,17 @@ def test_figure6_claims_compare_the_last_points():
     assert "(-0.500, MDE 0.250: lower): **does not agree**." in lines[1]
     # 8.0 - 7.95: se 0.065737, half-width 0.2828 -> holds 0
     assert "(+0.050, 95% interval includes 0; MDE 0.353: inconclusive): **inconclusive**." in lines[2]
+
+
+def test_claims_without_an_analysis_file_name_it(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from selm.experiments import load_experiments
+    from selm.report import claims
+
+    repo = Path(__file__).resolve().parents[1]
+    spec = load_experiments(repo / "experiments" / "toy.yaml")
+    monkeypatch.chdir(tmp_path)  # no evaluations here: an empty comparison
+    (tmp_path / "analysis").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"analysis/figure3_alpha.json is missing: run python -m selm.report.analyze"):
+        claims.write(spec, Path("experiments/toy.yaml"), tmp_path / "analysis", repo / "results" / "paper", "test")

@@ -9,8 +9,11 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from selm.report.build import comparison_markdown, coverage_markdown, paired_markdown, paper_comparison
-from selm.report.claims import alpha_claims, figure6_claims, implicit_reward_claims
+from selm.report import claims_text
+from selm.report.build import comparison_markdown, coverage_markdown, paired_markdown
+from selm.report.claims import (alpha_claim, alpha_verdicts, compute, figure6_claims, figure6_panels, implicit_reward_claims,
+                                implicit_rewards, selection_verdicts)
+from selm.report.comparison import paper_comparison
 from selm.report.report_text import ReportData, Section, anchor, bin_width_text, render
 from selm.report.stats import fmt_mean_ci
 
@@ -18,6 +21,20 @@ REPO = Path(__file__).resolve().parents[1]
 # sentences written for the toy scale only; none may appear in another scale's report
 TOY_ONLY = ("Ours is the toy scale", "300 held-out prompts", "(tiny-sft)", "tiny-sft", "tiny-instruct", "toy world",
             "oracle", "toy:", "r*", "dvc repro dvc.yaml`")
+
+
+def _figure4_claim(fig4: dict, fig5: dict) -> tuple[str, str]:
+    """Figure 4's claim line and verdict, computed (selm.report.claims) then rendered (claims_text)."""
+    v4, v5 = implicit_rewards(fig4, fig5)
+    c = implicit_reward_claims(v4, v5)[0]
+    return claims_text.figure4(c, {"figure4": v4}, {"figure4_ird": fig4}), c["verdict"]
+
+
+def _alpha_claim(fig3: dict) -> tuple[str, str]:
+    """Figure 3's alpha claim line and verdict."""
+    a = alpha_verdicts(fig3)
+    c = alpha_claim(a)
+    return claims_text.alpha(c, {"alpha": a}, {}), c["verdict"]
 
 
 def _spread(mean: float, sd: float, n: int = 30) -> list[float]:
@@ -31,11 +48,11 @@ def test_figure4_needs_both_chosen_and_rejected_higher():
     both_up = {"b": {"chosen_sorted": _spread(1.0, 1.0), "rejected_sorted": _spread(1.0, 1.0),
                      "mean_chosen": 1.0, "mean_rejected": 1.0}}
     fig5 = {"b": {"mean": 0.0, "frac_positive": 0.5}}
-    fig4_claim = implicit_reward_claims(both_up, fig5)[0]
-    assert "both the chosen and the rejected" in fig4_claim.line and fig4_claim.verdict == "agrees"
+    line, verdict = _figure4_claim(both_up, fig5)
+    assert "both the chosen and the rejected" in line and verdict == "agrees"
     # SELM lower on rejected (-1.0) is what the paper does NOT report
     down = {"b": {**both_up["b"], "rejected_sorted": _spread(-1.0, 1.0), "mean_rejected": -1.0}}
-    assert implicit_reward_claims(down, fig5)[0].verdict == "mixed"
+    assert _figure4_claim(down, fig5)[1] == "mixed"
 
 
 def test_no_zero_width_or_rounded_away_intervals():
@@ -69,16 +86,16 @@ def test_alpha_claims_are_decided_with_intervals():
     # alpha 1 lowest by raw mean but every gap (0.3) is inside the seeds' resolution (ci 1.0, n 3:
     # se 0.2324 per side, MDE 5.363 * 0.3287 = 1.76): nothing is decided from the raw means
     close = {"hist_by_iteration": {}, "curves": _curve({0.0: 40.0, 0.1: 40.3, 1.0: 39.7}, 1.0, 3)}
-    line = alpha_claims(close).line
+    line = _alpha_claim(close)[0]
     assert "(alpha 1 below each other alpha by more than the seeds resolve: 0 of 2): **inconclusive**" in line
     assert "no alpha is above every other beyond the MDE: **inconclusive**" in line
     # ci 0.1: se 0.02324 per side, MDE 0.176; gaps of 2 and 4 are beyond it: alpha 0.1 best, alpha 1 hurts
     clear = {"hist_by_iteration": {}, "curves": _curve({0.0: 40.0, 0.1: 42.0, 1.0: 36.0}, 0.1, 3)}
-    c = alpha_claims(clear)
-    assert "0 of 2" not in c.line and "2 of 2): **agrees**" in c.line
-    assert "alpha 0.1 is above every other alpha beyond the MDE: **agrees**" in c.line and c.verdict == "agrees"
+    line, verdict = _alpha_claim(clear)
+    assert "0 of 2" not in line and "2 of 2): **agrees**" in line
+    assert "alpha 0.1 is above every other alpha beyond the MDE: **agrees**" in line and verdict == "agrees"
     # one seed per alpha: no interval, nothing decided
-    assert alpha_claims({"hist_by_iteration": {}, "curves": _curve({0.0: 40.0, 1.0: 30.0}, None, 1)}).verdict \
+    assert _alpha_claim({"hist_by_iteration": {}, "curves": _curve({0.0: 40.0, 1.0: 30.0}, None, 1)})[1] \
         == "inconclusive"
 
 
@@ -86,10 +103,10 @@ def test_claims_the_paper_does_not_make_are_marked_ours():
     point = lambda mt: {"points": [{"mt_bench": {"mean": mt, "ci95": 0.01, "n": 3}}]}  # noqa: E731
     fig6 = {"iterative (rank y_w, y_l, y_ref)": point(7.5), "rank_w_ref": point(7.0), "stepwise": point(7.2),
             "offline": point(7.1)}
-    claims = {c.line.split("*")[1]: c for c in figure6_claims(fig6)}
-    assert claims["stepwise DPO beats offline DPO (Figure 6)"].ours
-    assert "(ours, not the paper's" in claims["stepwise DPO beats offline DPO (Figure 6)"].line
-    assert not claims["iterative DPO beats stepwise DPO (Figure 6)"].ours
+    claims = {(line := claims_text.figure6(c, {}, {})).split("*")[1]: (line, c) for c in figure6_claims(fig6)}
+    assert claims["stepwise DPO beats offline DPO (Figure 6)"][1]["ours"]
+    assert "(ours, not the paper's" in claims["stepwise DPO beats offline DPO (Figure 6)"][0]
+    assert not claims["iterative DPO beats stepwise DPO (Figure 6)"][1]["ours"]
 
 
 # --- a report on the paper scale's shape -----------------------------------------------------------------
@@ -169,9 +186,10 @@ def _paper_scale_data(tmp_path, spec_file: str = "experiments/paper.yaml", **ext
                                   {"zephyr-7b-sft": 0.001, "llama3-8b-instruct": 0.0001})
     paired = {f"{b}/alpha{a}": {"seeds": [42], "iterations": [], "note": "fewer than 2 seeds: no test"}
               for b, a in (("zephyr-7b-sft", 0.001), ("llama3-8b-instruct", 0.0001))}
+    figs = _paper_scale_figs()
     return ReportData(scale="paper-scale", spec_path=spec_file, spec=spec, report=tmp_path / "REPORT.md",
                       tables=tmp_path / "tables", figdir=tmp_path / "figures", comparison=comparison, paired=paired,
-                      figs=_paper_scale_figs(),
+                      claims=compute(comparison, {**figs, "paired_tests": paired}), figs=figs,
                       markdown={"comparison": comparison_markdown(comparison), "paired": paired_markdown(paired),
                                 "coverage": coverage_markdown(paired), "regimes": None, "regime_conclusion": None},
                       machine="8 x H100", commit="abc", runs={"paper_main": 4, "paper_alpha": 3, "paper_ablations": 3},
@@ -273,30 +291,35 @@ def test_one_seed_figures_draw_without_error_bars(tmp_path):
     assert figures.figure6(fig6, tmp_path)[0].stat().st_size > 10_000
 
 
-def test_alpha_selection_in_words_with_and_without_the_true_reward():
+def _selection_text(sel: dict) -> str:
+    """Figure 3's alpha selection in words: its verdicts computed (selm.report.claims), then rendered."""
     from selm.report.report_text import alpha_selection_text
 
+    return alpha_selection_text(sel, selection_verdicts(sel))
+
+
+def test_alpha_selection_in_words_with_and_without_the_true_reward():
     ext = {0.0: 0.50, 0.005: 0.60, 0.1: 0.55, 1.0: 0.40}
     # lead 0.60 - 0.55 = +0.05; each side's se 0.01 / 4.302653 = 0.0023241, the difference's 0.0032868 (2 dof):
     # MDE (4.302653 + 1.060660) * 0.0032868 = 0.0176, so the lead is beyond it
-    text = alpha_selection_text(_selection(ext, {0.0: 0.5, 0.005: 0.50, 0.1: 0.56, 1.0: 0.45}, 3, 0.01))
+    text = _selection_text(_selection(ext, {0.0: 0.5, 0.005: 0.50, 0.1: 0.56, 1.0: 0.45}, 3, 0.01))
     assert "alpha 0 (iterative DPO, not searched): 0.500 ± 0.010; alpha 0.005: 0.600 ± 0.010;" in text
     assert "Selected: **alpha 0.005**; its lead over alpha 0.1 (+0.050) is beyond what the seeds resolve (MDE 0.018)" in text
     # r* selects 0.1: 0.56 - 0.50 = +0.06, beyond the MDE 0.0176 and r*'s floor 0.028
     assert ("would select alpha 0.1 (r* 0.560 vs 0.500 for alpha 0.005, +0.060, MDE 0.018, floor 0.028): selection by the external "
             "reward **does not agree** with selection by the true reward.") in text
     # r* 0.56 vs 0.55: +0.01, whose 95% interval (half-width 4.302653 * 0.0032868 = 0.0141) holds 0
-    close = alpha_selection_text(_selection(ext, {0.0: 0.5, 0.005: 0.55, 0.1: 0.56, 1.0: 0.45}, 3, 0.01))
+    close = _selection_text(_selection(ext, {0.0: 0.5, 0.005: 0.55, 0.1: 0.56, 1.0: 0.45}, 3, 0.01))
     assert "+0.010, 95% interval includes 0; MDE 0.018, floor 0.028): selection by the external reward **does not agree** with " \
            "selection by the true reward, though their r* differ by less than the seeds resolve." in close
-    same = alpha_selection_text(_selection(ext, {0.0: 0.5, 0.005: 0.60, 0.1: 0.56, 1.0: 0.45}, 3, 0.01))
+    same = _selection_text(_selection(ext, {0.0: 0.5, 0.005: 0.60, 0.1: 0.56, 1.0: 0.45}, 3, 0.01))
     assert "selects the same alpha (r* 0.600): selection by the external reward **agrees**" in same
     # a lead of 0.005 (0.605 vs 0.60) is below the MDE 0.0176
-    near = alpha_selection_text(_selection({0.005: 0.605, 0.1: 0.60}, None, 3, 0.01))
+    near = _selection_text(_selection({0.005: 0.605, 0.1: 0.60}, None, 3, 0.01))
     assert "its lead over alpha 0.1 (+0.005) is within what the seeds resolve (95% interval includes 0; MDE 0.018)" in near
     assert "no true reward" in near
     # the rehearsal's Figure 3: one searched alpha beside iterative DPO
-    single = alpha_selection_text(_selection({0.0: 0.1, 0.001: 0.2}, None, 1))
+    single = _selection_text(_selection({0.0: 0.1, 0.001: 0.2}, None, 1))
     assert "Selected: **alpha 0.001**; it is the only searched alpha." in single
 
 
@@ -309,7 +332,7 @@ def test_figure6_panels_against_iterative_dpo():
     fig6 = {"iterative (rank y_w, y_l, y_ref)": point(7.5, 0.50, 2.0), "stepwise": point(7.0, 0.40, 2.0),
             "batch32": point(7.0, 0.50, 2.0), "decaying_lr": point(7.49, 0.53, 2.0),
             "six_iterations": point(7.5, 0.56, 1.75)}
-    text = figure6_panels_text(fig6)
+    text = figure6_panels_text(figure6_panels(fig6))
     # each side's se 0.01 / 4.302653 = 0.0023241, the difference's 0.0032868 (2 dof): half-width 0.0141,
     # MDE 5.363313 * 0.0032868 = 0.0176 (r*: the floor 0.028 is larger)
     assert "batch32 (batch size, 2k pairs seen): MT-Bench 7.000 vs 7.500 (-0.500, MDE 0.018: lower)" in text
@@ -317,4 +340,16 @@ def test_figure6_panels_against_iterative_dpo():
            "includes 0; MDE 0.018: inconclusive); r* 0.530 vs 0.500 (+0.030, MDE 0.018, floor 0.028: higher)" in text
     assert "six_iterations (number of iterations, 1.75k pairs seen)" in text and "r* 0.560 vs 0.500 (+0.060" in text
     assert "stepwise" not in text  # the label- and dataset-update variants are the claims section's
-    assert figure6_panels_text({"iterative (rank y_w, y_l, y_ref)": point(7.5, 0.5, 2.0)}) is None
+    assert figure6_panels_text(figure6_panels({"iterative (rank y_w, y_l, y_ref)": point(7.5, 0.5, 2.0)})) is None
+
+
+def test_the_report_reads_the_same_from_claims_json(tmp_path):
+    """The analyze stage stores the verdicts as JSON with sorted keys (selm.io.write_json_atomic); the
+    report rendered from that file is the report rendered from the verdicts themselves."""
+    import json
+
+    data = _paper_scale_data(tmp_path, "experiments/toy.yaml")
+    direct = render(data)
+    data.claims = json.loads(json.dumps(data.claims, sort_keys=True))
+    assert render(data) == direct
+    assert "What agrees with the paper" in direct and "**inconclusive**" in direct

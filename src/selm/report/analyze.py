@@ -1,6 +1,8 @@
 """The analyses behind every figure and test of the report, from the runs and evaluations named in
-experiments/<scale>.yaml's `figures`. Writes one JSON per analysis into --out; plots and tables are
-drawn from these files by selm.report.build (no model is loaded there).
+experiments/<scale>.yaml's `figures`. Writes one JSON per analysis into --out, then (selm.report.claims)
+comparison.json (Tables 1-2 beside the paper's tables in --paper) and claims.json (every verdict the
+report states); plots, tables and REPORT.md are rendered from these files by selm.report.build (no
+model is loaded and no statistic computed there).
 
     python -m selm.report.analyze --spec experiments/toy.yaml --out results/toy/analysis
 
@@ -32,23 +34,9 @@ from omegaconf import DictConfig, OmegaConf
 from selm import layout
 from selm.experiments import expand, load_experiments
 from selm.io import read_jsonl, write_json_atomic
+from selm.report import claims
+from selm.report.spec import selm_alpha
 from selm.report.stats import paired_test, regime_verdict, summarize
-
-
-
-def spec_config(spec):
-    """The spec's entry config as its stages see it (toy: conf/loop.yaml + params.yaml's sections)."""
-    from selm.compose import merge_shared_sections
-    from selm.config import compose_config
-
-    cfg = compose_config(str(spec.get("config_name", "loop")))
-    return merge_shared_sections(cfg, Path("params.yaml") if bool(spec.get("params", True)) else None)
-
-
-def selm_alpha(fig, base: str) -> float:
-    """`selm_alpha` of a figure: one value, or one per base (the paper: 0.001 Zephyr, 0.0001 Llama-3)."""
-    value = fig.selm_alpha
-    return float(value[base] if OmegaConf.is_dict(value) else value)
 
 
 def _has_r_star(run_dir: Path, t: int) -> bool:
@@ -456,6 +444,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spec", type=Path, default=Path("experiments/toy.yaml"))
     parser.add_argument("--out", type=Path, default=Path("results/toy/analysis"))
+    parser.add_argument("--paper", type=Path, default=Path("results/paper"), help="the paper's tables (CSV)")
     args = parser.parse_args(argv)
     spec = load_experiments(args.spec)
     figs = spec.figures
@@ -473,6 +462,8 @@ def main(argv: list[str] | None = None) -> None:
     fig4, fig5 = implicit_rewards(spec, figs.figure4_ird, figs.figure5_own_samples, test_rows)
     write_json_atomic(args.out / "figure4_ird.json", fig4)
     write_json_atomic(args.out / "figure5_own_samples.json", fig5)
+    claims.write(spec, args.spec, args.out, args.paper,
+                 f"python -m selm.report.analyze --spec {args.spec} --out {args.out}")
     print(f"analyses written to {args.out}")
 
 

@@ -1,5 +1,8 @@
 """The report stage: tables (ours beside the paper's), figures, and results/REPORT.md, all from files
-written by earlier stages; never edited by hand.
+written by earlier stages; never edited by hand. It renders only: every number and verdict it states
+was computed by the analyze stage (analysis/*.json, with claims.json and comparison.json from
+selm.report.claims), and no statistical test or verdict function is imported here
+(tests/test_layers.py checks it).
 
     python -m selm.report.build --spec experiments/toy.yaml --scale toy
 
@@ -20,71 +23,10 @@ from omegaconf import OmegaConf
 from selm import layout
 from selm.io import write_json_atomic, write_text_atomic
 from selm.provenance import config_hash, provenance
-from selm.report import analyze, eval_tables, figures, toy_table
-from selm.report.stats import fmt_mean_ci, fmt_test, fmt_threshold, mean_ci, regime_verdict
-
-# our (base, method, iteration) -> the paper's (base, method, iteration) in ../paper/*.csv
-PAPER_BASE = {"tiny-sft": "zephyr", "tiny-instruct": "llama3",  # the toy bases play the paper's
-              "zephyr-7b-sft": "zephyr", "llama3-8b-instruct": "llama3",
-              "rehearsal-zephyr": "zephyr", "rehearsal-llama3": "llama3"}  # the rehearsal's stand-ins
-LOOP_START = {"zephyr": ("offline_dpo", "0"), "llama3": ("base", "0")}  # what the online iterations start from
-
-
-def _paper_key(base: str, method: str, iteration: str) -> tuple | None:
-    pb = PAPER_BASE.get(base)
-    if pb is None:
-        return None
-    if iteration == "base":
-        return (pb, "sft" if pb == "zephyr" else "base", "0")
-    t = str(layout.parse_iteration_name(iteration))
-    if t == "0":
-        return (pb, "offline_dpo", "0") if method == "iterative DPO" else None
-    return (pb, "dpo" if method == "iterative DPO" else "selm", t)
-
-
-def _read_csv(path: Path) -> list[dict]:
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def paper_comparison(rows: list[dict], paper1: list[dict], paper2: list[dict],
-                     selm_alpha: float | dict[str, float]) -> list[dict]:
-    """One row per paper model: ours (mean over seeds) beside the paper's, and each one's change from
-    the model the online iterations start from (Zephyr-7B-DPO / Llama-3-8B-Instruct and their roles)."""
-    paper = {(r["base"], r["method"], r["iteration"]): {**r, **p} for r in paper1 for p in paper2
-             if (p["base"], p["method"], p["iteration"]) == (r["base"], r["method"], r["iteration"])}
-    ours: dict[tuple, list[dict]] = {}
-    for r in rows:
-        alpha = selm_alpha.get(r["base"], 0.0) if isinstance(selm_alpha, dict) else selm_alpha
-        if r["method"].startswith("SELM") and f"alpha={alpha:g}" not in r["method"]:
-            continue
-        key = _paper_key(r["base"], r["method"], r["iteration"])
-        if key:
-            ours.setdefault(key, []).append(r)
-    metrics = [("alpaca_lc_win_rate", "lc_win_rate", "AE2 LC"), ("alpaca_win_rate", "win_rate", "AE2 WR"),
-               ("mt_bench_average", "mtbench_avg", "MT avg"), ("lmeval_mean", "average", "academic mean")]
-    out = []
-    for key, p in paper.items():
-        if key not in ours:
-            continue
-        start = LOOP_START[key[0]]
-        row = {"paper_model": p["model"], "our_base": ours[key][0]["base"],
-               "method": key[1], "iteration": key[2], "seeds": len(ours[key])}
-        for ours_key, paper_key, label in metrics:
-            vals = [float(r[ours_key]) for r in ours[key] if ours_key in r]
-            if not vals:
-                continue
-            mean, ci = mean_ci(vals)
-            start_vals = [float(r[ours_key]) for r in ours.get((key[0], *start), []) if ours_key in r]
-            row[f"{label} ours"] = round(mean, 2)
-            row[f"{label} ours ci95"] = None if ci is None else round(ci, 4)  # not 2: a CI below 0.005 is no zero spread
-            row[f"{label} paper"] = float(p[paper_key])
-            if start_vals:
-                row[f"{label} ours delta"] = round(mean - mean_ci(start_vals)[0], 2)
-            row[f"{label} paper delta"] = round(float(p[paper_key]) - float(paper[(key[0], *start)][paper_key]), 2)
-        out.append(row)
-    return out
-
+from selm.report import eval_tables, figures, toy_table
+from selm.report.claims_text import CLAIMS_FILE, COMPARISON_FILE
+from selm.report.spec import spec_config
+from selm.report.stats import fmt_mean_ci, fmt_test, fmt_threshold
 
 def comparison_markdown(rows: list[dict]) -> str:
     labels = ["AE2 LC", "MT avg", "academic mean"]
@@ -141,12 +83,13 @@ def coverage_markdown(paired: dict) -> str | None:
     return "\n".join(lines)
 
 
-def regime_markdown(regimes: dict) -> str:
+def regime_markdown(regimes: dict, verdicts: dict) -> str:
+    """The regime map's table; `verdicts`: claims.json's `regimes` (regime -> alpha -> verdict)."""
     lines = ["| regime | DPO final r* | SELM alpha | SELM final r* | SELM - DPO (95% CI, p, SELM better in) "
              "| threshold | verdict |", "|---|---|---|---|---|---|---|"]
     for name, e in regimes.items():
         for alpha, s in sorted(e["selm"].items(), key=lambda kv: float(kv[0])):
-            v = regime_verdict(s["diff"])
+            v = verdicts[name][alpha]
             dpo, selm = e["dpo_final_r_star"], s["final_r_star"]
             lines.append(f"| {name} | {fmt_mean_ci(dpo['mean'], dpo['ci95'])} | {float(alpha):g} | "
                          f"{fmt_mean_ci(selm['mean'], selm['ci95'])} | {_fmt_test(s['diff'])} | {fmt_threshold(v)} | "
@@ -154,13 +97,14 @@ def regime_markdown(regimes: dict) -> str:
     return "\n".join(lines)
 
 
-def regime_conclusion(regimes: dict) -> str:
+def regime_conclusion(regimes: dict, verdicts: dict) -> str:
+    """The regime map's conclusion, cells grouped by verdict (`verdicts` as regime_markdown's)."""
     by_verdict: dict[str, list[str]] = {}
     n = 0
     for name, e in regimes.items():
         for alpha, s in e["selm"].items():
             n += 1
-            by_verdict.setdefault(regime_verdict(s["diff"])["verdict"], []).append(
+            by_verdict.setdefault(verdicts[name][alpha]["verdict"], []).append(
                 f"{name} at alpha={float(alpha):g} ({s['diff']['mean_diff']:+.3f} r*)")
     parts = []
     for verdict in ("helps", "hurts", "inconclusive"):
@@ -175,7 +119,8 @@ def regime_conclusion(regimes: dict) -> str:
 
 def make_figures(analysis: Path, figdir: Path) -> tuple[list[Path], dict]:
     """Figures 1-6, and the regime map where its analysis exists, as PNGs in figdir from the
-    analysis files; and Figure 1's facts (the report's text quotes them)."""
+    analysis files (the regime map's colours from claims.json's verdicts); and Figure 1's facts (the
+    report's text quotes them)."""
     load = lambda name: json.loads((analysis / name).read_text())  # noqa: E731
     fig1, fig1_facts = figures.figure1_concept(figdir)
     pngs = [fig1, *figures.figure2_heatmaps(load("figure2_heatmaps.json"), figdir),
@@ -183,7 +128,7 @@ def make_figures(analysis: Path, figdir: Path) -> tuple[list[Path], dict]:
             *figures.figure5(load("figure5_own_samples.json"), figdir),
             *figures.figure6(load("figure6_ablations.json"), figdir)]
     if (analysis / "regime_map.json").is_file():
-        pngs += figures.regime_map(load("regime_map.json"), figdir)
+        pngs += figures.regime_map(load("regime_map.json"), load(CLAIMS_FILE)["regimes"], figdir)
     return pngs, fig1_facts
 
 
@@ -208,7 +153,6 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spec", type=Path, default=Path("experiments/toy.yaml"))
     parser.add_argument("--scale", default="toy")
-    parser.add_argument("--paper", type=Path, default=Path("results/paper"))
     parser.add_argument("--report", type=Path, default=Path("results/REPORT.md"))
     args = parser.parse_args(argv)
     spec = OmegaConf.load(args.spec)
@@ -216,7 +160,6 @@ def main(argv: list[str] | None = None) -> None:
     analysis = Path("results") / args.scale / "analysis"
     figdir = Path("results") / "figures" / args.scale
     heat = spec.figures.figure2_heatmap
-    selm_alpha = {b: analyze.selm_alpha(heat, b) for b in spec.bases}
 
     # tables: true reward per iteration and headroom (toy world only), evaluations, paper comparison
     main_runs = layout.RUNS / heat.experiment
@@ -224,9 +167,8 @@ def main(argv: list[str] | None = None) -> None:
            is not None for run in layout.experiment_runs(main_runs, having=layout.SUMMARY)):
         toy_table.main(["--runs", str(main_runs), "--models", "models", "--out", str(tables)])
     eval_tables.main(["--evals", str(layout.EVALS), "--bases", *spec.bases, "--experiment", heat.experiment, "--out", str(tables)])
-    rows = eval_tables.collect(layout.EVALS, list(spec.bases), heat.experiment)
-    comparison = paper_comparison(rows, _read_csv(args.paper / "table1_alpacaeval_mtbench.csv"),
-                                  _read_csv(args.paper / "table2_academic.csv"), selm_alpha)
+    load = lambda name: json.loads((analysis / name).read_text())  # noqa: E731
+    comparison = load(COMPARISON_FILE)["rows"]
     buf = io.StringIO()
     fields = sorted({k for r in comparison for k in r}, key=lambda k: (k not in ("paper_model", "our_base", "method",
                                                                                    "iteration", "seeds"), k))
@@ -238,7 +180,6 @@ def main(argv: list[str] | None = None) -> None:
                       "# Tables 1 and 2: ours beside the paper's\n\nOurs: mean ± 95% t interval over seeds; (Δ): change "
                       "from the model the online iterations start from. Paper: results/paper/*.csv (docs/paper.md). Generated "
                       "by `python -m selm.report.build`; do not edit.\n\n" + comparison_markdown(comparison) + "\n")
-    load = lambda name: json.loads((analysis / name).read_text())  # noqa: E731
     paired = load("paired_tests.json")
     regimes = load("regime_map.json") if (analysis / "regime_map.json").is_file() else None
 
@@ -251,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
         run_configs[str(run_dir)] = config_hash(json.loads((run_dir / layout.RUN_CONFIG).read_text()))
     write_json_atomic(tables / "provenance.json", {**provenance(command="dvc repro dvc.yaml (report stage)"),
                                                     "runs": run_configs})
-    _log_figures_to_wandb(pngs, args.scale, analyze.spec_config(spec).logger)
+    _log_figures_to_wandb(pngs, args.scale, spec_config(spec).logger)
     print(f"wrote {args.report}, {len(pngs)} figures in {figdir}")
 
 
@@ -277,7 +218,6 @@ def machine_description() -> str:
 def render_report(args, spec, comparison, paired, regimes, load, fig1_facts, tables: Path, figdir: Path,
                   extra: list | None = None) -> str:
     """REPORT.md's text; `extra` sections (report_text.Section: experiments beyond the paper's) come last."""
-    from selm.experiments import expand
     from selm.report.report_text import ReportData, render
 
     variant_stats = Path("data/variants/weak_corpus/stats.json")
@@ -285,15 +225,17 @@ def render_report(args, spec, comparison, paired, regimes, load, fig1_facts, tab
                                                      "figure6_ablations")}
     figs["figure1"] = fig1_facts
     figs["figure2_heatmaps"] = load("figure2_heatmaps.json")
+    claims = load(CLAIMS_FILE)
     data = ReportData(
         scale=args.scale, spec_path=str(args.spec), spec=spec, report=args.report, tables=tables, figdir=figdir,
-        comparison=comparison, paired=paired, figs=figs, regimes=regimes,
+        comparison=comparison, paired=paired, claims=claims, figs=figs, regimes=regimes,
         markdown={"comparison": comparison_markdown(comparison), "paired": paired_markdown(paired),
-                  "coverage": coverage_markdown(paired), "regimes": regime_markdown(regimes) if regimes else None,
-                  "regime_conclusion": regime_conclusion(regimes) if regimes else None},
+                  "coverage": coverage_markdown(paired),
+                  "regimes": regime_markdown(regimes, claims["regimes"]) if regimes else None,
+                  "regime_conclusion": regime_conclusion(regimes, claims["regimes"]) if regimes else None},
         variants=json.loads(variant_stats.read_text()) if regimes and variant_stats.is_file() else {},
         machine=machine_description(), commit=provenance().get("git_commit"),
-        runs={name: len(expand(spec, name, str(args.spec))) for name in spec.experiments}, extra=list(extra or []))
+        runs=dict(claims["runs"]), extra=list(extra or []))
     return render(data)
 
 

@@ -14,7 +14,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from selm.report.report_text import bin_width_text  # noqa: E402
-from selm.report.stats import regime_verdict  # noqa: E402
 
 DPI = 110
 
@@ -181,7 +180,8 @@ def figure6(data: dict, out: Path) -> list[Path]:
     return [_save(fig, out / "figure6_ablations.png")]
 
 
-def regime_map(data: dict, out: Path) -> list[Path]:
+def regime_map(data: dict, verdicts: dict, out: Path) -> list[Path]:
+    """The regime map; `verdicts`: claims.json's `regimes` (regime -> alpha -> verdict) colour the cells."""
     labels, means, lows, highs, colors = [], [], [], [], []
     palette = {"helps": "tab:green", "hurts": "tab:red", "inconclusive": "tab:grey"}
     for regime, entry in data.items():
@@ -192,7 +192,7 @@ def regime_map(data: dict, out: Path) -> list[Path]:
             no_interval = d.get("ci_low") is None  # zero spread over seeds: no t-test, no bar
             lows.append(0.0 if no_interval else d["mean_diff"] - d["ci_low"])
             highs.append(0.0 if no_interval else d["ci_high"] - d["mean_diff"])
-            colors.append(palette[regime_verdict(d)["verdict"]])
+            colors.append(palette[verdicts[regime][alpha]["verdict"]])
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(labels) + 1.2))
     y = np.arange(len(labels))
     ax.errorbar(means, y, xerr=[lows, highs], fmt="none", ecolor="k", capsize=3)

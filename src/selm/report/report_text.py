@@ -1,7 +1,8 @@
 """results/REPORT.md: the text around the tables and figures, one renderer per section.
 
 Every sentence that states a result is rendered from the analysis files (selm.report.analyze), the
-comparison table and the claims (selm.report.claims); this module only chooses what to quote. The
+comparison table and the verdicts of analysis/claims.json (selm.report.claims, computed by the analyze
+stage); this module only chooses what to quote and computes no statistic. The
 wording that depends on the scale (how its numbers compare with the paper's, what its true reward is,
 what it cannot test, how the report is regenerated) comes from the spec's `report` section
 (experiments/<scale>.yaml, `REPORT_KEYS`), so no sentence written for one scale appears in another's
@@ -21,9 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from selm import layout
-from selm.report.claims import (WORDS, Claim, alpha_verdicts, all_claims, change_verdict, combine, final_lc_by_alpha,
-                                interval, loop_start_rows, verdict_note)
-from selm.report.stats import MACHINE_FLOOR, effect_verdict, fmt_mean_ci, regime_verdict, sample_test, summary_diff
+from selm.report.claims_text import WORDS, interval, render_claims, verdict_note, versus_text
+from selm.report.stats import MACHINE_FLOOR, fmt_mean_ci
 
 # The spec's `report` section: key -> (required, what it says)
 REPORT_KEYS = {
@@ -50,8 +50,8 @@ class Section:
 
 @dataclass
 class ReportData:
-    """What the renderers read: the spec and its path, the analyses, the comparison rows and the
-    tables' Markdown, all made by earlier stages or selm.report.build."""
+    """What the renderers read: the spec and its path, the analyses, the comparison rows, the verdicts
+    (claims.json) and the tables' Markdown, all made by earlier stages or selm.report.build."""
 
     scale: str
     spec_path: str
@@ -61,6 +61,7 @@ class ReportData:
     figdir: Path
     comparison: list[dict]
     paired: dict
+    claims: dict               # analysis/claims.json (selm.report.claims)
     figs: dict[str, dict]      # analysis file stem -> its content (figure1 is the concept sketch's facts)
     markdown: dict[str, str | None]  # comparison, paired, coverage, regimes, regime_conclusion
     regimes: dict | None = None
@@ -99,34 +100,30 @@ def anchor(title: str) -> str:
 def _headline(data: ReportData) -> str:
     """SELM minus DPO at the last iteration per cell: AlpacaEval LC and, where measured, r*."""
     parts = []
-    for cell, entry in data.paired.items():
-        if not entry["iterations"]:
-            continue
-        last = entry["iterations"][-1]
+    for cell, entry in data.claims["paired_last"].items():
+        last = data.paired[cell]["iterations"][-1]
         for key, label in (("alpaca_lc_win_rate", "AE2 LC"), ("mean_reward", "r*")):
             if key in last:
-                v = effect_verdict(last[key], MACHINE_FLOOR.get(key, 0.0))
+                v = entry["verdicts"][key]
                 parts.append(f"{cell} {label} {last[key]['mean_diff']:+.3f} {interval(last[key])} "
                              f"({v['verdict'].replace('positive', 'SELM higher').replace('negative', 'SELM lower')})")
     if parts:
         return "SELM minus iterative DPO at the last iteration, paired by seed: " + "; ".join(parts) + "."
-    rows = {(r["our_base"], r["method"], r["iteration"]): r for r in data.comparison}
-    last = sorted(k for k in rows if k[1] == "selm" and (k[0], "dpo", k[2]) in rows and "AE2 LC ours" in rows[k])
-    by_base = {k[0]: k for k in last}  # the last iteration of each base
-    diffs = [f"{b} {rows[k]['AE2 LC ours'] - rows[(b, 'dpo', k[2])]['AE2 LC ours']:+.2f} (iteration {k[2]})"
-             for b, k in sorted(by_base.items())]
+    by_base = {d["base"]: d for d in data.claims["selm_minus_dpo"]}  # the last iteration of each base
+    diffs = [f"{b} {d['ours']:+.2f} (iteration {d['iteration']})" for b, d in sorted(by_base.items())]
     return ("SELM minus iterative DPO, AlpacaEval LC, one seed (no interval): " + "; ".join(diffs) + "."
             if diffs else "no SELM-vs-DPO comparison was run.")
 
 
-def render_summary(data: ReportData, claims: list[Claim]) -> str:
+def render_summary(data: ReportData) -> str:
     """Five lines a reader can act on: what ran, where, the headline, the verdicts, what is untested."""
     seeds = list(data.spec.seeds)
     runs = ", ".join(f"{n} in `{e}`" for e, n in data.runs.items())
-    paper = [c.verdict for c in claims if not c.ours]
+    claims = data.claims["claims"]
+    paper = [c["verdict"] for c in claims if not c["ours"]]
     counts = ", ".join(f"{paper.count(v)} {v}" for v in ("agrees", "does not agree", "mixed", "inconclusive")
                        if paper.count(v))
-    ours = [c for c in claims if c.ours]
+    ours = [c for c in claims if c["ours"]]
     untested = wording(data, "untested")
     if len(seeds) < 2:
         untested += " One seed per cell: no interval and no verdict beyond 'inconclusive'."
@@ -170,32 +167,20 @@ def render_how_to_read(data: ReportData) -> str:
 
 # --- the claims and the tables -------------------------------------------------------------------------
 
-def render_claims(claims: list[Claim]) -> str:
-    return "\n".join(c.line for c in claims)
-
-
-def render_agreement(data: ReportData, claims: list[Claim]) -> str:
+def render_agreement(data: ReportData) -> str:
     """The claims, then (where the scale has one) which verdicts this report was not built from."""
     controls = wording(data, "controls")
-    return render_claims(claims) + (f"\n\n**Not in this report:** {controls}" if controls else "")
+    return render_claims(data.claims, data.figs) + (f"\n\n**Not in this report:** {controls}" if controls else "")
 
 
-def _direction_agreement(comparison: list[dict]) -> str:
+def _direction_agreement(changes: list[dict]) -> str:
     """Per (model, metric): does our change from the loop's start model go the paper's way, beyond
-    what the seeds resolve (an unresolved change counts as neither)?"""
-    start = loop_start_rows(comparison)
+    what the seeds resolve (an unresolved change counts as neither)? claims.json's `changes`."""
     tally: dict[str, list[str]] = {"agree": [], "opposite": [], "unresolved": []}
-    for r in comparison:
-        s = start.get(r["our_base"])
-        if s is None or r is s:
-            continue
-        for label in ("AE2 LC", "MT avg", "academic mean"):
-            paper = r.get(f"{label} paper delta")
-            if f"{label} ours" not in r or f"{label} ours" not in s or not paper:
-                continue
-            v = change_verdict(r, s, label)["verdict"]
-            kind = "unresolved" if v == "inconclusive" else ("agree" if (v == "positive") == (paper > 0) else "opposite")
-            tally[kind].append(f"{r['paper_model']} {label} (ours {r[f'{label} ours delta']:+.2f}, paper {paper:+.2f})")
+    for c in changes:
+        if c["direction"] is not None:
+            tally[c["direction"]].append(f"{c['paper_model']} {c['label']} (ours {c['ours_delta']:+.2f}, "
+                                         f"paper {c['paper_delta']:+.2f})")
     n = sum(map(len, tally.values()))
     text = [f"Direction of the change from the loop's start model, per (model, metric) cell, decided with the seed "
             f"intervals: {len(tally['agree'])} of {n} go the paper's way, {len(tally['opposite'])} the opposite way, "
@@ -205,13 +190,8 @@ def _direction_agreement(comparison: list[dict]) -> str:
     return " ".join(text)
 
 
-def _selm_minus_dpo_means(comparison: list[dict]) -> str | None:
-    by_key = {(r["our_base"], r["iteration"], r["method"]): r for r in comparison}
-    parts = [f"{base} iter{it}: ours {r['AE2 LC ours'] - by_key[(base, it, 'dpo')]['AE2 LC ours']:+.2f}, "
-             f"paper {r['AE2 LC paper'] - by_key[(base, it, 'dpo')]['AE2 LC paper']:+.2f}"
-             for (base, it, method), r in sorted(by_key.items())
-             if method == "selm" and (base, it, "dpo") in by_key and "AE2 LC ours" in r
-             and "AE2 LC ours" in by_key[(base, it, "dpo")]]
+def _selm_minus_dpo_means(diffs: list[dict]) -> str | None:
+    parts = [f"{d['base']} iter{d['iteration']}: ours {d['ours']:+.2f}, paper {d['paper']:+.2f}" for d in diffs]
     return ("SELM minus iterative DPO, AlpacaEval LC, plain means (the paired tests are in the next section): "
             + "; ".join(parts) + ".") if parts else None
 
@@ -227,21 +207,20 @@ def render_tables(data: ReportData) -> str:
         + (f" ({starts})" if starts else "") + f". 'academic mean' is the mean of {wording(data, 'academic')}. "
         f"MT avg: {wording(data, 'mt_bench')} (docs/evaluation.md). "
         f"Full tables: {files} (and `.csv`).",
-        data.markdown["comparison"], _direction_agreement(data.comparison), _selm_minus_dpo_means(data.comparison)]
+        data.markdown["comparison"], _direction_agreement(data.claims["changes"]),
+        _selm_minus_dpo_means(data.claims["selm_minus_dpo"])]
         if x)
 
 
-def _paired_sentences(paired: dict) -> str:
+def _paired_sentences(paired: dict, verdicts: dict) -> str:
     lines = []
-    for cell, entry in paired.items():
-        if not entry["iterations"]:
-            continue
-        last = entry["iterations"][-1]
+    for cell, entry in verdicts.items():
+        last = paired[cell]["iterations"][-1]
         parts = []
         for key, label in (("mean_reward", "r*"), ("alpaca_lc_win_rate", "AE2 LC"), ("mt_bench_average", "MT-Bench")):
             if key in last:
                 t = last[key]
-                v = effect_verdict(t, MACHINE_FLOOR.get(key, 0.0))
+                v = entry["verdicts"][key]
                 sig = {"positive": "SELM higher", "negative": "SELM lower", "inconclusive": "inconclusive"}[v["verdict"]]
                 parts.append(f"{label} {t['mean_diff']:+.3f} (95% CI {interval(t)}, {verdict_note(v)}: {sig})")
         lines.append(f"- {cell}, iteration {last['iteration']}: " + "; ".join(parts) + ".")
@@ -253,7 +232,7 @@ def render_paired(data: ReportData) -> str:
     out = ["Ours, not the paper's (it runs one seed): the difference SELM - DPO per iteration with its 95% CI, the "
            "paired t-test p-value, and in how many seeds SELM was higher." + (f" r* is {true_reward}." if true_reward else "") + " AE2 LC, MT avg and lm-eval "
            "are the judge's and the harness's verdicts on the same checkpoints.",
-           data.markdown["paired"], _paired_sentences(data.paired)]
+           data.markdown["paired"], _paired_sentences(data.paired, data.claims["paired_last"])]
     if data.markdown.get("coverage"):
         out += ["### Exploration: high-reward coverage", "Ours, not the paper's. " + (wording(data, "coverage") or ""),
                 data.markdown["coverage"]]
@@ -319,11 +298,11 @@ def bin_width_text(bins: list[float]) -> str:
             else f"bins with edges {', '.join(f'{b:g}' for b in bins)}")
 
 
-def takeaway_figure3(fig3: dict) -> str:
-    a, means = alpha_verdicts(fig3), [h["mean"] for _, h in sorted(fig3["hist_by_iteration"].items(),
-                                                                     key=lambda kv: int(kv[0]))]
-    final = final_lc_by_alpha(fig3)
-    lo, hi = min(final, key=lambda x: final[x]["mean"]), max(final, key=lambda x: final[x]["mean"])
+def takeaway_figure3(fig3: dict, a: dict) -> str:
+    """`a`: claims.json's `alpha` (the alpha verdicts)."""
+    means = [h["mean"] for _, h in sorted(fig3["hist_by_iteration"].items(), key=lambda kv: int(kv[0]))]
+    final = dict((x, s) for x, s in a["final"])
+    lo, hi = a["lowest"], a["highest"]
     resolved = (f"alpha {a['best']:g} is above every other beyond the seeds' resolution" if a["best"] is not None
                 else "no alpha is above every other beyond the seeds' resolution")
     sel = fig3["selection"]
@@ -335,23 +314,22 @@ def takeaway_figure3(fig3: dict) -> str:
             + " -> ".join(f"{m:.3f}" for m in means) + f" over the SELM iterations{selection}.")
 
 
-def _selection_lead(sel: dict) -> str:
-    """The selected alpha's lead in external reward over the runner-up, against the seeds' resolution."""
+def _selection_lead(sel: dict, v: dict | None) -> str:
+    """The selected alpha's lead in external reward over the runner-up (`v`, its verdict), against the
+    seeds' resolution."""
     if sel["runner_up"] is None:
         return "it is the only searched alpha"
-    a, b = (sel["alphas"][str(x)]["external_reward"] for x in (sel["selected"], sel["runner_up"]))
-    v = effect_verdict(summary_diff(a, b))
     return (f"its lead over alpha {sel['runner_up']:g} ({v['mean_diff']:+.3f}) is "
             + ("beyond" if v["verdict"] == "positive" else "within") + f" what the seeds resolve ({verdict_note(v)})")
 
 
-def _selection_vs_true_reward(sel: dict) -> str:
-    """Does the external reward select the alpha the true reward r* would (scales that know r*)?"""
+def _selection_vs_true_reward(sel: dict, v: dict | None) -> str:
+    """Does the external reward select the alpha the true reward r* would (scales that know r*)? `v`:
+    the verdict on r*'s lead where it selects another alpha."""
     r = {x: sel["alphas"][str(x)]["r_star"] for x in (sel["selected"], sel["best_r_star"])}
     if sel["agree"]:
         return (f"The true reward r* of the same answers selects the same alpha (r* {r[sel['selected']]['mean']:.3f}): "
                 "selection by the external reward **agrees** with selection by the true reward.")
-    v = effect_verdict(summary_diff(r[sel["best_r_star"]], r[sel["selected"]]), MACHINE_FLOOR["r_star"])
     return (f"The true reward r* of the same answers would select alpha {sel['best_r_star']:g} (r* "
             f"{r[sel['best_r_star']]['mean']:.3f} vs {r[sel['selected']]['mean']:.3f} for alpha {sel['selected']:g}, "
             f"{v['mean_diff']:+.3f}, {verdict_note(v)}): selection by the external reward **does not agree** with "
@@ -359,19 +337,20 @@ def _selection_vs_true_reward(sel: dict) -> str:
                                                if v["verdict"] == "inconclusive" else "."))
 
 
-def alpha_selection_text(sel: dict) -> str:
+def alpha_selection_text(sel: dict, verdicts: dict) -> str:
     """Figure 3's alpha selection (selm.report.analyze.alpha_selection) in words: each alpha's mean
-    external reward, the selected alpha, and whether the true reward agrees where the scale knows it."""
+    external reward, the selected alpha, and whether the true reward agrees where the scale knows it;
+    `verdicts`: claims.json's `selection`."""
     means = "; ".join(f"alpha {float(a):g}" + (" (iterative DPO, not searched)" if float(a) == 0 else "")
                       + f": {fmt_mean_ci(e['external_reward']['mean'], e['external_reward']['ci95'])}"
                       for a, e in sorted(sel["alphas"].items(), key=lambda kv: float(kv[0])))
     iterations = sorted({e["iteration"] for e in sel["alphas"].values()})
-    truth = (_selection_vs_true_reward(sel) if "best_r_star" in sel else
+    truth = (_selection_vs_true_reward(sel, verdicts["true_reward"]) if "best_r_star" in sel else
              "This scale has no true reward, so whether selection by the external reward agrees with selection by "
              "the true reward cannot be checked here.")
     return (f"**Alpha selection (the paper's rule):** {sel['rule']}. Mean external reward, final iteration "
             f"({', '.join(map(str, iterations))}): {means}. Selected: **alpha {sel['selected']:g}**; "
-            f"{_selection_lead(sel)}. {truth}")
+            f"{_selection_lead(sel, verdicts['lead'])}. {truth}")
 
 
 def render_figure3(data: ReportData) -> str:
@@ -386,19 +365,13 @@ def render_figure3(data: ReportData) -> str:
            if beyond is not None else "") + f". Mean ranker reward of the greedy test answers by iteration for "
         f"{fig3['shift_cell']}: " + ", ".join(f"iteration {t}: {h['mean']:.3f}"
                                                for t, h in sorted(fig3["hist_by_iteration"].items())) + ".",
-        alpha_selection_text(fig3["selection"]),
-        f"**Takeaway:** {takeaway_figure3(fig3)}"])
+        alpha_selection_text(fig3["selection"], data.claims["selection"]),
+        f"**Takeaway:** {takeaway_figure3(fig3, data.claims['alpha'])}"])
 
 
-def _both_positive(d: dict) -> str:
-    """Figure 4's verdict for one base: both per-prompt differences positive beyond their MDE?"""
-    if "chosen_sorted" not in d or "rejected_sorted" not in d:
-        return "inconclusive"
-    return combine([effect_verdict(sample_test(d[k]))["verdict"] for k in ("chosen_sorted", "rejected_sorted")])
-
-
-def takeaway_figure4(fig4: dict) -> str:
-    verdicts = {b: _both_positive(d) for b, d in fig4.items()}
+def takeaway_figure4(fig4: dict, v4: dict) -> str:
+    """`v4`: claims.json's `figure4` (per base, `both`: both differences positive beyond their MDE)."""
+    verdicts = {b: v4[b]["both"] for b in fig4}
     return ("SELM's implicit reward minus DPO's, chosen / rejected: " + "; ".join(
         f"{b} {d['mean_chosen']:+.5f} / {d['mean_rejected']:+.5f} ({verdicts[b]})" for b, d in fig4.items())
         + f"; both above zero beyond their MDE for {sum(v == 'agrees' for v in verdicts.values())} of "
@@ -414,13 +387,14 @@ def render_figure4(data: ReportData) -> str:
         for b, d in fig4.items())
     return "\n\n".join([_img(data, "figure4_ird.png"),
                         caption + " The paper reports SELM's implicit reward higher than DPO's on both the chosen and "
-                        "the rejected answers.", f"**Takeaway:** {takeaway_figure4(fig4)}"])
+                        "the rejected answers.", f"**Takeaway:** {takeaway_figure4(fig4, data.claims['figure4'])}"])
 
 
-def takeaway_figure5(fig5: dict) -> str:
+def takeaway_figure5(fig5: dict, v5: dict) -> str:
+    """`v5`: claims.json's `figure5` (per base, the verdict or None)."""
     parts = []
     for b, d in fig5.items():
-        v = effect_verdict(sample_test(d["sorted"]))["verdict"] if "sorted" in d else "inconclusive"
+        v = v5[b]["verdict"] if v5[b] else "inconclusive"
         parts.append(f"{b} {d['mean']:+.5f} ({100 * d['frac_positive']:.0f}% of prompts > 0, "
                      f"{WORDS[v].replace('agrees', 'SELM higher').replace('does not agree', 'SELM lower')})")
     return "SELM's own samples minus DPO's, implicit reward: " + "; ".join(parts) + "."
@@ -432,54 +406,27 @@ def render_figure5(data: ReportData) -> str:
                         " ".join(f"{b}: mean SELM - DPO {d['mean']:+.4f}, positive for {100 * d['frac_positive']:.0f}% "
                                  "of prompts." for b, d in fig5.items())
                         + " The paper reports SELM's own samples with higher implicit reward than DPO's.",
-                        f"**Takeaway:** {takeaway_figure5(fig5)}"])
+                        f"**Takeaway:** {takeaway_figure5(fig5, data.claims['figure5'])}"])
 
 
-def takeaway_figure6(fig6: dict) -> str:
+def takeaway_figure6(fig6: dict, spread: dict) -> str:
+    """`spread`: claims.json's `figure6_range` (the highest and lowest variant, the verdict on the gap)."""
     final = {label: s["points"][-1]["mt_bench"] for label, s in fig6.items()}
-    hi, lo = max(final, key=lambda k: final[k]["mean"]), min(final, key=lambda k: final[k]["mean"])
-    if hi == lo:
+    hi, lo, v = spread["highest"], spread["lowest"], spread["verdict"]
+    if v is None:
         return f"One variant only: {hi} ends at MT-Bench {final[hi]['mean']:.2f}."
-    v = effect_verdict(summary_diff(final[hi], final[lo]))
     return (f"Final MT-Bench ranges from {final[lo]['mean']:.2f} ({lo}) to {final[hi]['mean']:.2f} ({hi}); that "
             f"gap of {v['mean_diff']:.2f} is " + ("beyond" if v["verdict"] == "positive" else "within")
             + f" what the seeds resolve ({verdict_note(v)}).")
 
 
-def figure6_panel(label: str) -> str | None:
-    """Which of Figure 6's batch / schedule / iteration-count panels a variant belongs to (None: the
-    label- and dataset-update variants, which the claims section covers)."""
-    if label.startswith("batch"):
-        return "batch size"
-    if label.endswith("_lr"):
-        return "learning-rate schedule"
-    if label.endswith("_iterations"):
-        return "number of iterations"
-    return None
-
-
-def figure6_panels_text(fig6: dict) -> str | None:
+def figure6_panels_text(panels: list[dict] | None) -> str | None:
     """Each variant of Figure 6's batch, schedule and iteration-count panels against iterative DPO at
-    the last point (MT-Bench, and r* where measured), decided with the seeds' resolution."""
-    iterative = next((s for label, s in fig6.items() if label.startswith("iterative")), None)
-    if iterative is None:
+    the last point (MT-Bench, and r* where measured): claims.json's `figure6_panels`."""
+    if not panels:
         return None
-    base, parts = iterative["points"][-1], []
-    for label, s in fig6.items():
-        panel, last = figure6_panel(label), s["points"][-1]
-        if panel is None:
-            continue
-        diffs = []
-        for key, name in (("mt_bench", "MT-Bench"), ("r_star", "r*")):
-            if key in last and key in base:
-                v = effect_verdict(summary_diff(last[key], base[key]), MACHINE_FLOOR.get(key, 0.0))
-                word = {"positive": "higher", "negative": "lower"}.get(v["verdict"], "inconclusive")
-                diffs.append(f"{name} {last[key]['mean']:.3f} vs {base[key]['mean']:.3f} ({v['mean_diff']:+.3f}, "
-                             f"{verdict_note(v)}: {word})")
-        seen = f", {last['pairs_k']:g}k pairs seen" if "pairs_k" in last else ""
-        parts.append(f"{label} ({panel}{seen}): " + "; ".join(diffs))
-    if not parts:
-        return None
+    parts = [f"{p['label']} ({p['panel']}" + (f", {p['pairs_k']:g}k pairs seen" if p["pairs_k"] is not None else "")
+             + "): " + "; ".join(map(versus_text, p["parts"])) for p in panels]
     return ("Figure 6's batch-size, learning-rate and iteration-count panels, each variant against iterative DPO at "
             "its last point (ours: the paper plots these panels without stating an ordering): " + "; ".join(parts) + ".")
 
@@ -492,7 +439,8 @@ def render_figure6(data: ReportData) -> str:
                       for label, s in fig6.items())
     return "\n\n".join(x for x in [_img(data, "figure6_ablations.png"),
                                    f"Final point of each variant (MT-Bench{', r*' if with_r else ''}): {final}.",
-                                   figure6_panels_text(fig6), f"**Takeaway:** {takeaway_figure6(fig6)}"] if x)
+                                   figure6_panels_text(data.claims["figure6_panels"]),
+                                   f"**Takeaway:** {takeaway_figure6(fig6, data.claims['figure6_range'])}"] if x)
 
 
 FIGURES = (("Figure 1: the concept", render_figure1),
@@ -509,8 +457,9 @@ def render_figures(data: ReportData) -> str:
 
 # --- the regime map ------------------------------------------------------------------------------------
 
-def takeaway_regimes(regimes: dict) -> str:
-    verdicts = [regime_verdict(s["diff"])["verdict"] for e in regimes.values() for s in e["selm"].values()]
+def takeaway_regimes(verdicts_by_regime: dict) -> str:
+    """`verdicts_by_regime`: claims.json's `regimes` (regime -> alpha -> verdict)."""
+    verdicts = [v["verdict"] for e in verdicts_by_regime.values() for v in e.values()]
     return (f"Optimism helps in {verdicts.count('helps')}, hurts in {verdicts.count('hurts')} and is inconclusive "
             f"in {verdicts.count('inconclusive')} of {len(verdicts)} (regime, alpha) cells.")
 
@@ -523,16 +472,16 @@ def render_regimes(data: ReportData) -> str:
         "Ours, not the paper's. " + (wording(data, "regimes") or "") + weak + " Verdicts: helps / hurts when the 95% CI of the paired difference "
         "in final-iteration r* excludes 0 and the difference is at least the threshold (the larger of its MDE and "
         "the between-machine floor), else inconclusive.",
-        _img(data, "regime_map.png"), f"**Takeaway:** {takeaway_regimes(data.regimes)}",
+        _img(data, "regime_map.png"), f"**Takeaway:** {takeaway_regimes(data.claims['regimes'])}",
         data.markdown["regimes"], "**Conclusion (as measured):**", data.markdown["regime_conclusion"]])
 
 
 # --- the whole report ----------------------------------------------------------------------------------
 
-def sections(data: ReportData, claims: list[Claim]) -> list[Section]:
+def sections(data: ReportData) -> list[Section]:
     """The report's sections after the summary, in order (the extra ones last)."""
     out = [Section("How to read this report", render_how_to_read(data)),
-           Section("What agrees with the paper and what does not", render_agreement(data, claims)),
+           Section("What agrees with the paper and what does not", render_agreement(data)),
            Section("Tables 1 and 2 beside the paper", render_tables(data)),
            Section("SELM vs iterative DPO, paired by seed", render_paired(data)),
            Section("Figures", render_figures(data))]
@@ -542,17 +491,7 @@ def sections(data: ReportData, claims: list[Claim]) -> list[Section]:
 
 
 def render(data: ReportData) -> str:
-    figs = data.figs
-    claims = all_claims(data.comparison, data.paired, figs["figure3_alpha"], figs["figure4_ird"],
-                        figs["figure5_own_samples"], figs["figure6_ablations"])
-    body = sections(data, claims)
-    head = [f"# SELM reproduction report ({data.scale} scale)", render_summary(data, claims),
+    body = sections(data)
+    head = [f"# SELM reproduction report ({data.scale} scale)", render_summary(data),
             "**Contents**", render_contents(body)]
     return "\n\n".join(head + [f"## {s.title}\n\n{s.body}" for s in body]) + "\n"
-
-
-def plain_agreement(comparison: list[dict], paired: dict, fig3: dict, fig4: dict, fig5: dict,
-                    fig6: dict | None = None) -> str:
-    """The claims section's lines (selm.report.claims.all_claims), one per claim."""
-    return render_claims(all_claims(comparison, paired, fig3, fig4, fig5, fig6))
-
