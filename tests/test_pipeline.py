@@ -41,7 +41,7 @@ def test_stage_config_takes_shared_values_from_params_and_grid_item(tmp_path):
 def test_dvc_experiment_outs_hold_every_run_and_persist():
     from selm.experiments import expand, load_experiments
 
-    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    stages = yaml.safe_load((ROOT / "scales" / "toy" / "dvc.yaml").read_text())["stages"]
     # persist: DVC must not delete a crashed run's finished iterations before rerunning the stage
     assert stages["experiment"]["do"]["outs"] == [{"runs/${key}": {"persist": True}},
                                                   {"evals/${key}": {"persist": True}}]

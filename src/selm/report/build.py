@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> None:
     run_configs = {}
     for run_dir in layout.all_run_dirs():
         run_configs[str(run_dir)] = config_hash(json.loads((run_dir / layout.RUN_CONFIG).read_text()))
-    write_json_atomic(tables / "provenance.json", {**provenance(command="dvc repro dvc.yaml (report stage)"),
+    write_json_atomic(tables / "provenance.json", {**provenance(command="dvc repro scales/toy/dvc.yaml (report stage)"),
                                                     "runs": run_configs})
     _log_figures_to_wandb(pngs, args.scale, analyze.spec_config(spec).logger)
     print(f"wrote {args.report}, {len(pngs)} figures in {figdir}")
