@@ -25,7 +25,7 @@ export PYTHONPATH="$ROOT/src${PYTHONPATH:+:$PYTHONPATH}"
 
 mkdir -p "$WORK/logs" "$WORK/experiments" "$WORK/tests/fixtures" "$WORK/results" "$WORK/data/rehearsal"
 cp -r "$ROOT/tests/fixtures/rehearsal" "$WORK/tests/fixtures/"
-cp -r "$ROOT/results/paper" "$WORK/results/"
+cp -r "$ROOT/paper" "$WORK/"
 ln -sfn "$ROOT/conf" "$WORK/conf"   # the launcher names conf/accelerate/zero3_1gpu.yaml, relative to where stages run
 [[ -f "$ROOT/data/rehearsal/mt_bench/question.jsonl" ]] && cp -r "$ROOT/data/rehearsal/mt_bench" "$WORK/data/rehearsal/"
 # the rehearsal's grid, composed with the GPU entry config instead of the CPU one

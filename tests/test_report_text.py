@@ -95,7 +95,7 @@ def test_claims_the_paper_does_not_make_are_marked_ours():
 # --- a report on the paper scale's shape -----------------------------------------------------------------
 
 def _paper_csv(name: str) -> list[dict]:
-    with (REPO / "results" / "paper" / name).open(newline="") as f:
+    with (REPO / "paper" / name).open(newline="") as f:
         return list(csv.DictReader(f))
 
 

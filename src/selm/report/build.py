@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spec", type=Path, default=Path("experiments/toy.yaml"))
     parser.add_argument("--scale", default="toy")
-    parser.add_argument("--paper", type=Path, default=Path("results/paper"))
+    parser.add_argument("--paper", type=Path, default=Path("paper"))
     parser.add_argument("--report", type=Path, default=Path("results/REPORT.md"))
     args = parser.parse_args(argv)
     spec = OmegaConf.load(args.spec)
@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> None:
     write_text_atomic(tables / "paper_comparison.csv", buf.getvalue())
     write_text_atomic(tables / "paper_comparison.md",
                       "# Tables 1 and 2: ours beside the paper's\n\nOurs: mean ± 95% t interval over seeds; (Δ): change "
-                      "from the model the online iterations start from. Paper: results/paper/*.csv (docs/paper.md). Generated "
+                      "from the model the online iterations start from. Paper: paper/*.csv (docs/paper.md). Generated "
                       "by `python -m selm.report.build`; do not edit.\n\n" + comparison_markdown(comparison) + "\n")
     load = lambda name: json.loads((analysis / name).read_text())  # noqa: E731
     paired = load("paired_tests.json")
