@@ -240,7 +240,7 @@ def stage_code(cmd: str) -> tuple[set[str], bool]:
     return {str(Path("src", "selm", p.relative_to(PACKAGE_ROOT))) for p in files}, composes
 
 
-@pytest.mark.parametrize("pipeline", ["scales/toy/dvc.yaml", "scales/paper/dvc.yaml", "scales/small/dvc.yaml", "scales/rehearsal/dvc.yaml",
+@pytest.mark.parametrize("pipeline", ["scales/toy/dvc.yaml", "scales/paper/dvc.yaml", "scales/evalcheck/dvc.yaml", "scales/rehearsal/dvc.yaml",
                                       "experiments/controls/dvc.yaml"])
 def test_every_stage_depends_on_the_code_and_config_it_reads(pipeline):
     """A stage whose code changed must rerun (its identities then decide what is redone): its deps

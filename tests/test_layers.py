@@ -151,3 +151,16 @@ def test_the_checks_find_what_they_look_for():
     layer = layer_of()
     assert layer["selm.io"] < layer["selm.loop"] < layer["selm.experiments"] < layer["selm.report"] < layer["selm.cli"]
     assert imports(PACKAGE / "judges" / "openai_judge.py") >= {"selm.judges", "selm.judges.base"}
+
+
+def test_every_imported_selm_module_exists():
+    """A module-level import of a missing module fails at import time, a function-local one only when
+    the function runs (selm.bench_train imported `selm.small` long after it had moved): every selm
+    module named in an import, function-local ones included, is a file or package of src/selm."""
+    def exists(module: str) -> bool:
+        path = PACKAGE.parent.joinpath(*module.split("."))
+        return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+    missing = sorted(f"{importer} imports {m}" for importer, targets in graph().items() for m in targets
+                     if not exists(m))
+    assert not missing, "\n".join(missing)

@@ -248,7 +248,7 @@ def model_dir_for(size: str, root: Path, cache: Path, seed: int) -> Path:
 
         return build_tiny_model(root / "toy", size="small", seed=seed)
     if size == "smollm2":
-        from selm.small import ensure_converted
+        from selm.artifacts import ensure_converted
 
         return ensure_converted(cache / "smollm2-135m-instruct", wheel_dir=cache / "wheels")
     if size in ("zephyr", "llama3"):

@@ -5,7 +5,7 @@
                -> <out>/lmeval.json (harness and task versions, few-shot, decoding recorded)
                -> <out>/metrics.json (everything above, flat, for tables and W&B)
 
-The judge is chosen by config (`judge.name`): the toy oracle at toy/small scale, an
+The judge is chosen by config (`judge.name`): the toy oracle at toy/evalcheck scale, an
 OpenAI-compatible API at the paper scale. Judgments go through the judge's cache, so a rerun after a
 crash re-judges nothing. Each finished part is skipped on rerun.
 """

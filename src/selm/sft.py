@@ -7,7 +7,7 @@ EOS (tokenised with `selm.data.encode_prompt_answer`, the same template generati
 model learns when to stop.
 
 Why a plain torch loop and not transformers' Trainer: this stage exists only at the toy scale (the
-paper and small scales start from released instruction models), so it needs none of Trainer's
+paper and evalcheck scales start from released instruction models), so it needs none of Trainer's
 scale features, and the loop is shorter. Measured on 2 idle cores, 200 steps of batch 32: Trainer
 57-66 ms/step vs loop 55-58 for the 0.45M "base" tiny model, 24-27 vs 19-23 for the 0.11M "small".
 

@@ -115,7 +115,7 @@ def export(out: str | os.PathLike, source: str = REPO, *, revision: str | None =
 
 def glm_data(alpaca_cfg) -> GLMData | None:
     """The GLM data `eval.alpaca_eval.glm_data` names (a df_gamed.csv), or None when the key is null
-    or absent: then the LC win rate uses neutral difficulties (the toy and small scales)."""
+    or absent: then the LC win rate uses neutral difficulties (the toy and evalcheck scales)."""
     path = alpaca_cfg.get("glm_data")
     if path is None:
         return None
