@@ -88,7 +88,7 @@ class LmEvalStarted(Exception):
 
 
 def test_generation_backend_is_closed_before_lm_eval_loads_its_model(tiny_model, world, tmp_path, monkeypatch):
-    import selm.evals.lmeval
+    import selm.benchmarks.lmeval
     import selm.generation
 
     events, backends = [], []
@@ -106,7 +106,7 @@ def test_generation_backend_is_closed_before_lm_eval_loads_its_model(tiny_model,
         raise LmEvalStarted
 
     monkeypatch.setattr(selm.generation, "backend_from_config", recording_backend)
-    monkeypatch.setattr(selm.evals.lmeval, "run_suite", lm_eval)
+    monkeypatch.setattr(selm.benchmarks.lmeval, "run_suite", lm_eval)
     cfg = compose_config("loop", [f"eval.alpaca_eval.data={world}/alpaca_eval.jsonl", f"eval.lmeval.world={world}",
                                   f"eval.mt_bench.questions={world}/mt_bench.jsonl", "scale.max_new_tokens=4",
                                   "logger=none", "eval.parts=[mt_bench,lmeval]"])

