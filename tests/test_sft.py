@@ -43,7 +43,7 @@ def test_malformed_jsonl_names_file_line_and_key(tmp_path, tiny_model):
 
 
 def test_short_sft_lowers_the_loss_and_raises_reward(tmp_path):
-    """Two seconds of SFT (nano model, 200 steps) on two families: a random model scores r* = 0,
+    """Two seconds of SFT (14k-parameter model, 200 steps) on two families: a random model scores r* = 0,
     the trained one has learnt at least the answer format (measured: 0.36-0.38 greedy r*)."""
     world = tmp_path / "world"
     build_world(world, seed=0, n_sft=400, n_train_prefs=10, n_test_prefs=10, n_eval=10, n_mt_bench=2,
