@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 PY := .venv/bin/python
-# dvc.yaml's stage commands say `python`: the venv's.
+# The pipelines' stage commands (scales/*/dvc.yaml) say `python`: the venv's.
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 # Offline by construction: nothing is ever loaded from the Hugging Face hub, W&B never phones home.
 export HF_HUB_OFFLINE := 1
@@ -48,7 +48,7 @@ bench: setup
 
 # Ends with the stage time table (selm.stagetable; also results/bench/repro_stages.json), also after a failure.
 repro: setup
-	start=$$(date +%s.%N); status=0; $(PY) -m dvc repro dvc.yaml || status=$$?; \
+	start=$$(date +%s.%N); status=0; $(PY) -m dvc repro scales/toy/dvc.yaml || status=$$?; \
 	$(PY) -m selm.stagetable --since $$start --out results/bench/repro_stages.json; exit $$status
 
 # The W&B workspace of selm.dashboard, saved (online, after `wandb login`) to the project the runs

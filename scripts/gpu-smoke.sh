@@ -25,7 +25,7 @@ export PYTHONPATH="$ROOT/src${PYTHONPATH:+:$PYTHONPATH}"
 
 mkdir -p "$WORK/logs" "$WORK/experiments" "$WORK/tests/fixtures" "$WORK/results" "$WORK/data/rehearsal"
 cp -r "$ROOT/tests/fixtures/rehearsal" "$WORK/tests/fixtures/"
-cp -r "$ROOT/results/paper" "$WORK/results/"
+cp -r "$ROOT/paper" "$WORK/"
 ln -sfn "$ROOT/conf" "$WORK/conf"   # the launcher names conf/accelerate/zero3_1gpu.yaml, relative to where stages run
 [[ -f "$ROOT/data/rehearsal/mt_bench/question.jsonl" ]] && cp -r "$ROOT/data/rehearsal/mt_bench" "$WORK/data/rehearsal/"
 # the rehearsal's grid, composed with the GPU entry config instead of the CPU one
@@ -67,11 +67,11 @@ echo "GPU smoke test in $WORK ($(nvidia-smi --query-gpu=name,memory.total --form
 stage check_cuda "$PY" -c "import torch, vllm, deepspeed; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name(0), vllm.__version__, deepspeed.__version__)"
 (( FAILED == 0 )) || { echo "no CUDA GPU with vllm and deepspeed: nothing else can run"; exit 1; }
 stage ultrafeedback "$PY" -m selm.ultrafeedback --out data/rehearsal/ultrafeedback --source tests/fixtures/rehearsal/ultrafeedback
-stage alpaca_data "$PY" -m selm.evals.alpaca_data --out data/rehearsal/alpaca_eval --source tests/fixtures/rehearsal/alpaca_eval
+stage alpaca_data "$PY" -m selm.benchmarks.alpaca_data --out data/rehearsal/alpaca_eval --source tests/fixtures/rehearsal/alpaca_eval
 if [[ -f data/rehearsal/mt_bench/question.jsonl ]]; then
   printf '%-34s %5ss %s\n' mt_bench_data 0 "OK (copied from the repository's data/rehearsal/mt_bench)"
 else
-  stage mt_bench_data "$PY" -m selm.cli.small mt-bench --out data/rehearsal/mt_bench --version 26.3
+  stage mt_bench_data "$PY" -m selm.cli.evalcheck mt-bench --out data/rehearsal/mt_bench --version 26.3
 fi
 # STAND-INS: the models stage of scales/rehearsal/dvc.yaml
 stage models@rehearsal-zephyr "$PY" -m selm.standins zephyr models/rehearsal-zephyr
@@ -79,8 +79,8 @@ stage models@rehearsal-llama3 "$PY" -m selm.standins llama3 models/rehearsal-lla
 stage pairrm "$PY" -m selm.pairrm --build-tiny models/rehearsal-pairrm --seed 0
 stage experiment@rehearsal_main judged "$PY" -m selm.cli.stage experiment rehearsal_main --spec "$SPEC"
 stage experiment@rehearsal_ablations judged "$PY" -m selm.cli.stage experiment rehearsal_ablations --spec "$SPEC"
-stage eval_base@rehearsal-zephyr judged "$PY" -m selm.cli.evaluate --config-name "$CONFIG" --base experiment=rehearsal_zephyr
-stage eval_base@rehearsal-llama3 judged "$PY" -m selm.cli.evaluate --config-name "$CONFIG" --base experiment=rehearsal_llama3
+stage eval_base@rehearsal-zephyr judged "$PY" -m selm.cli.evaluate --config-name "$CONFIG" --base preset=rehearsal_zephyr
+stage eval_base@rehearsal-llama3 judged "$PY" -m selm.cli.evaluate --config-name "$CONFIG" --base preset=rehearsal_llama3
 stage analyze judged "$PY" -m selm.report.analyze --spec "$SPEC" --out results/rehearsal/analysis
 stage report "$PY" -m selm.report.build --spec "$SPEC" --scale rehearsal --report results/REPORT-gpu-smoke.md
 echo "total $(( $(date +%s) - START ))s; report: $WORK/results/REPORT-gpu-smoke.md"

@@ -20,7 +20,7 @@ from selm.tiny import build_tiny_model  # noqa: E402
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     """A randomly initialised tiny Llama + char tokenizer, built once per test session."""
-    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny", size="small", seed=0)
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny", size="113k", seed=0)
 
 
 def make_pairs(n: int, seed: int = 0, with_response: bool = True) -> list[dict]:

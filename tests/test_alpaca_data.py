@@ -1,4 +1,4 @@
-"""AlpacaEval 2.0 data export (selm.evals.alpaca_data) from a 3-row local fixture, and the LC wiring."""
+"""AlpacaEval 2.0 data export (selm.benchmarks.alpaca_data) from a 3-row local fixture, and the LC wiring."""
 
 import inspect
 import json
@@ -8,8 +8,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from selm.config import compose_config
-from selm.evals.alpaca import compute_metrics
-from selm.evals.alpaca_data import CONFIG, GLM_FILE, REFERENCE_FILE, REPO, export, glm_data, main
+from selm.benchmarks.alpaca import compute_metrics
+from selm.benchmarks.alpaca_data import CONFIG, GLM_FILE, REFERENCE_FILE, REPO, export, glm_data, main
 from selm.io import DataError, read_jsonl
 
 ROWS = [
@@ -96,7 +96,7 @@ def test_glm_data_key_feeds_alpaca_evals_lc(tmp_path):
 
 
 def test_paper_eval_config_points_at_the_exported_files():
-    cfg = compose_config("loop_paper", ["experiment=paper_zephyr"])
+    cfg = compose_config("loop_paper", ["preset=paper_zephyr"])
     e = cfg.eval
     assert e.alpaca_eval.data == "data/alpaca_eval/alpaca_eval.jsonl"
     assert e.alpaca_eval.glm_data == f"data/alpaca_eval/{GLM_FILE}"

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from selm.evals import alpaca
-from selm.evals.lc_glm import GLMData, check_lookup
+from selm.benchmarks import alpaca
+from selm.benchmarks.lc_glm import GLMData, check_lookup
 from selm.io import DataError
 from selm.judges import get_judge
 from selm.world import POLICIES, sample_records

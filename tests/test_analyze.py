@@ -78,7 +78,7 @@ def test_implicit_reward_differences_of_identical_models_are_zero_and_antisymmet
     from selm.tiny import build_tiny_model
 
     monkeypatch.chdir(tmp_path)
-    other = build_tiny_model(tmp_path / "other", size="small", seed=1)
+    other = build_tiny_model(tmp_path / "other", size="113k", seed=1)
     config = {"train": {"beta": 0.1, "max_length": 64, "max_prompt_length": 32, "precision": "fp32"},
               "scale": {"max_new_tokens": 6}}
     spec = OmegaConf.create({"bases": ["tiny-sft"], "seeds": [1], "experiments": {
@@ -108,7 +108,7 @@ def test_paper_like_runs_one_seed_and_no_true_reward(tmp_path, monkeypatch):
     """The paper scale: one seed, no r* (eval.json holds only n and mean_length), per-base SELM alphas."""
     monkeypatch.chdir(tmp_path)
     spec = OmegaConf.create({"bases": ["z"], "seeds": [42], "experiments": {
-        "m": {"alphas": [0.0], "cells": {"z": {"experiment": "paper_zephyr", "alphas": [0.0, 0.001]}}}}})
+        "m": {"alphas": [0.0], "cells": {"z": {"preset": "paper_zephyr", "alphas": [0.0, 0.001]}}}}})
     test = {"p": {"prompt": "add: 1+2", "family": "add", "gold": "3",
                   "chosen": [{"role": "assistant", "content": "3"}]}}
     for alpha, answer in (("0.0", "no idea"), ("0.001", "3")):  # r* 0 and 1

@@ -31,7 +31,7 @@ PAPER = {
 @pytest.mark.parametrize("experiment", sorted(PAPER))
 def test_paper_hyperparameters(experiment):
     want = PAPER[experiment]
-    cfg = compose_config("train", [f"experiment={experiment}", "pairs=x"])
+    cfg = compose_config("train", [f"preset={experiment}", "pairs=x"])
     t = cfg.train
     assert cfg.model.path == want["model"]
     assert cfg.model.offline_dpo_iteration is want["offline_dpo"]

@@ -209,8 +209,8 @@ def test_screening_row_is_explorer_minus_dpo_after_iteration_1_and_at_the_last(t
 
 
 def test_analyze_one_section_without_the_other_sections_runs(tmp_path):
-    (tmp_path / "results" / "paper").mkdir(parents=True)
-    (tmp_path / "results" / "paper" / "table1_alpacaeval_mtbench.csv").write_text(
+    (tmp_path / "paper").mkdir(parents=True)
+    (tmp_path / "paper" / "table1_alpacaeval_mtbench.csv").write_text(
         "model,base,method,iteration,lc_win_rate\nA,zephyr,offline_dpo,0,15.41\nC,zephyr,dpo,3,22.19\nD,zephyr,selm,3,24.25\n")
     _screen_run(tmp_path, "s/dpo/alpha0.0", 42, [0.47, 0.50])
     _screen_run(tmp_path, "s/bok/alpha0.0", 42, [0.47, 0.53])
@@ -245,8 +245,8 @@ def test_screening_table_and_the_positive_reading_of_a_working_control(tmp_path)
 
 
 def test_a_positive_entry_without_runs_is_listed_as_unfinished_when_asked(tmp_path):
-    (tmp_path / "results" / "paper").mkdir(parents=True)
-    (tmp_path / "results" / "paper" / "table1_alpacaeval_mtbench.csv").write_text(
+    (tmp_path / "paper").mkdir(parents=True)
+    (tmp_path / "paper" / "table1_alpacaeval_mtbench.csv").write_text(
         "model,base,method,iteration,lc_win_rate\nA,zephyr,offline_dpo,0,15.41\nC,zephyr,dpo,3,22.19\nD,zephyr,selm,3,24.25\n")
     for seed, (d, e) in {1: (0.50, 0.56), 2: (0.52, 0.57)}.items():
         _screen_run(tmp_path, "w/dpo/alpha0.0", seed, [0.47, d])

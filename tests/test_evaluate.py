@@ -88,7 +88,7 @@ class LmEvalStarted(Exception):
 
 
 def test_generation_backend_is_closed_before_lm_eval_loads_its_model(tiny_model, world, tmp_path, monkeypatch):
-    import selm.evals.lmeval
+    import selm.benchmarks.lmeval
     import selm.generation
 
     events, backends = [], []
@@ -106,7 +106,7 @@ def test_generation_backend_is_closed_before_lm_eval_loads_its_model(tiny_model,
         raise LmEvalStarted
 
     monkeypatch.setattr(selm.generation, "backend_from_config", recording_backend)
-    monkeypatch.setattr(selm.evals.lmeval, "run_suite", lm_eval)
+    monkeypatch.setattr(selm.benchmarks.lmeval, "run_suite", lm_eval)
     cfg = compose_config("loop", [f"eval.alpaca_eval.data={world}/alpaca_eval.jsonl", f"eval.lmeval.world={world}",
                                   f"eval.mt_bench.questions={world}/mt_bench.jsonl", "scale.max_new_tokens=4",
                                   "logger=none", "eval.parts=[mt_bench,lmeval]"])
@@ -118,12 +118,12 @@ def test_generation_backend_is_closed_before_lm_eval_loads_its_model(tiny_model,
 def test_tables_filter_bases_and_mark_missing_tasks(tmp_path):
     from selm.report.eval_tables import table2_markdown
 
-    for base, task in (("toy", "lmeval_selm_toy_mc"), ("small", "lmeval_selm_toy_mc_chatml")):
+    for base, task in (("toy", "lmeval_selm_toy_mc"), ("smollm2", "lmeval_selm_toy_mc_chatml")):
         path = tmp_path / "base" / base / "metrics.json"
         path.parent.mkdir(parents=True)
         path.write_text(json.dumps({task: 40.0, "lmeval_mean": 40.0}))
     assert [r["base"] for r in collect(tmp_path, ["toy"])] == ["toy"]
     text = table2_markdown(collect(tmp_path))
     # columns: selm_toy_mc | selm_toy_mc_chatml | mean
-    assert "| small | SFT base | base | n/a | 40.0 | 40.0 |" in text
+    assert "| smollm2 | SFT base | base | n/a | 40.0 | 40.0 |" in text
     assert "| toy | SFT base | base | 40.0 | n/a | 40.0 |" in text

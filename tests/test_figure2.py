@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from test_alpaca_data import gamed_table
 
 from selm.config import compose_config
-from selm.evals.alpaca import compute_metrics, load_outputs
+from selm.benchmarks.alpaca import compute_metrics, load_outputs
 from selm.evaluate import alpaca_eval, make_judge
 from selm.io import read_jsonl
 from selm.judges import get_judge
@@ -65,7 +65,7 @@ def make_paper_like(tmp_path, monkeypatch):
     write(tmp_path / "evals" / "base" / "z", 6)
 
     def spec(base_url):
-        cell = {"experiment": "paper_zephyr", "alphas": [0.0, 0.001], "judge.base_url": base_url,
+        cell = {"preset": "paper_zephyr", "alphas": [0.0, 0.001], "judge.base_url": base_url,
                 "judge.api_key_env": KEY_ENV, "judge.concurrency": 2,
                 "eval.alpaca_eval.data": str(tmp_path / "alpaca_eval.jsonl"),
                 "eval.alpaca_eval.glm_data": str(tmp_path / "df_gamed.csv")}
@@ -93,7 +93,7 @@ def judged(tmp_path_factory):
         again = analyze.heatmaps(spec(server.base_url), fig, cache)
         asked_again = len(server.requests) - asked
         # Table 1's code, on a config composed here: the reference set is DPO iter1's outputs
-        cfg = compose_config("loop_paper", ["experiment=paper_zephyr"])
+        cfg = compose_config("loop_paper", ["preset=paper_zephyr"])
         cfg.judge.base_url, cfg.judge.api_key_env = server.base_url, KEY_ENV
         reference = load_outputs(root / "evals/m/z/alpha0.0/seed42/iter1/alpaca_outputs.json")
         (root / "dpo1.jsonl").write_text("".join(json.dumps(dict(r, dataset="t")) + "\n" for r in reference))

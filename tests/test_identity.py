@@ -48,7 +48,7 @@ def golden(tmp_path_factory, tiny_model):
     build_world(root / "world", seed=0, n_sft=10, n_train_prefs=8, n_test_prefs=4, n_eval=4, n_mt_bench=2, n_lmeval=4)
     shutil.copy(root / "world" / "train_prefs.jsonl", root / "world" / "other_prefs.jsonl")
     shutil.copytree(tiny_model, root / "bases" / "a")
-    build_tiny_model(root / "bases" / "b", size="small", seed=1)
+    build_tiny_model(root / "bases" / "b", size="113k", seed=1)
     old = os.getcwd()
     os.chdir(root)
     try:
@@ -95,7 +95,7 @@ def test_unchanged_inputs_and_a_readme_edit_redo_nothing(copy, tmp_path, monkeyp
     (src.parent / "README.md").write_text("edited\n")
     run_all()
     assert trained == []
-    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    stages = yaml.safe_load((ROOT / "scales" / "toy" / "dvc.yaml").read_text())["stages"]
     assert not [name for name, stage in stages.items() if "README.md" in json.dumps(stage)]
 
 
@@ -105,7 +105,7 @@ def test_a_changed_loss_redoes_every_run_and_an_evaluation_only_edit_none(copy, 
 
     work, trained = copy
     src = package_copy(tmp_path, monkeypatch)
-    with (src / "evals" / "alpaca.py").open("a") as f:  # a module the loop does not import
+    with (src / "benchmarks" / "alpaca.py").open("a") as f:  # a module the loop does not import
         f.write("\n# edited\n")
     run_all()
     assert trained == []
@@ -141,7 +141,7 @@ def test_a_retrained_base_redoes_only_its_runs(copy, golden):
     from selm.tiny import build_tiny_model
 
     work, trained = copy
-    build_tiny_model(work / "bases" / "a", size="small", seed=2)  # the SFT stage ran again, other weights
+    build_tiny_model(work / "bases" / "a", size="113k", seed=2)  # the SFT stage ran again, other weights
     run_all()
     assert sorted(trained) == ["a_other", "a_world"]
     assert weights(work, "b_world") == weights(golden, "b_world")
@@ -201,7 +201,7 @@ def test_an_evaluation_is_redone_when_its_checkpoint_or_data_change(golden, tmp_
     evaluate_checkpoint(cfg, model, tmp_path / "ev", "m")
     evaluate_checkpoint(cfg, model, tmp_path / "ev", "m")
     assert len(graded) == 1  # unchanged inputs: read back
-    build_tiny_model(model, size="small", seed=3)
+    build_tiny_model(model, size="113k", seed=3)
     evaluate_checkpoint(cfg, model, tmp_path / "ev", "m")
     assert len(graded) == 2  # the checkpoint changed under the same path
     questions = world / "mt_bench.jsonl"
@@ -240,7 +240,7 @@ def stage_code(cmd: str) -> tuple[set[str], bool]:
     return {str(Path("src", "selm", p.relative_to(PACKAGE_ROOT))) for p in files}, composes
 
 
-@pytest.mark.parametrize("pipeline", ["dvc.yaml", "scales/paper/dvc.yaml", "scales/small/dvc.yaml", "scales/rehearsal/dvc.yaml",
+@pytest.mark.parametrize("pipeline", ["scales/toy/dvc.yaml", "scales/paper/dvc.yaml", "scales/evalcheck/dvc.yaml", "scales/rehearsal/dvc.yaml",
                                       "experiments/controls/dvc.yaml"])
 def test_every_stage_depends_on_the_code_and_config_it_reads(pipeline):
     """A stage whose code changed must rerun (its identities then decide what is redone): its deps
@@ -262,7 +262,7 @@ def test_every_stage_depends_on_the_code_and_config_it_reads(pipeline):
                 needed.append("conf/model")
         words = stage.cmd.split()
         if {"eval-base", "experiment"} & set(words) or "selm.cli.evaluate" in words:  # lm-eval suites by name
-            needed += ["conf/lmeval/toy.yaml", "src/selm/evals/lm_eval_tasks/utils.py"]
+            needed += ["conf/lmeval/toy.yaml", "src/selm/benchmarks/lm_eval_tasks/utils.py"]
         problems += [f"{pipeline}:{stage.name} reads {f}, not in its deps" for f in needed if not covered(f)]
         problems += [f"{pipeline}:{stage.name} depends on README.md" for d in deps if d.name == "README.md"]
     assert not problems, "\n".join(problems)

@@ -9,7 +9,7 @@ import random
 import pytest
 from judge_server import JudgeServer, Reply, error_reply, logprob_reply, text_reply
 
-from selm.evals import alpaca
+from selm.benchmarks import alpaca
 from selm.judges import AnnotationCache, get_judge
 from selm.judges import alpaca_prompt
 from selm.judges.openai_judge import JudgeUnavailable

@@ -17,8 +17,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from selm.evals import lmeval
-from selm.evals.lmeval import TaskSpec, load_lmeval_config, run_lmeval, run_suite
+from selm.benchmarks import lmeval
+from selm.benchmarks.lmeval import TaskSpec, load_lmeval_config, run_lmeval, run_suite
 from selm.tiny import build_tokenizer, build_tiny_model
 from selm.world.build import build_world
 
@@ -161,7 +161,7 @@ def test_record_has_what_must_be_recorded(toy_runs, models, gold_a_world):
 def test_cli_on_a_built_world_from_another_directory(tiny_world, tmp_path, monkeypatch):
     """The CLI with conf/lmeval/toy.yaml on a real (tiny) world, started outside the repository:
     data_files are made absolute, so the current directory does not matter."""
-    model = build_tiny_model(tmp_path / "random", size="nano", seed=0)
+    model = build_tiny_model(tmp_path / "random", size="14k", seed=0)
     monkeypatch.chdir(tmp_path)
     assert lmeval.main(["--model", "random", "--config", "toy", "--world", str(tiny_world),
                         "--out", "out/lmeval.json", "--limit", "5"]) == 0
@@ -226,8 +226,8 @@ def test_local_tasks_are_package_data():
         for entry in lmeval.load_lmeval_config(conf).get("include_path") or []:
             folder = lmeval.include_dir(entry)
             assert folder.is_dir() and package in folder.parents, f"{conf.name}: include_path {entry} -> {folder}"
-    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["selm.evals"]
-    shipped = [p.relative_to(package / "evals").as_posix() for p in lmeval.TASKS_DIR.iterdir() if p.is_file()]
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["selm.benchmarks"]
+    shipped = [p.relative_to(package / "benchmarks").as_posix() for p in lmeval.TASKS_DIR.iterdir() if p.is_file()]
     assert shipped and all(any(fnmatch(f, pattern) for pattern in declared) for f in shipped), (shipped, declared)
     with pytest.raises(FileNotFoundError, match="package:nope: the selm package has no task folder"):
         lmeval.include_dir("package:nope")

@@ -7,7 +7,7 @@ import statistics
 import pytest
 from judge_server import JudgeServer, text_reply
 
-from selm.evals import mt_bench
+from selm.benchmarks import mt_bench
 from selm.generation import get_backend
 from selm.judges import get_judge
 from selm.judges.mt_bench_prompt import parse_rating

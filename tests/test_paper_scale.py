@@ -34,7 +34,7 @@ def test_accelerate_configs(name):
     assert ds["zero_stage"] == 3
     assert ds["offload_optimizer_device"] == ds["offload_param_device"] == "none"
     for experiment in ("paper_zephyr", "paper_llama3"):
-        train = compose_config("train", [f"experiment={experiment}", "pairs=x"]).train
+        train = compose_config("train", [f"preset={experiment}", "pairs=x"]).train
         assert ds["gradient_clipping"] == train.max_grad_norm and train.precision == "bf16"
         # the paper's global batch on this many GPUs (Zephyr 256 = 8 x 4 x 8; on 16 GPUs x 2)
         assert gradient_accumulation_steps(train, processes) * train.per_device_batch_size * processes \
@@ -59,7 +59,7 @@ def test_readme_launch_command_parses_and_composes():
         assert args.training_script_args[0] == "--config"  # the iteration config the loop writes
     # the launcher the paper's train configs give the loop is such a command, with a real config file
     for experiment in ("paper_zephyr", "paper_llama3"):
-        launcher = compose_config("train", [f"experiment={experiment}"]).train.launcher
+        launcher = compose_config("train", [f"preset={experiment}"]).train.launcher
         args = launch_command_parser().parse_args(shlex.split(launcher)[2:] + ["-m", "selm.train"])
         assert (ROOT / args.config_file).is_file() and args.config_file.endswith("zero3_8gpu.yaml")
 
@@ -186,7 +186,7 @@ def test_figure6_panels_batch_schedule_and_iterations():
 
 def test_loop_paper_entry_config():
     for experiment, name in (("paper_zephyr", "zephyr-7b-sft"), ("paper_llama3", "llama3-8b-instruct")):
-        cfg = compose_config("loop_paper", [f"experiment={experiment}"])
+        cfg = compose_config("loop_paper", [f"preset={experiment}"])
         assert (cfg.model.name, cfg.model.path) == (name, f"models/{name}")
         assert cfg.data.train_prefs == "data/ultrafeedback/train_prefs.jsonl"
         assert (cfg.ranker.name, cfg.eval.lmeval.config, cfg.judge.name) == ("pairrm", "paper", "openai")
@@ -208,7 +208,7 @@ def test_vllm_gets_tensor_parallelism_from_config(monkeypatch):
             return None
 
     monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=FakeLLM))
-    cfg = compose_config("loop_paper", ["experiment=paper_llama3", "scale.backend_kwargs.tensor_parallel_size=2"])
+    cfg = compose_config("loop_paper", ["preset=paper_llama3", "scale.backend_kwargs.tensor_parallel_size=2"])
     backend = backend_from_config(cfg, "models/llama3-8b-instruct")
     assert isinstance(backend, VLLMBackend)
     assert calls == [{"model": "models/llama3-8b-instruct", "tensor_parallel_size": 2, "dtype": "bfloat16",

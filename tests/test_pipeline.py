@@ -41,7 +41,7 @@ def test_stage_config_takes_shared_values_from_params_and_grid_item(tmp_path):
 def test_dvc_experiment_outs_hold_every_run_and_persist():
     from selm.experiments import expand, load_experiments
 
-    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    stages = yaml.safe_load((ROOT / "scales" / "toy" / "dvc.yaml").read_text())["stages"]
     # persist: DVC must not delete a crashed run's finished iterations before rerunning the stage
     assert stages["experiment"]["do"]["outs"] == [{"runs/${key}": {"persist": True}},
                                                   {"evals/${key}": {"persist": True}}]
@@ -52,19 +52,19 @@ def test_dvc_experiment_outs_hold_every_run_and_persist():
 
 
 def test_stage_set_overrides_after_params(tmp_path):
-    cfg = run_config(tmp_path / "absent.yaml", groups={"model": "tiny-sft"}, dotlist=["eval.lmeval.config=small", "eval.alpaca_eval.limit=5"])
-    assert (cfg.eval.lmeval.config, cfg.eval.alpaca_eval.limit) == ("small", 5)
+    cfg = run_config(tmp_path / "absent.yaml", groups={"model": "tiny-sft"}, dotlist=["eval.lmeval.config=evalcheck", "eval.alpaca_eval.limit=5"])
+    assert (cfg.eval.lmeval.config, cfg.eval.alpaca_eval.limit) == ("evalcheck", 5)
 
 
-def test_small_lmeval_suite_closes_choices_with_chatml_end():
+def test_evalcheck_lmeval_suite_closes_choices_with_chatml_end():
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("lm_utils", ROOT / "src" / "selm" / "evals" / "lm_eval_tasks" / "utils.py")
+    spec = importlib.util.spec_from_file_location("lm_utils", ROOT / "src" / "selm" / "benchmarks" / "lm_eval_tasks" / "utils.py")
     utils = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(utils)
     assert utils.choices_then_im_end({"choices": ["ab", "ba"]}) == ["ab<|im_end|>", "ba<|im_end|>"]
-    small = yaml.safe_load((ROOT / "conf" / "lmeval" / "small.yaml").read_text())
-    assert [t["name"] for t in small["tasks"]] == ["selm_toy_mc_chatml", "selm_toy_gen"]
+    evalcheck = yaml.safe_load((ROOT / "conf" / "lmeval" / "evalcheck.yaml").read_text())
+    assert [t["name"] for t in evalcheck["tasks"]] == ["selm_toy_mc_chatml", "selm_toy_gen"]
 
 
 def test_make_test_fast_leaves_out_the_slow_tests_and_make_test_runs_all():

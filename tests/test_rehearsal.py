@@ -80,8 +80,8 @@ def test_train_configs_keep_the_papers_shape(experiment, paper, slices):
 
     from selm.train import gradient_accumulation_steps
 
-    ours = compose_config("loop_rehearsal", [f"experiment={experiment}"])
-    theirs = compose_config("loop_paper", [f"experiment={paper}"])
+    ours = compose_config("loop_rehearsal", [f"preset={experiment}"])
+    theirs = compose_config("loop_paper", [f"preset={paper}"])
     args = launch_command_parser().parse_args(shlex.split(ours.train.launcher)[2:] + ["-m", "selm.train"])
     acc = load_config_from_file(str(ROOT / args.config_file))
     assert acc.num_processes == 2 and acc.use_cpu and acc.distributed_type == "MULTI_GPU"  # torchrun, gloo
@@ -149,7 +149,7 @@ def test_hash_judge_speaks_both_protocols_and_the_wrapper_stops_it(tmp_path):
 def build_world(root: Path, mt_questions: int = 2) -> None:
     """What the slice's stages read, under `root`: the two exports from the committed fixtures, a
     FastChat-format MT-Bench file, the Llama-3 stand-in and the tiny PairRM."""
-    from selm.evals.alpaca_data import export as export_alpaca
+    from selm.benchmarks.alpaca_data import export as export_alpaca
     from selm.pairrm import build_tiny_pairrm
     from selm.standins import build_standin
     from selm.ultrafeedback import export as export_uf
@@ -167,7 +167,7 @@ def build_world(root: Path, mt_questions: int = 2) -> None:
 
 
 def slice_spec(root: Path, port: int) -> Path:
-    cell = {"experiment": "rehearsal_llama3", "model.iterations": [1], "judge.base_url": f"http://127.0.0.1:{port}/v1",
+    cell = {"preset": "rehearsal_llama3", "model.iterations": [1], "judge.base_url": f"http://127.0.0.1:{port}/v1",
             "eval.alpaca_eval.limit": 2, "eval.mt_bench.limit": 2, "eval.mt_bench.references": None,
             "eval.lmeval.limit": 2, "eval.n_prompts": 0, "logger.wandb": False, "logger.mode": "disabled"}
     spec = {"config_name": "loop_rehearsal", "params": False, "bases": ["rehearsal-llama3"], "seeds": [42],
@@ -269,7 +269,7 @@ def test_judge_server_down_is_named_before_anything_runs(tmp_path, monkeypatch):
     assert str(e.value).startswith(f"error: experiment slice: judge.base_url={url}: no judge server is listening there")
     assert not (tmp_path / "runs").exists() and not (tmp_path / "evals").exists()
     with pytest.raises(SystemExit) as e:  # the base model's evaluation stage, likewise
-        evaluate_main(["--config-name", "loop_rehearsal", "--base", "experiment=rehearsal_llama3",
+        evaluate_main(["--config-name", "loop_rehearsal", "--base", "preset=rehearsal_llama3",
                        f"judge.base_url={url}"])
     assert str(e.value).startswith(f"error: judge.base_url={url}: no judge server is listening there")
     assert not (tmp_path / "evals").exists()
@@ -297,7 +297,7 @@ def test_gpu_smoke_script_parses_and_its_overrides_compose():
     for module in modules:
         assert importlib.util.find_spec(module) is not None, module
     for experiment in ("rehearsal_zephyr", "rehearsal_llama3"):
-        cfg = compose_config("loop_gpu_smoke", [f"experiment={experiment}"])
+        cfg = compose_config("loop_gpu_smoke", [f"preset={experiment}"])
         assert cfg.scale.generation_backend == "vllm" and cfg.scale.backend_kwargs.dtype == "bfloat16"
         assert cfg.scale.backend_kwargs.tensor_parallel_size == 1 and cfg.train.precision == "bf16"
         assert cfg.scale.backend_kwargs.enforce_eager is False  # CUDA graphs: the rehearsal's eager CPU mode is off
@@ -308,6 +308,6 @@ def test_gpu_smoke_script_parses_and_its_overrides_compose():
         assert acc.deepspeed_config["zero_stage"] == 3 and acc.deepspeed_config["gradient_clipping"] == cfg.train.max_grad_norm
         assert gradient_accumulation_steps(cfg.train, 1) == 4  # the rehearsal's global batch on one GPU
         # everything else is the rehearsal's
-        cpu = compose_config("loop_rehearsal", [f"experiment={experiment}"])
+        cpu = compose_config("loop_rehearsal", [f"preset={experiment}"])
         for section in ("model", "data", "judge", "variant", "generation"):
             assert cfg[section] == cpu[section], section

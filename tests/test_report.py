@@ -146,4 +146,4 @@ def test_claims_without_an_analysis_file_name_it(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no evaluations here: an empty comparison
     (tmp_path / "analysis").mkdir()
     with pytest.raises(FileNotFoundError, match=r"analysis/figure3_alpha.json is missing: run python -m selm.report.analyze"):
-        claims.write(spec, Path("experiments/toy.yaml"), tmp_path / "analysis", repo / "results" / "paper", "test")
+        claims.write(spec, Path("experiments/toy.yaml"), tmp_path / "analysis", repo / "paper", "test")

@@ -43,12 +43,12 @@ def test_malformed_jsonl_names_file_line_and_key(tmp_path, tiny_model):
 
 
 def test_short_sft_lowers_the_loss_and_raises_reward(tmp_path):
-    """Two seconds of SFT (nano model, 200 steps) on two families: a random model scores r* = 0,
+    """Two seconds of SFT (14k-parameter model, 200 steps) on two families: a random model scores r* = 0,
     the trained one has learnt at least the answer format (measured: 0.36-0.38 greedy r*)."""
     world = tmp_path / "world"
     build_world(world, seed=0, n_sft=400, n_train_prefs=10, n_test_prefs=10, n_eval=10, n_mt_bench=2,
                 n_lmeval=10, families=["upper", "count"])
-    init = build_tiny_model(tmp_path / "init", size="nano", seed=0)
+    init = build_tiny_model(tmp_path / "init", size="14k", seed=0)
     out = tmp_path / "sft"
     main(["--init", str(init), "--data", str(world / "sft_strong.jsonl"), "--out", str(out),
           "--epochs", "4", "--lr", "3e-2", "--batch-size", "8"])

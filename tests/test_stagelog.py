@@ -78,15 +78,21 @@ def test_the_table_of_a_dvc_pipeline_ran_then_cached(tmp_path):
         "with stage_timer():\n"
         "    count('things made', 2)\n"
         "    open('b.txt', 'w').write(open('a.txt').read() + 'b')\n")
-    (repo / "dvc.yaml").write_text(
+    # laid out like the toy pipeline: scales/toy/dvc.yaml, every stage run from the repo root, and
+    # selm.stagetable's default pipeline (DVC names its stages scales/toy/dvc.yaml:<stage>)
+    (repo / "scales" / "toy").mkdir(parents=True)
+    (repo / "scales" / "toy" / "dvc.yaml").write_text(
         "stages:\n"
         "  a:\n"
+        "    wdir: ../..\n"
         "    cmd: python -m selm.stagelog run -- python -c \"open('a.txt', 'w').write('a')\"\n"
         "    outs: [a.txt]\n"
         "  b:\n"
+        "    wdir: ../..\n"
         "    cmd: python b.py\n"
         "    deps: [a.txt, b.py]\n"
         "    outs: [b.txt]\n")
+    a, b = "scales/toy/dvc.yaml:a", "scales/toy/dvc.yaml:b"
     env = _env(tmp_path)
     env.pop("DVC_STAGE", None)
 
@@ -98,7 +104,7 @@ def test_the_table_of_a_dvc_pipeline_ran_then_cached(tmp_path):
 
     def repro() -> dict:
         since = time.time()
-        sh(sys.executable, "-m", "dvc", "repro", "dvc.yaml")
+        sh(sys.executable, "-m", "dvc", "repro", "scales/toy/dvc.yaml")
         printed = sh(sys.executable, "-m", "selm.stagetable", "--since", str(since), "--out", "stages.json")
         table = json.loads((repo / "stages.json").read_text())
         assert table["machine"]["cores"] >= 1 and table["git_commit"]
@@ -107,17 +113,17 @@ def test_the_table_of_a_dvc_pipeline_ran_then_cached(tmp_path):
 
     first = repro()
     assert (repo / "b.txt").read_text() == "ab"
-    assert [first[s]["status"] for s in ("a", "b")] == ["ok", "ok"]
-    assert (first["a"]["did"], first["b"]["did"]) == ("ran", "2 things made")
-    assert all(first[s]["seconds"] > 0 for s in ("a", "b"))
+    assert [first[s]["status"] for s in (a, b)] == ["ok", "ok"]
+    assert (first[a]["did"], first[b]["did"]) == ("ran", "2 things made")
+    assert all(first[s]["seconds"] > 0 for s in (a, b))
     second = repro()  # nothing changed: DVC skips both
-    assert [(second[s]["status"], second[s]["seconds"]) for s in ("a", "b")] == [("cached", 0.0), ("cached", 0.0)]
+    assert [(second[s]["status"], second[s]["seconds"]) for s in (a, b)] == [("cached", 0.0), ("cached", 0.0)]
     (repo / "b.py").write_text((repo / "b.py").read_text().replace("count('things made', 2)", "raise SystemExit(3)"))
     since = time.time()
     with pytest.raises(subprocess.CalledProcessError):
-        sh(sys.executable, "-m", "dvc", "repro", "dvc.yaml")
-    rows = {r["stage"]: r for r in stage_rows(["a", "b"], read_log(tmp_path / "times.jsonl"), since)}
-    assert (rows["a"]["status"], rows["b"]["status"]) == ("cached", "failed")
+        sh(sys.executable, "-m", "dvc", "repro", "scales/toy/dvc.yaml")
+    rows = {r["stage"]: r for r in stage_rows([a, b], read_log(tmp_path / "times.jsonl"), since)}
+    assert (rows[a]["status"], rows[b]["status"]) == ("cached", "failed")
 
 
 def test_what_a_run_did_is_read_from_the_files_it_wrote(tmp_path, monkeypatch):

@@ -86,7 +86,7 @@ def test_paper_slicing_arithmetic():
     assert (n // 4, n // 3) == (15_283, 20_378)
     rows = list(range(n))
     for experiment, size in (("paper_zephyr", 15_283), ("paper_llama3", 20_378)):
-        cfg = compose_config("loop_paper", [f"experiment={experiment}"])
+        cfg = compose_config("loop_paper", [f"preset={experiment}"])
         assert cfg.data.slice_size == size
         iterations = ([0] if cfg.model.offline_dpo_iteration else []) + list(cfg.model.iterations)
         slices = [prefs_slice(rows, slice_index(t, cfg.model.offline_dpo_iteration), size) for t in iterations]

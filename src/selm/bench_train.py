@@ -246,9 +246,9 @@ def model_dir_for(size: str, root: Path, cache: Path, seed: int) -> Path:
     if size == "toy":
         from selm.tiny import build_tiny_model
 
-        return build_tiny_model(root / "toy", size="small", seed=seed)
+        return build_tiny_model(root / "toy", size="113k", seed=seed)
     if size == "smollm2":
-        from selm.small import ensure_converted
+        from selm.artifacts import ensure_converted
 
         return ensure_converted(cache / "smollm2-135m-instruct", wheel_dir=cache / "wheels")
     if size in ("zephyr", "llama3"):

@@ -116,7 +116,7 @@ def validate_config(cfg: DictConfig) -> DictConfig:
 
 
 def compose_config(config_name: str = "train", overrides: list[str] | None = None) -> DictConfig:
-    """Compose conf/<config_name>.yaml with Hydra overrides, e.g. ["train.alpha=0", "experiment=paper_zephyr"],
+    """Compose conf/<config_name>.yaml with Hydra overrides, e.g. ["train.alpha=0", "preset=paper_zephyr"],
     and validate it (ConfigError names the bad key)."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return validate_config(compose(config_name=config_name, overrides=overrides or []))

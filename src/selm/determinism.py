@@ -1,7 +1,7 @@
 """Deterministic mode: the numerical settings under which the toy pipeline's floating point does
 not depend on the CPU's vector extensions or the thread count.
 
-Set `SELM_DETERMINISTIC=1` in the environment (e.g. `SELM_DETERMINISTIC=1 dvc repro dvc.yaml`). The
+Set `SELM_DETERMINISTIC=1` in the environment (e.g. `SELM_DETERMINISTIC=1 dvc repro scales/toy/dvc.yaml`). The
 stage entry points (the `selm.cli` package) then, before torch is imported, pin:
 
 - ATEN_CPU_CAPABILITY=default: ATen's own kernels use their portable code path, not the AVX2/AVX-512

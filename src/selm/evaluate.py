@@ -5,7 +5,7 @@
                -> <out>/lmeval.json (harness and task versions, few-shot, decoding recorded)
                -> <out>/metrics.json (everything above, flat, for tables and W&B)
 
-The judge is chosen by config (`judge.name`): the toy oracle at toy/small scale, an
+The judge is chosen by config (`judge.name`): the toy oracle at toy/evalcheck scale, an
 OpenAI-compatible API at the paper scale. Judgments go through the judge's cache, so a rerun after a
 crash re-judges nothing. Each finished part is skipped on rerun.
 """
@@ -35,8 +35,8 @@ def make_judge(cfg: DictConfig, cache: Path):
 
 
 def alpaca_eval(cfg: DictConfig, backend, judge, model_id: str, out: Path) -> dict:
-    from selm.evals.alpaca import annotate, compute_metrics, generate_outputs, write_annotations, write_outputs
-    from selm.evals.alpaca_data import glm_data
+    from selm.benchmarks.alpaca import annotate, compute_metrics, generate_outputs, write_annotations, write_outputs
+    from selm.benchmarks.alpaca_data import glm_data
 
     path = out / "alpaca.json"
     if path.exists():
@@ -58,7 +58,7 @@ def alpaca_eval(cfg: DictConfig, backend, judge, model_id: str, out: Path) -> di
 
 
 def mt_bench(cfg: DictConfig, backend, judge, model_id: str, out: Path) -> dict:
-    from selm.evals.mt_bench import (chat_generator, generate_answer_runs, generate_answers, grade, load_answers,
+    from selm.benchmarks.mt_bench import (chat_generator, generate_answer_runs, generate_answers, grade, load_answers,
                                      load_questions, summarize)
 
     path = out / "mt_bench.json"
@@ -88,7 +88,7 @@ def mt_bench(cfg: DictConfig, backend, judge, model_id: str, out: Path) -> dict:
 
 def lm_eval_suite(cfg: DictConfig, model_dir: Path, out: Path) -> dict | None:
     """The lm-eval suite named by `eval.lmeval.config` (conf/lmeval/<name>.yaml); null skips it."""
-    from selm.evals.lmeval import run_suite
+    from selm.benchmarks.lmeval import run_suite
 
     lm = cfg.eval.lmeval
     if lm.config is None:
@@ -131,7 +131,7 @@ def eval_data_files(cfg: DictConfig) -> dict[str, str]:
     """Content hashes of the files an evaluation reads: AlpacaEval's instructions and references
     (and the LC GLM table), MT-Bench's questions and reference answers, and for lm-eval the conf
     file of its suite, the task folders it includes and the world files its tasks read."""
-    from selm.evals.lmeval import LMEVAL_CONF_DIR, REPO_ROOT, include_dir, load_lmeval_config
+    from selm.benchmarks.lmeval import LMEVAL_CONF_DIR, REPO_ROOT, include_dir, load_lmeval_config
     from selm.provenance import tree_sha256
 
     def state(path) -> str:

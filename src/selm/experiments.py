@@ -29,7 +29,7 @@ from selm.stagelog import add_counts
 
 log = logging.getLogger(__name__)
 
-GROUP_KEYS = ("model", "variant", "experiment")  # cell keys that pick a config group option; others are dotted values
+GROUP_KEYS = ("model", "variant", "preset")  # cell keys that pick a config group option; others are dotted values
 
 
 @dataclass(frozen=True)
@@ -92,8 +92,8 @@ def expand(spec: DictConfig, name: str, source: str = "experiments") -> list[Run
         overrides = OmegaConf.to_container(overrides, resolve=True)
         alphas = overrides.pop("alphas", list(exp.alphas))  # a cell may sweep its own alphas (per base at the paper scale)
         cell_seeds = overrides.pop("seeds", seeds)  # and run its own seeds (the controls reuse other cells' seeds)
-        if "model" not in overrides and "experiment" not in overrides:
-            raise KeyError(f"{source}: experiments.{name}.cells.{cell} names no model (or experiment)")
+        if "model" not in overrides and "preset" not in overrides:
+            raise KeyError(f"{source}: experiments.{name}.cells.{cell} names no model (or preset)")
         bad = [k for k in overrides if "." not in k and k not in GROUP_KEYS]
         if bad:
             raise KeyError(f"{source}: experiments.{name}.cells.{cell}: {bad} are not config groups "

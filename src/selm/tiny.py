@@ -36,12 +36,12 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
 
-# Parameters with tied embeddings and the 102-token vocabulary: nano 13.6k, small 113k (the toy bases,
-# conf/sft/toy.yaml), base 0.45M.
+# Each size is named by its parameter count (tied embeddings, the 102-token vocabulary): 14k (13,600),
+# 113k (113,344: the toy bases, conf/sft/toy.yaml), 453k (453,024).
 SIZES = {
-    "nano": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2),
-    "small": dict(hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4),
-    "base": dict(hidden_size=96, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4),
+    "14k": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2),
+    "113k": dict(hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4),
+    "453k": dict(hidden_size=96, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4),
 }
 
 
@@ -64,7 +64,7 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     return fast
 
 
-def build_tiny_model(out_dir: str | Path, *, size: str = "small", seed: int = 0, max_positions: int = 256) -> Path:
+def build_tiny_model(out_dir: str | Path, *, size: str = "113k", seed: int = 0, max_positions: int = 256) -> Path:
     """Write a randomly initialised tiny Llama and its tokenizer to `out_dir`; return the folder."""
     if size not in SIZES:
         raise KeyError(f"unknown tiny size '{size}'; known: {sorted(SIZES)}")
@@ -95,7 +95,7 @@ def build_tiny_model(out_dir: str | Path, *, size: str = "small", seed: int = 0,
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir")
-    parser.add_argument("--size", default="small", choices=sorted(SIZES))
+    parser.add_argument("--size", default="113k", choices=sorted(SIZES))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     path = build_tiny_model(args.out_dir, size=args.size, seed=args.seed)

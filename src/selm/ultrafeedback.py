@@ -29,7 +29,7 @@ from selm.provenance import file_sha256
 
 DEFAULT_SOURCE = "HuggingFaceH4/ultrafeedback_binarized"
 SPLITS = ("train_prefs", "test_prefs")
-# Row counts of the hub dataset the paper used; the slice sizes of conf/experiment/paper_*.yaml
+# Row counts of the hub dataset the paper used; the slice sizes of conf/preset/paper_*.yaml
 # are these divided by the number of iterations, so a different count must stop the export.
 EXPECTED_ROWS = {"train_prefs": 61_135, "test_prefs": 2_000}
 # The loop's schema plus UltraFeedback's scores (kept for analyses); other columns (`messages`,

@@ -1,8 +1,8 @@
 """Evaluate the checkpoints of one loop run, or its base model, under a composed config: the paper
 scale's evaluation stage (scales/paper/dvc.yaml).
 
-    python -m selm.cli.evaluate --config-name loop_paper experiment=paper_zephyr run_dir=runs/paper/zephyr-selm
-    python -m selm.cli.evaluate --config-name loop_paper --base experiment=paper_zephyr
+    python -m selm.cli.evaluate --config-name loop_paper preset=paper_zephyr run_dir=runs/paper/zephyr-selm
+    python -m selm.cli.evaluate --config-name loop_paper --base preset=paper_zephyr
 
 Why a command of its own: `selm.cli.stage` composes conf/loop.yaml with one model and takes every
 other section from the toy params.yaml, and its `--set` changes values only; the paper scale
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m selm.cli.evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config-name", default="loop", help="entry config in conf/ (loop, loop_paper)")
     parser.add_argument("--base", action="store_true", help="evaluate the base model (model.path), not the run")
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=paper_zephyr train.alpha=0")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. preset=paper_zephyr train.alpha=0")
     args = parser.parse_args(argv)
     cfg = compose_config(args.config_name, args.overrides)
     try:

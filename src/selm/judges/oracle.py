@@ -1,4 +1,4 @@
-"""The toy world's judge (GPT-4's place at the toy and small scales) behind the judge interface.
+"""The toy world's judge (GPT-4's place at the toy and evalcheck scales) behind the judge interface.
 
 The oracle grades against the gold answer, which the judge interface does not carry: like a real
 judge it sees only the instruction and the outputs. So the oracle is built with the world's eval

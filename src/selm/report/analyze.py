@@ -98,8 +98,8 @@ def heatmaps(spec, fig, judge_cache: Path) -> dict:
     """Every model of a base against every other's AlpacaEval outputs as the reference, judged and
     scored as Table 1 is (selm.evaluate.make_judge, eval.alpaca_eval.glm_data's LC estimator);
     judgments go through `judge_cache`, so a rerun re-judges nothing."""
-    from selm.evals.alpaca import load_outputs, pairwise_matrix
-    from selm.evals.alpaca_data import glm_data
+    from selm.benchmarks.alpaca import load_outputs, pairwise_matrix
+    from selm.benchmarks.alpaca_data import glm_data
     from selm.evaluate import make_judge
 
     cells = _runs_by_cell(spec, fig.experiment)
@@ -444,7 +444,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spec", type=Path, default=Path("experiments/toy.yaml"))
     parser.add_argument("--out", type=Path, default=Path("results/toy/analysis"))
-    parser.add_argument("--paper", type=Path, default=Path("results/paper"), help="the paper's tables (CSV)")
+    parser.add_argument("--paper", type=Path, default=Path("paper"), help="the paper's tables (CSV)")
     args = parser.parse_args(argv)
     spec = load_experiments(args.spec)
     figs = spec.figures

@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     write_text_atomic(tables / "paper_comparison.csv", buf.getvalue())
     write_text_atomic(tables / "paper_comparison.md",
                       "# Tables 1 and 2: ours beside the paper's\n\nOurs: mean ± 95% t interval over seeds; (Δ): change "
-                      "from the model the online iterations start from. Paper: results/paper/*.csv (docs/paper.md). Generated "
+                      "from the model the online iterations start from. Paper: paper/*.csv (docs/paper.md). Generated "
                       "by `python -m selm.report.build`; do not edit.\n\n" + comparison_markdown(comparison) + "\n")
     paired = load("paired_tests.json")
     regimes = load("regime_map.json") if (analysis / "regime_map.json").is_file() else None
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     run_configs = {}
     for run_dir in layout.all_run_dirs():
         run_configs[str(run_dir)] = config_hash(json.loads((run_dir / layout.RUN_CONFIG).read_text()))
-    write_json_atomic(tables / "provenance.json", {**provenance(command="dvc repro dvc.yaml (report stage)"),
+    write_json_atomic(tables / "provenance.json", {**provenance(command="dvc repro scales/toy/dvc.yaml (report stage)"),
                                                     "runs": run_configs})
     _log_figures_to_wandb(pngs, args.scale, spec_config(spec).logger)
     print(f"wrote {args.report}, {len(pngs)} figures in {figdir}")

@@ -380,7 +380,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="recompute claims.json and comparison.json from the analysis files")
     parser.add_argument("--spec", type=Path, default=Path("experiments/toy.yaml"))
     parser.add_argument("--analysis", type=Path, default=Path("results/toy/analysis"))
-    parser.add_argument("--paper", type=Path, default=Path("results/paper"))
+    parser.add_argument("--paper", type=Path, default=Path("paper"))
     args = parser.parse_args(argv)
     write(load_experiments(args.spec), args.spec, args.analysis, args.paper,
           f"python -m selm.report.claims --spec {args.spec} --analysis {args.analysis}")

@@ -11,7 +11,7 @@ from pathlib import Path
 from selm import layout
 from selm.report.stats import mean_ci
 
-# our base -> the paper's base in results/paper/*.csv
+# our base -> the paper's base in paper/*.csv
 PAPER_BASE = {"tiny-sft": "zephyr", "tiny-instruct": "llama3",  # the toy bases play the paper's
               "zephyr-7b-sft": "zephyr", "llama3-8b-instruct": "llama3",
               "rehearsal-zephyr": "zephyr", "rehearsal-llama3": "llama3"}  # the rehearsal's stand-ins

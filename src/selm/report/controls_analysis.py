@@ -15,7 +15,7 @@ setting of the world in which the positive control works: per setting, explorer 
 the first online iteration and at the last, beside what each arm trains on (`pair_quality`).
 
 The paper's claimed gain on the same scale: (SELM iter3 - DPO iter3) / (DPO iter3 - the model the
-online iterations start from), read from results/paper/table1_alpacaeval_mtbench.csv (Zephyr:
+online iterations start from), read from paper/table1_alpacaeval_mtbench.csv (Zephyr:
 2.06 / 6.78 LC), times the toy DPO arm's own gain over its start (r* at the last iteration minus r*
 at the iteration the online loop starts from).
 
@@ -247,7 +247,7 @@ def analyze(spec_path: Path, root: Path = Path("."), allow_unfinished: bool = Fa
         if missing:
             raise KeyError(f"{spec_path}: controls has no {[SECTIONS[s] for s in missing]} for section(s) {missing}")
         c = {k: v for k, v in c.items() if k not in SECTIONS.values() or k in {SECTIONS[s] for s in sections}}
-    fraction = paper_fraction(root / "results" / "paper" / "table1_alpacaeval_mtbench.csv", c.get("paper_base", "zephyr"))
+    fraction = paper_fraction(root / "paper" / "table1_alpacaeval_mtbench.csv", c.get("paper_base", "zephyr"))
     out = {}
     if "screening" in c:
         out["screening"] = {"rows": [screening_row(item, root) for item in c["screening"]],

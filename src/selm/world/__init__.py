@@ -1,6 +1,6 @@
 """The toy world: a synthetic instruction-following world with a known true reward r*.
 
-It stands in, at the toy and small scales, for UltraFeedback (preference corpus), UltraChat-style
+It stands in, at the toy and evalcheck scales, for UltraFeedback (preference corpus), UltraChat-style
 SFT data, PairRM (``OracleRanker``), the GPT-4 judge (``OracleJudge``) and the evaluation sets.
 See docs/design.md section 3.  ``build_world`` is imported lazily so that ``python -m selm.world.build``
 does not find its own module already imported.

@@ -1,5 +1,5 @@
-"""The small scale's fetch / convert / MT-Bench pieces (selm.artifacts, selm.evals.mt_bench_data,
-selm.evals.mt_bench, the commands of selm.cli.small), offline and fast.
+"""The evalcheck scale's fetch / convert / MT-Bench pieces (selm.artifacts, selm.benchmarks.mt_bench_data,
+selm.benchmarks.mt_bench, the commands of selm.cli.evalcheck), offline and fast.
 
 The GGUF path is exercised on a tiny llama GGUF written here with the `gguf` package (byte-level BPE
 vocabulary of 261 tokens, ChatML template), so the same transformers code that dequantises the real
@@ -18,8 +18,8 @@ import torch
 from judge_server import JudgeServer, text_reply
 
 from selm import artifacts
-from selm.cli import small as cli
-from selm.evals import mt_bench, mt_bench_data
+from selm.cli import evalcheck as cli
+from selm.benchmarks import mt_bench, mt_bench_data
 from selm.data import encode_prompt_answer
 from selm.io import DataError
 from selm.provenance import file_sha256
@@ -289,7 +289,7 @@ def test_extract_mt_bench_copies_fastchat_files_and_records_the_source(tmp_path)
     assert source["n_questions"] == 8 and source["n_references"] == 6
     assert source["categories"] == {"writing": 2, "math": 2, "reasoning": 2, "coding": 2}
 
-    from selm.evals.mt_bench import load_answers, load_questions
+    from selm.benchmarks.mt_bench import load_answers, load_questions
 
     assert [q["question_id"] for q in load_questions(tmp_path / "mt" / "question.jsonl")] == list(range(1, 9))
     assert set(load_answers(tmp_path / "mt" / "reference_answer" / "gpt-4.jsonl")) == {1, 2, 3, 5, 6, 7}
@@ -381,7 +381,7 @@ def test_real_smollm2_conversion_and_mt_bench(tmp_path):
 
 
 def test_model_config_and_pipeline_agree():
-    """conf/model/smollm2-135m-instruct.yaml composes, and the small pipeline converts to its path."""
+    """conf/model/smollm2-135m-instruct.yaml composes, and the evalcheck pipeline converts to its path."""
     import yaml
 
     from selm.config import compose_config
@@ -390,8 +390,8 @@ def test_model_config_and_pipeline_agree():
     cfg = compose_config("train", ["model=smollm2-135m-instruct", "pairs=x"])
     assert cfg.model.name == artifacts.MODEL_ID and cfg.model.system_prompt is None
     assert cfg.model.offline_dpo_iteration is False and list(cfg.model.iterations) == [1, 2, 3]
-    params = yaml.safe_load((root / "scales" / "small" / "params.yaml").read_text())
-    stages = yaml.safe_load((root / "scales" / "small" / "dvc.yaml").read_text())["stages"]
+    params = yaml.safe_load((root / "scales" / "evalcheck" / "params.yaml").read_text())
+    stages = yaml.safe_load((root / "scales" / "evalcheck" / "dvc.yaml").read_text())["stages"]
     assert params["model"]["path"] == cfg.model.path and params["model"]["id"] == cfg.model.name
     assert params["mt_bench"]["version"] == mt_bench_data.MTBENCH_VERSION
     assert list(stages) == ["convert", "mt_bench_data", "answers", "grade", "toy_eval"]

