@@ -147,3 +147,22 @@ def test_claims_without_an_analysis_file_name_it(tmp_path, monkeypatch):
     (tmp_path / "analysis").mkdir()
     with pytest.raises(FileNotFoundError, match=r"analysis/figure3_alpha.json is missing: run python -m selm.report.analyze"):
         claims.write(spec, Path("experiments/toy.yaml"), tmp_path / "analysis", repo / "paper", "test")
+
+
+def test_the_report_lists_only_its_own_experiments_runs(tmp_path):
+    """provenance.json names the runs the report is built from: a controls run or an ad-hoc run
+    below runs/ is no input of the toy report."""
+    import json
+
+    from selm.provenance import config_hash
+    from selm.report.build import report_runs
+
+    made = {}
+    for experiment, cell in (("main", "tiny-sft/alpha0.1"), ("control_weak", "dpo/alpha0.0"), ("adhoc", "x/alpha0.0")):
+        run = tmp_path / experiment / cell / "seed42"
+        run.mkdir(parents=True)
+        config = {"experiment": experiment}
+        (run / "config.json").write_text(json.dumps(config))
+        made[str(run)] = config_hash(config)
+    main_run = str(tmp_path / "main" / "tiny-sft" / "alpha0.1" / "seed42")
+    assert report_runs({"main", "alpha"}, tmp_path) == {main_run: made[main_run]}

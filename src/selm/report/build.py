@@ -149,6 +149,13 @@ def _log_figures_to_wandb(paths: list[Path], scale: str, logger) -> None:
     run.finish()
 
 
+def report_runs(experiments: set[str], root: Path = layout.RUNS) -> dict[str, str]:
+    """run folder -> config hash of the runs of these experiments only: other folders below runs/
+    (another spec's experiments, ad-hoc runs) are no input of this report."""
+    return {str(run_dir): config_hash(json.loads((run_dir / layout.RUN_CONFIG).read_text()))
+            for run_dir in layout.all_run_dirs(root) if run_dir.relative_to(root).parts[0] in experiments}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spec", type=Path, default=Path("experiments/toy.yaml"))
@@ -187,11 +194,11 @@ def main(argv: list[str] | None = None) -> None:
 
     report = render_report(args, spec, comparison, paired, regimes, load, fig1_facts, tables, figdir)
     write_text_atomic(args.report, report)
-    run_configs = {}
-    for run_dir in layout.all_run_dirs():
-        run_configs[str(run_dir)] = config_hash(json.loads((run_dir / layout.RUN_CONFIG).read_text()))
-    write_json_atomic(tables / "provenance.json", {**provenance(command="dvc repro scales/toy/dvc.yaml (report stage)"),
-                                                    "runs": run_configs})
+    run_configs = report_runs(set(spec.get("experiments", {})))
+    command = f"{spec.report.command} (report stage)" if "report" in spec and "command" in spec.report else None
+    if command is None:
+        raise KeyError(f"{args.spec}: no report.command (the command that rebuilds this scale's report)")
+    write_json_atomic(tables / "provenance.json", {**provenance(command=command), "runs": run_configs})
     _log_figures_to_wandb(pngs, args.scale, spec_config(spec).logger)
     print(f"wrote {args.report}, {len(pngs)} figures in {figdir}")
 
