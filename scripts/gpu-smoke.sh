@@ -71,7 +71,7 @@ stage alpaca_data "$PY" -m selm.benchmarks.alpaca_data --out data/rehearsal/alpa
 if [[ -f data/rehearsal/mt_bench/question.jsonl ]]; then
   printf '%-34s %5ss %s\n' mt_bench_data 0 "OK (copied from the repository's data/rehearsal/mt_bench)"
 else
-  stage mt_bench_data "$PY" -m selm.cli.evalcheck mt-bench --out data/rehearsal/mt_bench --version 26.3
+  stage mt_bench_data "$PY" -m selm.cli.fetch mt-bench --out data/rehearsal/mt_bench --version 26.3
 fi
 # STAND-INS: the models stage of scales/rehearsal/dvc.yaml
 stage models@rehearsal-zephyr "$PY" -m selm.standins zephyr models/rehearsal-zephyr

