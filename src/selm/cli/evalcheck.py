@@ -19,7 +19,7 @@ import sys
 
 from selm.artifacts import MODEL_ID, FetchError
 from selm.benchmarks.mt_bench import generate_real_answers, grade_real_answers
-from selm.cli import optional as _optional
+from selm.cli.args import optional as _optional
 from selm.io import DataError
 
 

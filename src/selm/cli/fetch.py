@@ -18,7 +18,7 @@ import sys
 
 from selm.artifacts import FetchError, convert
 from selm.benchmarks.mt_bench_data import MTBENCH_VERSION, fetch_mt_bench
-from selm.cli import optional
+from selm.cli.args import optional
 from selm.io import DataError
 
 
