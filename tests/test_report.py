@@ -164,5 +164,6 @@ def test_the_report_lists_only_its_own_experiments_runs(tmp_path):
         config = {"experiment": experiment}
         (run / "config.json").write_text(json.dumps(config))
         made[str(run)] = config_hash(config)
+    (tmp_path / "main" / "tiny-sft" / "alpha0.0" / "seed42").mkdir(parents=True)  # no config: not a run yet
     main_run = str(tmp_path / "main" / "tiny-sft" / "alpha0.1" / "seed42")
     assert report_runs({"main", "alpha"}, tmp_path) == {main_run: made[main_run]}

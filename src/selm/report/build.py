@@ -152,8 +152,9 @@ def _log_figures_to_wandb(paths: list[Path], scale: str, logger) -> None:
 def report_runs(experiments: set[str], root: Path = layout.RUNS) -> dict[str, str]:
     """run folder -> config hash of the runs of these experiments only: other folders below runs/
     (another spec's experiments, ad-hoc runs) are no input of this report."""
-    return {str(run_dir): config_hash(json.loads((run_dir / layout.RUN_CONFIG).read_text()))
-            for run_dir in layout.all_run_dirs(root) if run_dir.relative_to(root).parts[0] in experiments}
+    return {str(run.path): config_hash(json.loads((run.path / layout.RUN_CONFIG).read_text()))
+            for experiment in sorted(experiments)
+            for run in layout.experiment_runs(Path(root) / experiment, having=layout.RUN_CONFIG)}
 
 
 def main(argv: list[str] | None = None) -> None:
