@@ -92,3 +92,24 @@ def test_unsupported_models_go_through_generate(model_and_tokenizer, monkeypatch
     decode.generate(model, input_ids=input_ids, attention_mask=attention_mask, top_k=0, do_sample=True,
                     max_new_tokens=3, eos_token_id=2, pad_token_id=0)
     assert calls == [("hf", 50), "lean"]
+
+
+def test_the_decode_benchmark_compares_both_paths_on_the_same_answers(tiny_model, tmp_path):
+    import argparse
+    import json
+
+    from selm import bench_decode
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    args = argparse.Namespace(model=tiny_model, prompts_file=prompts, prompts=6, samples=2, max_new_tokens=8,
+                              rounds=2, out=tmp_path / "decode.json")
+    result = json.loads((bench_decode.bench_decode(args, "test") and args.out).read_text())
+    assert result["answers_identical"] and result["prompts"] == 6 and len(result["rounds"]) == 2
+    for r in result["rounds"]:  # greedy (1 answer) + 2 samples per prompt, each at most 8 tokens
+        assert r["lean"]["tokens"] == r["generate"]["tokens"] <= 6 * 3 * 8
+        assert r["speedup"] == pytest.approx(r["generate"]["seconds"] / r["lean"]["seconds"], rel=0.02)  # of unrounded times
+    assert decode.supports.__name__ == "supports"  # restored after the comparison
+    args.model = tmp_path / "absent"
+    with pytest.raises(FileNotFoundError, match="--model"):
+        bench_decode.bench_decode(args, "test")

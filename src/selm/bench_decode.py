@@ -1,0 +1,77 @@
+"""`python -m selm.bench decode`: the lean decoding loop (selm.decode) against transformers' `generate`
+on the toy scale's own generation workload, side by side in one process.
+
+The workload is a loop evaluation with coverage: greedy answers to the held-out prompts, then 8 samples
+at T = 1 per prompt (HFBackend, batches of 64 sequences, one torch thread as in the experiment
+workers). Each round runs both paths on the same model and prompts, alternating which goes first;
+the answers must be identical (the benchmark fails otherwise), and the figures are seconds and
+generated tokens per second of each path, plus their ratio per round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from selm import decode
+from selm.io import read_jsonl, write_json_atomic
+from selm.provenance import provenance
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", type=Path, default=Path("models/tiny-sft"),
+                        help="a tiny checkpoint (`make repro` trains models/tiny-sft)")
+    parser.add_argument("--prompts-file", type=Path, default=Path("data/world/test_prefs.jsonl"))
+    parser.add_argument("--prompts", type=int, default=300)
+    parser.add_argument("--samples", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path("results/bench/decode.json"))
+
+
+def _workload(backend, prompts: list[str], samples: int, max_new_tokens: int) -> tuple[list, float, int]:
+    start, tokens, answers = time.perf_counter(), 0, []
+    for n, do_sample, seed in ((1, False, 0), (samples, True, 1)):
+        answers.append(backend.generate(prompts, n=n, do_sample=do_sample, temperature=1.0, top_p=1.0,
+                                        max_new_tokens=max_new_tokens, seed=seed))
+        tokens += backend.last_stats["tokens"]
+    return answers, time.perf_counter() - start, tokens
+
+
+def bench_decode(args: argparse.Namespace, command: str) -> dict:
+    from selm.generation import HFBackend
+
+    for path, what in ((args.model / "config.json", "--model"), (args.prompts_file, "--prompts-file")):
+        if not path.is_file():
+            raise FileNotFoundError(f"{what}: {path} does not exist (`make repro` builds the toy world and bases)")
+    torch.set_num_threads(1)
+    prompts = [r["prompt"] for r in read_jsonl(args.prompts_file)][: args.prompts]
+    backend = HFBackend(str(args.model), progress=False, device="cpu")
+    if not decode.supports(backend.model):
+        raise ValueError(f"{args.model}: selm.decode does not support this model, so there is nothing to compare")
+    supports, rounds = decode.supports, []
+    for r in range(args.rounds):
+        figures = {}
+        for path in (("lean", "generate") if r % 2 == 0 else ("generate", "lean")):
+            decode.supports = supports if path == "lean" else (lambda *a, **k: False)
+            try:
+                figures[path] = _workload(backend, prompts, args.samples, args.max_new_tokens)
+            finally:
+                decode.supports = supports
+        if figures["lean"][0] != figures["generate"][0]:
+            raise AssertionError(f"round {r}: the lean loop's answers differ from generate's")
+        rounds.append({path: {"seconds": round(s, 3), "tokens": n, "tokens_per_s": round(n / s, 1)}
+                       for path, (_, s, n) in figures.items()})
+        rounds[-1]["speedup"] = round(figures["generate"][1] / figures["lean"][1], 3)
+        print(f"round {r}: lean {rounds[-1]['lean']['seconds']:.2f} s, generate {rounds[-1]['generate']['seconds']:.2f} s,"
+              f" {rounds[-1]['speedup']:.2f}x, answers identical", flush=True)
+    prov = provenance(command=command)
+    result = {"model": str(args.model), "prompts": len(prompts), "samples": args.samples,
+              "max_new_tokens": args.max_new_tokens, "threads": torch.get_num_threads(), "answers_identical": True,
+              "rounds": rounds, "speedup": [r["speedup"] for r in rounds], "git_commit": prov["git_commit"],
+              "command": command, "provenance": prov}
+    write_json_atomic(args.out, result)
+    return result
