@@ -13,7 +13,8 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from selm.experiments import expand, load_experiments, run_experiment
+from selm import layout
+from selm.experiments import expand, load_experiments, run_experiment, run_experiments
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -148,6 +149,37 @@ def test_a_failing_run_is_reported_and_the_others_finish(mini, tmp_path):
     finally:
         os.chdir(old)
     assert len(list((tmp_path / "runs" / "e" / "c").rglob("summary.json"))) == 4  # the good runs finished
+
+
+def test_several_experiments_run_in_one_pool_and_keep_their_own_manifests(mini, tmp_path):
+    spec = yaml.safe_load((mini / "spec.yaml").read_text())
+    good = spec["experiments"]["e"]["cells"]["c"]
+    spec["experiments"]["f"] = {"eval": [], "alphas": [0.0], "seeds": [1],
+                                "cells": {"bad": {**good, "model.path": str(tmp_path / "missing")}}}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    old = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        with pytest.raises(RuntimeError, match=r"1 of 5 runs of experiments 'e', 'f' failed:[\s\S]*f/bad/alpha0.0/seed1"):
+            run_experiments(["e", "f"], tmp_path / "spec.yaml", mini / "params.yaml", workers=2)
+        manifests = {name: json.loads(layout.experiment_manifest(name).read_text()) for name in "ef"}
+    finally:
+        os.chdir(old)
+    assert [r["ok"] for r in manifests["e"]["runs"]] == [True] * 4 and [r["ok"] for r in manifests["f"]["runs"]] == [False]
+    assert len(list((tmp_path / "runs" / "e").rglob("summary.json"))) == 4  # e's runs finished beside f's failure
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["experiment"], "name the experiments, or give --all"),
+    (["experiment", "main", "--all"], "name the experiments, or give --all"),
+    (["experiment", "mian"], "error: experiment mian: .*no experiment 'mian'; known: \\['ablations', 'alpha', 'main', 'regimes'\\]"),
+])
+def test_the_experiment_stage_refuses_unclear_names(argv, message, capsys):
+    from selm.cli.stage import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--params", str(ROOT / "params.yaml"), *argv, "--spec", str(ROOT / "experiments" / "toy.yaml")])
+    assert __import__("re").search(message, str(exit_.value.code) + capsys.readouterr().err)
 
 
 @pytest.mark.slow

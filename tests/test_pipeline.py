@@ -42,10 +42,12 @@ def test_dvc_experiment_outs_hold_every_run_and_persist():
     from selm.experiments import expand, load_experiments
 
     stages = yaml.safe_load((ROOT / "scales" / "toy" / "dvc.yaml").read_text())["stages"]
-    # persist: DVC must not delete a crashed run's finished iterations before rerunning the stage
-    assert stages["experiment"]["do"]["outs"] == [{"runs/${key}": {"persist": True}},
-                                                  {"evals/${key}": {"persist": True}}]
     spec = load_experiments(ROOT / "experiments" / "toy.yaml")
+    # one stage runs every experiment of the spec (`--all`): its outs must name each one, and
+    # persist: DVC must not delete a crashed run's finished iterations before rerunning the stage
+    assert stages["experiments"]["cmd"].endswith("experiment --all")
+    assert stages["experiments"]["outs"] == [{f"{top}/{name}": {"persist": True}}
+                                             for name in spec.experiments for top in ("runs", "evals")]
     for name in spec.experiments:
         for run in expand(spec, name):
             assert run.run_dir.parts[:2] == ("runs", name) and run.eval_dir.parts[:2] == ("evals", name)

@@ -2,10 +2,12 @@
 
 An experiment is cells x alphas x seeds. Each run is the online loop of one cell (selm.loop) and
 then the experiment's evaluations of every checkpoint (selm.evaluate). A DVC stage runs one
-experiment with a pool of worker processes, one torch thread each, so the results do not depend
-on the number of workers; every run resumes from its files after a crash.
+experiment (the paper scale) or several (the toy scale: every experiment of the spec) with one pool of
+worker processes, one torch thread each, so the results do not depend on the number of workers;
+every run resumes from its files after a crash.
 
     python -m selm.cli.stage experiment main
+    python -m selm.cli.stage experiment --all    # every experiment of the spec, one pool
 """
 
 from __future__ import annotations
@@ -227,14 +229,26 @@ def _finished(result: tuple[str, str | None, dict], errors: dict, bar) -> None:
 
 def run_experiment(name: str, spec_file: Path, params_file: Path, workers: int | None = None,
                    threads: int = 1) -> list[Run]:
-    """Every run of the experiment; a failing run does not stop the others, and the error lists
-    each failure with its traceback once all are done (finished runs stay on disk)."""
+    """Every run of one experiment (run_experiments with one name)."""
+    return run_experiments([name], spec_file, params_file, workers, threads)
+
+
+def run_experiments(names: list[str], spec_file: Path, params_file: Path, workers: int | None = None,
+                    threads: int = 1) -> list[Run]:
+    """Every run of the named experiments, in one worker pool (so the workers start once, and none
+    waits idle for the last run of one experiment while the next has runs to do). A failing run does
+    not stop the others, and the error lists each failure with its traceback once all are done
+    (finished runs stay on disk)."""
     spec = load_experiments(spec_file)
-    runs = expand(spec, name, str(spec_file))
+    if len(set(names)) != len(names):
+        raise ValueError(f"{spec_file}: experiments named more than once: {names}")
+    by_name = {name: expand(spec, name, str(spec_file)) for name in names}
+    runs = [run for name in names for run in by_name[name]]
     workers = workers or int(spec.get("workers", 1))
+    title = f"experiment{'s' if len(names) > 1 else ''} {' '.join(names)}"
     start = time.perf_counter()
     errors: dict[str, str | None] = {}
-    with console.progress(len(runs), f"experiment {name}", "runs") as bar:
+    with console.progress(len(runs), title, "runs") as bar:
         if workers <= 1:
             _init_worker(threads)
             for run in runs:
@@ -245,13 +259,15 @@ def run_experiment(name: str, spec_file: Path, params_file: Path, workers: int |
                 for future in as_completed([pool.submit(_execute_safely, r, params_file) for r in runs]):
                     _finished(future.result(), errors, bar)
     failures = [f"--- {r.name}\n{errors[r.name]}" for r in runs if errors[r.name]]
-    console.summary(f"experiment {name}", f"{len(runs) - len(failures)}/{len(runs)} runs done"
+    console.summary(title, f"{len(runs) - len(failures)}/{len(runs)} runs done"
                     + (f", {len(failures)} failed" if failures else ""), start)
-    # the experiment's manifest (also makes evals/<name> exist when the experiment evaluates nothing)
-    write_json_atomic(layout.experiment_manifest(name), {
-        "experiment": name, "spec": str(spec_file), "eval": list(runs[0].eval_parts) if runs else [],
-        "runs": [{"run": r.name, "run_dir": str(r.run_dir), "eval_dir": str(r.eval_dir),
-                  "ok": not errors[r.name]} for r in runs]})
+    for name, own in by_name.items():
+        # the experiment's manifest (also makes evals/<name> exist when the experiment evaluates nothing)
+        write_json_atomic(layout.experiment_manifest(name), {
+            "experiment": name, "spec": str(spec_file), "eval": list(own[0].eval_parts) if own else [],
+            "runs": [{"run": r.name, "run_dir": str(r.run_dir), "eval_dir": str(r.eval_dir),
+                      "ok": not errors[r.name]} for r in own]})
     if failures:
-        raise RuntimeError(f"{len(failures)} of {len(runs)} runs of experiment {name!r} failed:\n" + "\n".join(failures))
+        which = f"experiment {names[0]!r}" if len(names) == 1 else f"experiments {', '.join(map(repr, names))}"
+        raise RuntimeError(f"{len(failures)} of {len(runs)} runs of {which} failed:\n" + "\n".join(failures))
     return runs

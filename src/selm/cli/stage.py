@@ -3,6 +3,7 @@
 
     python -m selm.cli.stage sft tiny-sft
     python -m selm.cli.stage experiment main             # every run of experiments/toy.yaml's `main`
+    python -m selm.cli.stage experiment --all            # every experiment of the spec, one worker pool
     python -m selm.cli.stage loop tiny-sft 0.01 42       # one ad-hoc run (runs/adhoc/...)
     python -m selm.cli.stage eval-base tiny-sft          # AlpacaEval, MT-Bench, lm-eval of the SFT base
 """
@@ -82,8 +83,10 @@ def main(argv: list[str] | None = None) -> None:
     p_loop.add_argument("seed", type=int)
     p_eval_base = sub.add_parser("eval-base", help="AlpacaEval, MT-Bench and lm-eval of an SFT base")
     p_eval_base.add_argument("base")
-    p_exp = sub.add_parser("experiment", help="every run of one named experiment, then its evaluations")
-    p_exp.add_argument("name")
+    p_exp = sub.add_parser("experiment", help="every run of the named experiments (one worker pool), then their "
+                           "evaluations")
+    p_exp.add_argument("names", nargs="*", metavar="name")
+    p_exp.add_argument("--all", action="store_true", help="every experiment of the spec")
     p_exp.add_argument("--spec", type=Path, default=Path("experiments/toy.yaml"))
     p_exp.add_argument("--workers", type=int, default=None, help="default: the spec's `workers`")
     args = parser.parse_args(argv)
@@ -109,16 +112,20 @@ def main(argv: list[str] | None = None) -> None:
         console.summary(f"eval-base {args.base}", f"{', '.join(cfg.eval.get('parts', PARTS))} "
                         f"-> {out} ({len([v for v in metrics.values() if isinstance(v, float)])} scores)", start)
     else:
-        from selm.experiments import run_experiment
+        from selm.experiments import load_experiments, run_experiments
         from selm.io import DataError
 
         if args.set:
             parser.error("--set does not apply to `experiment`: change experiments/*.yaml or params.yaml")
-        try:
-            preflight(args.name, args.spec, args.params)
-        except (FileNotFoundError, DataError, ConnectionError) as e:
-            sys.exit(f"error: experiment {args.name}: {e}")
-        run_experiment(args.name, args.spec, args.params, workers=args.workers)
+        if bool(args.names) == args.all:
+            parser.error("experiment: name the experiments, or give --all (not both)")
+        names = list(load_experiments(args.spec).experiments) if args.all else args.names
+        for name in names:
+            try:
+                preflight(name, args.spec, args.params)
+            except (FileNotFoundError, DataError, ConnectionError, KeyError) as e:
+                sys.exit(f"error: experiment {name}: {e.args[0] if isinstance(e, KeyError) else e}")
+        run_experiments(names, args.spec, args.params, workers=args.workers)
 
 
 if __name__ == "__main__":
