@@ -113,3 +113,4 @@ def test_the_decode_benchmark_compares_both_paths_on_the_same_answers(tiny_model
     args.model = tmp_path / "absent"
     with pytest.raises(FileNotFoundError, match="--model"):
         bench_decode.bench_decode(args, "test")
+

