@@ -160,11 +160,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"-> {args.out}")
         return
     if args.what == "floor":
-        result = bench_floor.bench_floor(args, "python -m selm.bench " + " ".join(argv if argv is not None else sys.argv[1:]))
-        print(f"training and reference passes: {result['experiments_training_cpu_seconds']:.0f} CPU s over "
-              f"{result['workers']} workers: >= {result['experiments_training_wall_floor_seconds']:.0f} s of wall time; "
-              f"SFT {result['sft_seconds']}")
-        print(f"-> {args.out}")
+        bench_floor.report(bench_floor.bench_floor(args, "python -m selm.bench " + " ".join(
+            argv if argv is not None else sys.argv[1:])), args.out)
         return
     if args.what == "decode":
         bench_decode.bench_decode(args, "python -m selm.bench " + " ".join(argv if argv is not None else sys.argv[1:]))

@@ -6,13 +6,15 @@ are fixed by the numerics: the same batches, shapes and kernels are what make th
 identical, so no speed-up that keeps the results can remove them. Summed over the experiments' runs
 (a shared iteration 0 counted once) and divided by the workers that ran them in parallel,
 they bound from below what `dvc repro` of the toy scale can take on the machine that made them.
-Read it beside results/bench/repro_stages.json of the same run.
+Read it beside results/bench/repro_stages.json of the same run; `make repro` writes both.
+(`python -m selm.bench_floor` is the same command without the other benchmarks' imports.)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from selm import layout
@@ -71,3 +73,23 @@ def bench_floor(args: argparse.Namespace, command: str) -> dict:
     result.update(git_commit=prov["git_commit"], command=command, provenance=prov)
     write_json_atomic(args.out, result)
     return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    result = bench_floor(args, "python -m selm.bench floor " + " ".join(argv if argv is not None else sys.argv[1:]))
+    report(result, args.out)
+    return result
+
+
+def report(result: dict, out: Path) -> None:
+    print(f"training and reference passes: {result['experiments_training_cpu_seconds']:.0f} CPU s over "
+          f"{result['workers']} workers: >= {result['experiments_training_wall_floor_seconds']:.0f} s of wall time; "
+          f"SFT {result['sft_seconds']} s")
+    print(f"-> {out}")
+
+
+if __name__ == "__main__":
+    main()
