@@ -24,8 +24,8 @@ LAYERS = [
         "selm.logps", "selm.generation", "selm.trainer", "selm.pairrm", "selm.rankers", "selm.judges",
         "selm.artifacts"}),
     ("recipes: one iteration, SFT, the loop, exports, evaluations, stand-ins", {
-        "selm.train", "selm.sft", "selm.loop", "selm.evalstore", "selm.ultrafeedback", "selm.benchmarks", "selm.evaluate",
-        "selm.standins", "selm.judge_server"}),
+        "selm.train", "selm.sft", "selm.loop", "selm.evalstore", "selm.ultrafeedback", "selm.benchmarks",
+        "selm.evaluate", "selm.standins", "selm.judge_server"}),
     ("orchestration: experiments, benchmarks, the stage-time table, the W&B workspace", {
         "selm.experiments", "selm.bench", "selm.bench_train", "selm.bench_growth", "selm.stagetable",
         "selm.dashboard"}),
