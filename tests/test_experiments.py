@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 
 from selm import layout
 from selm.experiments import expand, load_experiments, run_experiment, run_experiments
+from selm.stagelog import take_counts
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -97,7 +98,7 @@ def mini(tmp_path_factory, tiny_model):
                  "slice_size": 8},
         "eval": {"n_prompts": 4, "coverage_samples": 2},
         "scale": {"max_new_tokens": 6},
-        "paths": {"ref_cache_dir": str(root / "cache"), "shared_runs": str(root / "shared")},
+        "paths": {"ref_cache_dir": str(root / "cache"), "shared_runs": "shared"},  # one store per folder run in
     }
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     cell = {"model": "tiny-sft", "model.path": str(tiny_model), "model.offline_dpo_iteration": False,
@@ -129,11 +130,17 @@ def _run_in(cwd: Path, mini: Path, workers: int) -> None:
 def test_worker_count_does_not_change_results(mini, tmp_path):
     (tmp_path / "one").mkdir()
     (tmp_path / "two").mkdir()
+    take_counts()
     _run_in(tmp_path / "one", mini, workers=1)
+    counts_one = take_counts()
     _run_in(tmp_path / "two", mini, workers=2)
+    counts_two = take_counts()
     one, two = _results(tmp_path / "one"), _results(tmp_path / "two")
     assert len(one) == 4 * 3 + 4 * 2  # 4 runs x (base, iter1, iter2) evals + 4 runs x 2 checkpoints
     assert one == two
+    # the base's evaluation is shared by the 4 runs; each run's iter1 and iter2 are its own
+    for counts in (counts_one, counts_two):
+        assert (counts["runs"], counts["r* evaluations computed"], counts["r* evaluations linked"]) == (4, 1 + 8, 3)
 
 
 def test_a_failing_run_is_reported_and_the_others_finish(mini, tmp_path):

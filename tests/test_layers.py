@@ -20,14 +20,15 @@ LAYERS = [
         "selm", "selm.io", "selm.layout", "selm.config", "selm.compose", "selm.determinism", "selm.provenance",
         "selm.checkpoints", "selm.tracking", "selm.losses", "selm.tiny", "selm.console", "selm.stagelog"}),
     ("data: pairs and batches; the toy world", {"selm.data", "selm.world"}),
-    ("parts: reference log-probs, generation, the trainer, rankers, judges, external artifacts", {
-        "selm.logps", "selm.generation", "selm.trainer", "selm.pairrm", "selm.rankers", "selm.judges",
+    ("parts: reference log-probs, decoding, generation, the trainer, rankers, judges, external artifacts", {
+        "selm.logps", "selm.decode", "selm.generation", "selm.trainer", "selm.pairrm", "selm.rankers", "selm.judges",
         "selm.artifacts"}),
     ("recipes: one iteration, SFT, the loop, exports, evaluations, stand-ins", {
-        "selm.train", "selm.sft", "selm.loop", "selm.ultrafeedback", "selm.benchmarks", "selm.evaluate",
-        "selm.standins", "selm.judge_server"}),
+        "selm.train", "selm.sft", "selm.loop", "selm.evalstore", "selm.ultrafeedback", "selm.benchmarks",
+        "selm.evaluate", "selm.standins", "selm.judge_server"}),
     ("orchestration: experiments, benchmarks, the stage-time table, the W&B workspace", {
-        "selm.experiments", "selm.bench", "selm.bench_train", "selm.bench_growth", "selm.stagetable",
+        "selm.experiments", "selm.bench", "selm.bench_train", "selm.bench_growth", "selm.bench_decode",
+        "selm.bench_floor", "selm.stagetable",
         "selm.dashboard"}),
     ("report: analyses, tables, figures", {"selm.report"}),
     ("entry points", {"selm.cli"}),

@@ -111,16 +111,18 @@ def expand(spec: DictConfig, name: str, source: str = "experiments") -> list[Run
 
 def execute(run: Run, params_file: Path) -> dict:
     """The loop of one run, then the evaluation of each of its checkpoints (skipping finished work).
-    Returns what it did (files written anew), for the stage's time table."""
+    Returns what it did (files written anew, r* evaluations computed or linked), for the stage's time table."""
+    from selm import evalstore
     from selm.loop import run_loop
 
     cfg = run.config(params_file)
     freeze_heap()
     before = output_state(run)
+    evalstore.take_counts()  # left by a run of this process that failed (which reported nothing)
     run_loop(cfg)
     if run.eval_parts:
         evaluate_run(cfg, run.eval_dir)
-    return {"run": run.name, "did": work_done(before, output_state(run))}
+    return {"run": run.name, "did": {**work_done(before, output_state(run)), **evalstore.take_counts()}}
 
 
 def freeze_heap() -> None:
@@ -141,18 +143,18 @@ def freeze_heap() -> None:
     gc.freeze()
 
 
-# What a run's files say it did: a checkpoint's train_metrics.json, an r* evaluation's eval.json,
-# a checkpoint evaluation's metrics.json. Each is written atomically (a new inode), so one that is
-# new or changed was made by this invocation. A hard-linked checkpoint is iteration 0, trained once
-# in the shared folder (selm.loop) and linked into the run.
-OUTPUT_KINDS = {layout.TRAIN_METRICS: "iterations trained", layout.LOOP_EVAL: "r* evaluations",
-                layout.EVAL_METRICS: "checkpoint evaluations"}
+# What a run's files say it did: a checkpoint's train_metrics.json, a checkpoint evaluation's
+# metrics.json. Each is written atomically (a new inode), so one that is new or changed was made by
+# this invocation. A hard-linked checkpoint is iteration 0, trained once in the shared folder
+# (selm.loop) and linked into the run. The r* evaluations (eval.json) are hard-linked from their
+# shared store whether this run computed them or not: selm.evalstore counts which.
+OUTPUT_KINDS = {layout.TRAIN_METRICS: "iterations trained", layout.EVAL_METRICS: "checkpoint evaluations"}
 
 
 def output_state(run: Run) -> dict[str, tuple]:
     state = {}
     patterns = [(run.run_dir, f"{layout.ITERATION_GLOB}/{layout.MODEL}/{layout.TRAIN_METRICS}"),
-                (run.run_dir, f"*/{layout.LOOP_EVAL}"), (run.eval_dir, f"{layout.ITERATION_GLOB}/{layout.EVAL_METRICS}")]
+                (run.eval_dir, f"{layout.ITERATION_GLOB}/{layout.EVAL_METRICS}")]
     for root, pattern in patterns:
         for path in root.glob(pattern):
             st = path.stat()

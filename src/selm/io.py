@@ -2,7 +2,8 @@
 
 Every arrow of the pipeline is a file. A reader names the file, line and key of the first bad
 record; a writer goes through a temporary file in the same folder and `os.replace`, so a crash
-never leaves a half-written file under the final name.
+never leaves a half-written file under the final name. Outputs shared between processes are
+filled under an exclusive lock and hard-linked where they are needed (`exclusive`, `link_copy`).
 """
 
 from __future__ import annotations
@@ -210,3 +211,44 @@ def reuse_or_reset(folder: str | os.PathLike, identity: dict, *, record: str, ke
         write_json_atomic(path, identity)
     return reset
 
+
+
+@contextlib.contextmanager
+def exclusive(lock_path: str | os.PathLike) -> Iterator[None]:
+    """An exclusive advisory lock (flock) on `lock_path` held for the block; the kernel drops it if
+    the holder dies, so a crashed holder never leaves the others waiting."""
+    import fcntl
+
+    lock_path = Path(lock_path)
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def link_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """`dst` becomes a copy of file or folder `src` made of hard links (a plain copy across file
+    systems), built beside `dst` and renamed into place, so it appears whole or not at all."""
+    src, dst = Path(src), Path(dst)
+    tmp = dst.with_name(f".{dst.name}.linking")
+    if tmp.is_dir():
+        shutil.rmtree(tmp)
+    elif tmp.exists():
+        tmp.unlink()
+
+    def link(a: str, b: str) -> None:
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+
+    if src.is_dir():
+        shutil.copytree(src, tmp, copy_function=link)
+    else:
+        link(str(src), str(tmp))
+    if dst.is_dir():
+        shutil.rmtree(dst)
+    os.replace(tmp, dst)

@@ -17,6 +17,8 @@ root, where every stage runs.
             eval.json                LOOP_EVAL, with EVAL_ANSWERS and EVAL_IDENTITY
         summary.json                 SUMMARY: {"base": ..., "iter<t>": ...}, every iteration's eval.json
     runs/shared/<base>/iter0-seed<seed>-<identity[:16]>/  shared_iteration0_dir: offline-DPO iteration 0
+    runs/shared/evals/<identity digest>/                  shared_eval_dir: a loop evaluation (eval.json,
+        stored.json                  STORED_EVAL           its answers and identity), computed once
     evals/<experiment>/experiment.json                    EXPERIMENT_MANIFEST
     evals/<experiment>/<cell>/alpha<alpha>/seed<seed>/    eval_dir(...), or eval_dir_of(run_dir)
         iter<t>/metrics.json         EVAL_METRICS (and alpaca_outputs.json: ALPACA_OUTPUTS, ...)
@@ -55,6 +57,9 @@ TRAIN_CONFIG = "train_config.yaml"
 LOOP_EVAL = "eval.json"
 EVAL_ANSWERS = "eval_answers.jsonl"
 EVAL_IDENTITY = "eval_identity.json"
+# the store of loop evaluations, below paths.shared_runs: one folder per evaluation identity
+SHARED_EVALS = "evals"
+STORED_EVAL = "stored.json"  # the entry's identity and the sha256 of each of its files
 # files of a checkpoint's evaluation (evals/.../iter<t>/) and of an experiment's evaluations
 EVAL_METRICS = "metrics.json"
 ALPACA_OUTPUTS = "alpaca_outputs.json"
@@ -195,6 +200,12 @@ def shared_iteration0_dir(shared_root: str | Path, base: str, seed: int, identit
     """Where offline-DPO iteration 0 of (base, seed, settings) is trained once: <shared>/<base>/
     iter0-seed<seed>-<the identity digest's first 16 characters>."""
     return Path(shared_root) / base / f"{iteration_name(0)}-{seed_name(seed)}-{identity[:16]}"
+
+
+def shared_eval_dir(shared_root: str | Path, identity: str) -> Path:
+    """Where the loop evaluation of one identity (its digest) is computed once and from where it is
+    hard-linked into every run folder that asks for it: <shared>/evals/<identity digest>."""
+    return Path(shared_root) / SHARED_EVALS / identity
 
 
 # --- what exists -------------------------------------------------------------------------------

@@ -21,16 +21,16 @@ content of its data slice, the fingerprint of the checkpoint it starts from and 
 the identity of iteration t-1, the code the loop imports, the numeric packages' versions). When
 it differs from the one computed now, the folder starts afresh, and so does every later one,
 whose identity chains from it. The per-iteration evaluations (eval.json) record theirs in
-`eval_identity.json` (checkpoint fingerprint, test prompts, evaluation settings, code).
+`eval_identity.json` (checkpoint fingerprint, test prompts, evaluation settings, code); each is
+computed once per identity in `paths.shared_runs/evals/` and hard-linked into the runs that ask for
+it (selm.evalstore), e.g. the base's, which every run of that base asks for.
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import json
 import logging
-import os
 import shutil
 from functools import partial
 from pathlib import Path
@@ -39,7 +39,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from selm import console, layout
 from selm.generation import backend_from_config
-from selm.io import DataError, read_jsonl, reuse_or_reset, write_json_atomic, write_jsonl_atomic, write_text_atomic
+from selm.evalstore import shared_evaluation
+from selm.io import (DataError, exclusive, link_copy, read_jsonl, reuse_or_reset, write_json_atomic,
+                     write_jsonl_atomic, write_text_atomic)
 from selm.provenance import code_fingerprint, digest, result_versions, tree_sha256
 
 log = logging.getLogger(__name__)
@@ -410,7 +412,7 @@ def _shared_iteration0(cfg: DictConfig, base: Path, base_fp: str, rows: list[dic
     if layout.is_trained(it_dir):
         return identity
     shared = layout.shared_iteration0_dir(cfg.paths.shared_runs, cfg.model.name, cfg.train.seed, identity["shared"])
-    with _exclusive(shared.with_name(shared.name + ".lock")):
+    with exclusive(shared.with_name(shared.name + ".lock")):
         reuse_or_reset(shared, shared_id, record=layout.IDENTITY)
         pairs_path, model_dir = shared / layout.PAIRS, layout.model_dir(shared)
         if not pairs_path.exists():
@@ -419,47 +421,9 @@ def _shared_iteration0(cfg: DictConfig, base: Path, base_fp: str, rows: list[dic
             neutral = OmegaConf.merge(cfg, {"train": {"alpha": 0.0}, "run_dir": str(shared), "run": {
                 "experiment": "shared", "cell": f"{cfg.model.name}/offline_dpo", "method": "offline_dpo"}})
             _train(iteration_config(neutral, 0, base, pairs_path, model_dir), shared)
-    _link_copy(pairs_path, it_dir / layout.PAIRS)
-    _link_copy(model_dir, layout.model_dir(it_dir))
+    link_copy(pairs_path, it_dir / layout.PAIRS)
+    link_copy(model_dir, layout.model_dir(it_dir))
     return identity
-
-
-@contextlib.contextmanager
-def _exclusive(lock_path: Path):
-    """An exclusive advisory lock (flock) held for the block; the kernel drops it if the holder dies."""
-    import fcntl
-
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with lock_path.open("a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _link_copy(src: Path, dst: Path) -> None:
-    """`dst` becomes a copy of file or folder `src` made of hard links (a plain copy across file
-    systems), built beside `dst` and renamed into place, so it appears whole or not at all."""
-    tmp = dst.with_name(f".{dst.name}.linking")
-    if tmp.is_dir():
-        shutil.rmtree(tmp)
-    elif tmp.exists():
-        tmp.unlink()
-
-    def link(a: str, b: str) -> None:
-        try:
-            os.link(a, b)
-        except OSError:
-            shutil.copy2(a, b)
-
-    if src.is_dir():
-        shutil.copytree(src, tmp, copy_function=link)
-    else:
-        link(str(src), str(tmp))
-    if dst.is_dir():
-        shutil.rmtree(dst)
-    os.replace(tmp, dst)
 
 
 def y_ref_samples(variant: DictConfig) -> int:
@@ -508,18 +472,19 @@ def _make_ranker(cfg: DictConfig):
 
 
 def _evaluate(cfg: DictConfig, model_dir: Path, model_fp: str, test: list[dict], out_dir: Path, code: str) -> dict:
+    """The checkpoint's loop evaluation in `out_dir` (eval.json, its answers and identity): kept when
+    made under the same identity, else computed once per identity in the shared store
+    (selm.evalstore) and linked here."""
     path = out_dir / layout.LOOP_EVAL
     if not test:  # eval.n_prompts = 0: no true reward outside the toy world (paper scale)
         return {}
     identity, record = eval_identity(cfg, model_fp, test, code), out_dir / layout.EVAL_IDENTITY
     if record.exists() and json.loads(record.read_text()) == identity and path.exists():
         return json.loads(path.read_text())
-    for stale in (path, out_dir / layout.EVAL_ANSWERS):  # made under another identity, or none
-        stale.unlink(missing_ok=True)
-    write_json_atomic(record, identity)
-    with backend_from_config(cfg, model_dir) as backend:
-        metrics, rows = evaluate_test_answers(backend, test, cfg.generation, true_reward_scorer(cfg.eval.true_reward),
-                                              cfg.eval.coverage_samples)
-    write_jsonl_atomic(out_dir / layout.EVAL_ANSWERS, rows)
-    write_json_atomic(path, metrics)
-    return metrics
+
+    def compute() -> tuple[dict, list[dict]]:
+        with backend_from_config(cfg, model_dir) as backend:
+            return evaluate_test_answers(backend, test, cfg.generation, true_reward_scorer(cfg.eval.true_reward),
+                                         cfg.eval.coverage_samples)
+
+    return shared_evaluation(cfg.paths.shared_runs, identity, out_dir, compute)
