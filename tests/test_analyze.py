@@ -265,3 +265,35 @@ def test_alpha_selection_needs_one_final_iteration_per_cell_and_an_alpha_above_z
     only_dpo = OmegaConf.create({"cells": ["main/tiny-sft/alpha0.0"]})
     with pytest.raises(ValueError, match="no cell with alpha > 0"):
         analyze.alpha_selection(spec, only_dpo, SEL_TEST, ranker)
+
+
+def test_implicit_rewards_on_two_worker_processes_equal_the_serial_path(tmp_path, monkeypatch, tiny_model):
+    """Figures 4-5 with their (base, seed) units on a spawned pool give exactly the serial numbers."""
+    from selm.tiny import build_tiny_model
+
+    monkeypatch.chdir(tmp_path)
+    other = build_tiny_model(tmp_path / "other", size="113k", seed=1)
+    config = {"train": {"beta": 0.1, "max_length": 64, "max_prompt_length": 32, "precision": "fp32"},
+              "scale": {"max_new_tokens": 6}}
+    spec = OmegaConf.create({"bases": ["tiny-sft"], "seeds": [1, 2], "experiments": {
+        "main": {"alphas": [0.0, 0.5], "cells": {"tiny-sft": {"model": "tiny-sft"}}}}})
+    test = [{"prompt": f"reverse: ab{c}", "chosen": [{"role": "assistant", "content": f"{c}ba"}],
+             "rejected": [{"role": "assistant", "content": f"ab{c}"}]} for c in "cdef"]
+    fig4 = OmegaConf.create({"experiment": "main", "selm_alpha": 0.5, "iteration": 1})
+    fig5 = OmegaConf.create({"experiment": "main", "selm_alpha": 0.5, "iteration": 2, "samples": 3})
+    for seed, (dpo, selm) in zip((1, 2), ((tiny_model, other), (other, tiny_model))):
+        _make_run(tmp_path, "main", "tiny-sft/alpha0.0", seed, 0.5, dpo, config)
+        _make_run(tmp_path, "main", "tiny-sft/alpha0.5", seed, 0.5, selm, config)
+    monkeypatch.setattr(analyze, "IMPLICIT_THREADS", 1)  # the workers' threads: this test's one
+    serial = analyze.implicit_rewards(spec, fig4, fig5, test, workers=1)
+    pooled = analyze.implicit_rewards(spec, fig4, fig5, test, workers=2)
+    assert pooled == serial
+    # the two seeds swap the models: Figure 4's per-prompt difference averages to exactly 0 (up to rounding)
+    assert max(abs(x) for x in serial[0]["tiny-sft"]["chosen_sorted"]) <= 1e-5
+    assert serial[0]["tiny-sft"]["seeds"] == [1, 2]
+
+
+def test_parallel_map_keeps_the_order_of_the_units():
+    units = [(i, 10 - i) for i in range(7)]
+    assert analyze.parallel_map(divmod, units, workers=2) == [divmod(a, b) for a, b in units]
+    assert analyze.parallel_map(divmod, units, workers=1) == [divmod(a, b) for a, b in units]

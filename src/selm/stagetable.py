@@ -66,7 +66,7 @@ def format_table(rows: list[dict], wall: float | None = None) -> str:
 
 
 def pipeline_stages(dvc_file: str) -> list[str]:
-    """The stage names of `dvc_file` in DVC's order (foreach stages expanded: sft@tiny-sft, ...)."""
+    """The stage names of `dvc_file` in DVC's order (foreach stages expanded: experiment@main, ...)."""
     done = subprocess.run([sys.executable, "-m", "dvc", "stage", "list", "--name-only", dvc_file],
                           capture_output=True, text=True, check=False)
     if done.returncode != 0:

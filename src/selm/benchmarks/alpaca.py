@@ -12,7 +12,8 @@ instruction position as the table index, which is also what alpaca_eval's GLM us
 instruction difficulty.
 
 Pairwise mode (Figure 2's heatmaps): `pairwise_matrix` scores every model against every other
-model's outputs used as the reference.
+model's outputs used as the reference, in two steps: `pairwise_tables` (the judge) and
+`tables_metrics` (alpaca_eval's GLM fits, which need no judge and so can run in worker processes).
 """
 
 from __future__ import annotations
@@ -121,13 +122,22 @@ def write_annotations(path: str | os.PathLike, table: pd.DataFrame) -> None:
     write_json_atomic(path, records)
 
 
+def pairwise_tables(outputs: Mapping[str, Sequence[dict]], judge: Judge) -> dict[str, dict[str, pd.DataFrame]]:
+    """tables[reference_model][model]: the judge's annotations of each model against each other
+    model's outputs as the reference (judged through the judge's cache, in this order)."""
+    named = {name: [dict(r, generator=name) for r in rows] for name, rows in outputs.items()}
+    return {ref: {model: annotate(named[model], named[ref], judge) for model in named} for ref in named}
+
+
+def tables_metrics(tables: Mapping[str, Mapping[str, pd.DataFrame]], glm_data: GLMData | None = None
+                   ) -> dict[str, dict[str, dict]]:
+    """compute_metrics of every table of `pairwise_tables` (no judge: can run in another process)."""
+    return {ref: {model: compute_metrics(table, glm_data) for model, table in row.items()} for ref, row in tables.items()}
+
+
 def pairwise_matrix(
     outputs: Mapping[str, Sequence[dict]], judge: Judge, glm_data: GLMData | None = None
 ) -> dict[str, dict[str, dict]]:
     """metrics[reference_model][model]: each model scored against each other model's outputs as the
     reference (Figure 2). The diagonal is 50 by construction (identical outputs tie)."""
-    named = {name: [dict(r, generator=name) for r in rows] for name, rows in outputs.items()}
-    return {
-        ref: {model: evaluate(named[model], named[ref], judge, glm_data)[0] for model in named}
-        for ref in named
-    }
+    return tables_metrics(pairwise_tables(outputs, judge), glm_data)

@@ -119,7 +119,10 @@ def check_lookup(frame: pd.DataFrame, indices) -> None:
     """alpaca_eval looks difficulty up by row LABEL of the first row of each index; check that this
     lands on the right instruction for every annotation index."""
     first = frame.drop_duplicates("index")
-    bad = [int(i) for i in indices if i not in first.index or first.loc[i, "index"] != i]
+    if not first.index.is_unique:
+        raise ValueError("GLM data rows have duplicate row labels: alpaca_eval's difficulty lookup is ambiguous")
+    right = set(first.index[first["index"].to_numpy() == first.index.to_numpy()].tolist())  # row i holds instruction i
+    bad = [int(i) for i in indices if i not in right]
     if bad:
         raise ValueError(f"GLM data rows are not in instruction order for indices {bad[:10]} "
                          f"(the first row of instruction i must be row i)")

@@ -2,17 +2,21 @@
 `dvc exp run -S key=value` rewrites), so an experiment's overrides reach every stage.
 
     python -m selm.cli.stage sft tiny-sft
+    python -m selm.cli.stage sft tiny-sft tiny-instruct  # both bases at once, one process each
     python -m selm.cli.stage experiment main             # every run of experiments/toy.yaml's `main`
     python -m selm.cli.stage experiment --all            # every experiment of the spec, one worker pool
     python -m selm.cli.stage loop tiny-sft 0.01 42       # one ad-hoc run (runs/adhoc/...)
     python -m selm.cli.stage eval-base tiny-sft          # AlpacaEval, MT-Bench, lm-eval of the SFT base
+    python -m selm.cli.stage eval-base tiny-sft tiny-instruct  # both at once, one process each
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+import traceback
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -21,7 +25,8 @@ from selm import console, layout
 from selm.compose import run_config
 from selm.stagelog import count
 
-def sft(cfg: DictConfig) -> None:
+def sft(cfg: DictConfig, base: str | None = None) -> None:
+    """SFT of the base cfg.model (`base`: its name, unused) into cfg.model.path, with its headroom."""
     from selm.io import read_jsonl, write_json_atomic
     from selm.sft import EVAL_SCHEMA, greedy_and_best_of_n, train_sft
     from selm.tiny import build_tiny_model
@@ -38,6 +43,82 @@ def sft(cfg: DictConfig) -> None:
     count("bases trained")
     print(f"{cfg.model.name}: SFT {metrics['seconds']} s; greedy r* {headroom['greedy']['mean']:.3f}, "
           f"best-of-{s.headroom_n} r* {headroom[f'best_of_{s.headroom_n}']['mean']:.3f}")
+
+
+def eval_base(cfg: DictConfig, base: str) -> None:
+    """AlpacaEval, MT-Bench and lm-eval of the SFT base `base` into evals/base/<base>/."""
+    from selm.evaluate import PARTS, evaluate_checkpoint
+
+    start = time.perf_counter()
+    out = layout.base_eval_dir(base)
+    path = out / layout.EVAL_METRICS
+    before = path.stat().st_mtime_ns if path.exists() else None
+    metrics = evaluate_checkpoint(cfg, cfg.model.path, out, f"{base}/base")
+    count("checkpoint evaluations" if path.stat().st_mtime_ns != before else "evaluations kept")
+    console.summary(f"eval-base {base}", f"{', '.join(cfg.eval.get('parts', PARTS))} "
+                    f"-> {out} ({len([v for v in metrics.values() if isinstance(v, float)])} scores)", start)
+
+
+PER_BASE = {"sft": sft, "eval-base": eval_base}
+# torch threads of each base's process when several bases run at once (None: torch's default). One
+# thread gives the same bytes as torch's default on the toy bases (measured: tiny-sft's SFT checkpoint
+# and headroom; both bases' evaluations), and the processes then share the cores.
+THREADS = {"sft": 1, "eval-base": 1}
+
+
+def _base_worker(stage: str, params: Path, base: str, dotlist: list[str], threads: int | None, bars: bool,
+                 parent: int) -> dict[str, int]:
+    """One base's `stage` in its own (spawned) process; returns what it did, for the stage's tally.
+    Only the first base's process draws its bar (the bases run at once, in similar time)."""
+    import threading
+
+    import torch
+
+    from selm.stagelog import take_counts
+
+    console.setup(bars=bars)
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+    def watch() -> None:  # a worker whose stage was killed (kill -9 of dvc repro) must not linger
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+    PER_BASE[stage](run_config(params, groups={"model": base}, dotlist=dotlist), base)
+    return take_counts()
+
+
+def per_base(stage: str, params: Path, bases: list[str], dotlist: list[str], threads: int | None = None) -> None:
+    """`stage` (sft, eval-base) of every base in `bases`: one base in this process, as before; several
+    at once, one spawned process per base with `threads` torch threads (default THREADS[stage]). Each
+    base's work is independent and seeded, so its outputs do not depend on what runs beside it. A
+    failing base does not stop the others; the error names each failure with its traceback."""
+    if len(set(bases)) != len(bases):
+        raise ValueError(f"{stage}: a base is named twice in {bases}")
+    if len(bases) == 1:
+        PER_BASE[stage](run_config(params, groups={"model": bases[0]}, dotlist=dotlist), bases[0])
+        return
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from selm.stagelog import add_counts
+
+    threads = THREADS[stage] if threads is None else threads
+    start = time.perf_counter()
+    failures = []
+    with ProcessPoolExecutor(max_workers=len(bases), mp_context=get_context("spawn")) as pool:
+        futures = {base: pool.submit(_base_worker, stage, params, base, list(dotlist), threads, i == 0, os.getpid())
+                   for i, base in enumerate(bases)}
+        for base, future in futures.items():
+            try:
+                add_counts(future.result())
+            except Exception as e:  # every base is waited for; the failures are raised together below
+                failures.append(f"--- {base}\n" + "".join(traceback.format_exception(e)))
+    if failures:
+        raise RuntimeError(f"{stage}: {len(failures)} of {len(bases)} bases failed:\n" + "\n".join(failures))
+    console.summary(f"{stage} {' '.join(bases)}", f"{len(bases)} bases at once", start)
 
 
 def preflight(name: str, spec_file: Path, params_file: Path) -> None:
@@ -75,14 +156,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config value after params.yaml (repeatable)")
     sub = parser.add_subparsers(dest="stage", required=True)
-    p_sft = sub.add_parser("sft", help="train a toy base by SFT and report its headroom")
-    p_sft.add_argument("base")
+    p_sft = sub.add_parser("sft", help="train toy bases by SFT (several: at once) and report their headroom")
+    p_sft.add_argument("bases", nargs="+", metavar="base")
     p_loop = sub.add_parser("loop", help="every iteration of one base x alpha x seed")
     p_loop.add_argument("base")
     p_loop.add_argument("alpha", type=float)
     p_loop.add_argument("seed", type=int)
-    p_eval_base = sub.add_parser("eval-base", help="AlpacaEval, MT-Bench and lm-eval of an SFT base")
-    p_eval_base.add_argument("base")
+    p_eval_base = sub.add_parser("eval-base", help="AlpacaEval, MT-Bench and lm-eval of SFT bases (several: at once)")
+    p_eval_base.add_argument("bases", nargs="+", metavar="base")
     p_exp = sub.add_parser("experiment", help="every run of the named experiments (one worker pool), then their "
                            "evaluations")
     p_exp.add_argument("names", nargs="*", metavar="name")
@@ -91,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     p_exp.add_argument("--workers", type=int, default=None, help="default: the spec's `workers`")
     args = parser.parse_args(argv)
     if args.stage == "sft":
-        sft(run_config(args.params, groups={"model": args.base}, dotlist=args.set))
+        per_base("sft", args.params, args.bases, args.set)
     elif args.stage == "loop":
         from selm.loop import run_loop
 
@@ -100,17 +181,7 @@ def main(argv: list[str] | None = None) -> None:
                                       dotlist=args.set))
         console.summary(f"loop {run_dir}", "every iteration trained and evaluated", start)
     elif args.stage == "eval-base":
-        from selm.evaluate import PARTS, evaluate_checkpoint
-
-        start = time.perf_counter()
-        cfg = run_config(args.params, groups={"model": args.base}, dotlist=args.set)
-        out = layout.base_eval_dir(args.base)
-        path = out / layout.EVAL_METRICS
-        before = path.stat().st_mtime_ns if path.exists() else None
-        metrics = evaluate_checkpoint(cfg, cfg.model.path, out, f"{args.base}/base")
-        count("checkpoint evaluations" if path.stat().st_mtime_ns != before else "evaluations kept")
-        console.summary(f"eval-base {args.base}", f"{', '.join(cfg.eval.get('parts', PARTS))} "
-                        f"-> {out} ({len([v for v in metrics.values() if isinstance(v, float)])} scores)", start)
+        per_base("eval-base", args.params, args.bases, args.set)
     else:
         from selm.experiments import load_experiments, run_experiments
         from selm.io import DataError

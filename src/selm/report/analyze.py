@@ -72,6 +72,36 @@ def _json(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
+# --- worker processes ------------------------------------------------------------------------------
+
+WORKERS = 2  # processes for the independent (base, seed) units of Figures 2, 4 and 5
+
+
+def _init_worker(threads: int | None) -> None:
+    from selm import console
+
+    console.setup(bars=False)
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def parallel_map(fn, units: list[tuple], workers: int, threads: int | None = None) -> list:
+    """[fn(*unit) for unit in units], in order: in this process when `workers` <= 1 (or one unit),
+    else on a spawned pool of `workers` processes, each with `threads` torch threads (None: torch's
+    default, and torch is not imported for it). Each unit is computed alone from its arguments, so
+    the results do not depend on which process computed them."""
+    if workers <= 1 or len(units) <= 1:
+        return [fn(*unit) for unit in units]
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    with ProcessPoolExecutor(max_workers=min(workers, len(units)), mp_context=get_context("spawn"),
+                             initializer=_init_worker, initargs=(threads,)) as pool:
+        return list(pool.map(fn, *zip(*units)))
+
+
 # --- Figure 2: pairwise AlpacaEval LC heatmaps -------------------------------------------------------
 
 FIGURE2_JUDGE_CACHE = "figure2_judge_cache.jsonl"  # in the analysis folder (a persist output of the stage)
@@ -94,16 +124,17 @@ def alpaca_settings(runs: list) -> DictConfig:
     return first
 
 
-def heatmaps(spec, fig, judge_cache: Path) -> dict:
+def heatmaps(spec, fig, judge_cache: Path, workers: int = 1) -> dict:
     """Every model of a base against every other's AlpacaEval outputs as the reference, judged and
     scored as Table 1 is (selm.evaluate.make_judge, eval.alpaca_eval.glm_data's LC estimator);
-    judgments go through `judge_cache`, so a rerun re-judges nothing."""
-    from selm.benchmarks.alpaca import load_outputs, pairwise_matrix
+    judgments go through `judge_cache`, so a rerun re-judges nothing. This process judges every
+    (base, seed) matrix in order; their GLM fits run on `workers` processes."""
+    from selm.benchmarks.alpaca import load_outputs, pairwise_tables, tables_metrics
     from selm.benchmarks.alpaca_data import glm_data
     from selm.evaluate import make_judge
 
     cells = _runs_by_cell(spec, fig.experiment)
-    out = {}
+    bases, units = {}, []
     for base in spec.bases:
         dpo = {r.seed: r for r in cells[layout.cell_path(base, 0.0)]}
         selm = {r.seed: r for r in cells[layout.cell_path(base, selm_alpha(fig, base))]}
@@ -113,7 +144,6 @@ def heatmaps(spec, fig, judge_cache: Path) -> dict:
         start_it = 0 if layout.iteration_dir(dpo[min(dpo)].run_dir, 0).is_dir() else None
         base_label = "offline DPO (iter0)" if start_it == 0 else "SFT base"
         names = [f"SELM iter{t}" for t in (1, 2, 3)] + [f"DPO iter{t}" for t in (1, 2, 3)] + [base_label]
-        per_seed = []
         for seed in sorted(dpo):
             outputs = {}
             for t in (1, 2, 3):
@@ -122,14 +152,19 @@ def heatmaps(spec, fig, judge_cache: Path) -> dict:
             base_dir = layout.iteration_dir(dpo[seed].eval_dir, 0) if start_it == 0 else layout.base_eval_dir(base)
             base_file = base_dir / layout.ALPACA_OUTPUTS
             outputs[base_label] = load_outputs(base_file)
-            m = pairwise_matrix(outputs, judge, glm)
-            # matrix[row][col]: LC win rate of the row model with the column model's outputs as reference
-            per_seed.append([[m[col][row]["length_controlled_winrate"] for col in names] for row in names])
+            units.append((base, (pairwise_tables(outputs, judge), glm)))
+        bases[base] = (names, base_label, sorted(dpo), judge, glm)
+    matrices = parallel_map(tables_metrics, [u for _, u in units], workers)
+    out = {}
+    for base, (names, base_label, seeds, judge, glm) in bases.items():
+        # matrix[row][col]: LC win rate of the row model with the column model's outputs as reference
+        per_seed = [[[m[col][row]["length_controlled_winrate"] for col in names] for row in names]
+                    for (b, _), m in zip(units, matrices) if b == base]
         mean = np.mean(np.array(per_seed, dtype=float), axis=0)
         order = sorted(range(len(names)), key=lambda i: -mean[i][names.index(base_label)])
         out[base] = {"models": [names[i] for i in order],
                      "matrix": [[round(float(mean[i][j]), 2) for j in order] for i in order],
-                     "seeds": sorted(dpo), "base_model": base_label, "judge": judge.identity("pairwise"),
+                     "seeds": seeds, "base_model": base_label, "judge": judge.identity("pairwise"),
                      "lc_glm": f"{glm.glm_name}; {glm.source}" if glm is not None else "neutral difficulties (no glm_data)",
                      "note": "LC win rate (%) of the row model against the column model's outputs, mean over seeds; "
                              "rows and columns ordered by win rate against the base, as in the paper"}
@@ -296,14 +331,40 @@ def _logps(model_dir: Path, records: list[dict], train, precision: str, options:
     return logps.numpy()
 
 
-def implicit_rewards(spec, fig4, fig5, test_rows: list[dict]) -> tuple[dict, dict]:
+def _implicit_unit(selm_run: Path, dpo_run: Path, records: list[dict], train, precision: str, options: dict,
+                   beta: float, t: int, t5: int, k: int, max_new_tokens: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """One seed's pair of runs: Figure 4's beta * (log pi_SELM - log pi_DPO) of the test answers at
+    iteration t, (prompts, 2); Figure 5's SELM-minus-DPO mean implicit reward of each model's own k
+    samples at iteration t5, (prompts,)."""
     from selm.generation import HFBackend
 
+    lp_selm = _logps(layout.model_dir(selm_run, t), records, train, precision, options)
+    lp_dpo = _logps(layout.model_dir(dpo_run, t), records, train, precision, options)
+    rewards = {}
+    for name, run_dir in (("selm", selm_run), ("dpo", dpo_run)):
+        model_dir = layout.model_dir(run_dir, t5)
+        samples = HFBackend(str(model_dir), progress=False).generate([r["prompt"] for r in records], n=k, do_sample=True,
+                                                     temperature=1.0, top_p=1.0,
+                                                     max_new_tokens=max_new_tokens, seed=seed)
+        own = [{"prompt": r["prompt"], "chosen": s[0], "rejected": s[1], "response": s[2]}
+               for r, s in zip(records, samples)]
+        now = _logps(model_dir, own, train, precision, options)
+        before = _logps(layout.model_dir(run_dir, t5 - 1), own, train, precision, options)
+        rewards[name] = (beta * (now - before)).mean(axis=1)
+    return beta * (lp_selm - lp_dpo), rewards["selm"] - rewards["dpo"]
+
+
+IMPLICIT_THREADS = None  # torch threads of the worker processes of Figures 4-5 (None: torch's default)
+
+
+def implicit_rewards(spec, fig4, fig5, test_rows: list[dict], workers: int = 1) -> tuple[dict, dict]:
+    """Figures 4 and 5 of every base; the (base, seed) units run on `workers` processes."""
     cells = _runs_by_cell(spec, fig4.experiment)
     options = analysis_options(spec)
     records = [{"prompt": r["prompt"], "chosen": r["chosen"][-1]["content"], "rejected": r["rejected"][-1]["content"]}
                for r in test_rows]
-    out4, out5 = {}, {}
+    t, t5, k = int(fig4.iteration), int(fig5.iteration), int(fig5.samples)
+    bases, units = {}, []
     for base in spec.bases:
         dpo = {r.seed: r for r in cells[layout.cell_path(base, 0.0)]}
         selm = {r.seed: r for r in cells[layout.cell_path(base, selm_alpha(fig4, base))]}
@@ -312,39 +373,24 @@ def implicit_rewards(spec, fig4, fig5, test_rows: list[dict]) -> tuple[dict, dic
         precision = _precision(train, dpo[min(dpo)].run_dir)
         if any(float(_run_config(r).train.beta) != beta for r in (*dpo.values(), *selm.values())):
             raise ValueError(f"{base}: SELM and DPO runs differ in train.beta; implicit rewards would not compare")
-        t = int(fig4.iteration)
-        diffs = []
-        for seed in sorted(dpo):
-            lp_selm = _logps(layout.model_dir(selm[seed].run_dir, t), records, train, precision, options)
-            lp_dpo = _logps(layout.model_dir(dpo[seed].run_dir, t), records, train, precision, options)
-            diffs.append(beta * (lp_selm - lp_dpo))
-        d = np.mean(diffs, axis=0)  # (prompts, [chosen, rejected])
+        bases[base] = (beta, precision, sorted(dpo))
+        units += [(base, (selm[seed].run_dir, dpo[seed].run_dir, records, train, precision, options, beta, t, t5, k,
+                          int(run_cfg.scale.max_new_tokens), seed)) for seed in sorted(dpo)]
+    results = parallel_map(_implicit_unit, [u for _, u in units], workers, IMPLICIT_THREADS)
+    out4, out5 = {}, {}
+    for base, (beta, precision, seeds) in bases.items():
+        d = np.mean([r[0] for (b, _), r in zip(units, results) if b == base], axis=0)  # (prompts, [chosen, rejected])
         out4[base] = {"chosen_sorted": np.sort(d[:, 0]).round(5).tolist(),
                       "rejected_sorted": np.sort(d[:, 1]).round(5).tolist(),
                       "mean_chosen": round(float(d[:, 0].mean()), 5), "mean_rejected": round(float(d[:, 1].mean()), 5),
                       "frac_chosen_positive": round(float((d[:, 0] > 0).mean()), 4),
                       "frac_rejected_negative": round(float((d[:, 1] < 0).mean()), 4),
                       "frac_rejected_positive": round(float((d[:, 1] > 0).mean()), 4),
-                      "iteration": t, "beta": beta, "precision": precision, "seeds": sorted(dpo)}
-        t5, k = int(fig5.iteration), int(fig5.samples)
-        per_seed = []
-        for seed in sorted(dpo):
-            rewards = {}
-            for name, run in (("selm", selm[seed]), ("dpo", dpo[seed])):
-                model_dir = layout.model_dir(run.run_dir, t5)
-                samples = HFBackend(str(model_dir), progress=False).generate([r["prompt"] for r in records], n=k, do_sample=True,
-                                                             temperature=1.0, top_p=1.0,
-                                                             max_new_tokens=run_cfg.scale.max_new_tokens, seed=seed)
-                own = [{"prompt": r["prompt"], "chosen": s[0], "rejected": s[1], "response": s[2]}
-                       for r, s in zip(records, samples)]
-                now = _logps(model_dir, own, train, precision, options)
-                before = _logps(layout.model_dir(run.run_dir, t5 - 1), own, train, precision, options)
-                rewards[name] = (beta * (now - before)).mean(axis=1)
-            per_seed.append(rewards["selm"] - rewards["dpo"])
-        d5 = np.mean(per_seed, axis=0)
+                      "iteration": t, "beta": beta, "precision": precision, "seeds": seeds}
+        d5 = np.mean([r[1] for (b, _), r in zip(units, results) if b == base], axis=0)
         out5[base] = {"sorted": np.sort(d5).round(5).tolist(), "mean": round(float(d5.mean()), 5),
                       "frac_positive": round(float((d5 > 0).mean()), 4), "iteration": t5, "samples": k,
-                      "beta": beta, "precision": precision, "seeds": sorted(dpo)}
+                      "beta": beta, "precision": precision, "seeds": seeds}
     return out4, out5
 
 
@@ -445,6 +491,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--spec", type=Path, default=Path("experiments/toy.yaml"))
     parser.add_argument("--out", type=Path, default=Path("results/toy/analysis"))
     parser.add_argument("--paper", type=Path, default=Path("paper"), help="the paper's tables (CSV)")
+    parser.add_argument("--workers", type=int, default=WORKERS,
+                        help="processes for Figures 2, 4 and 5 (the same files with any number)")
     args = parser.parse_args(argv)
     spec = load_experiments(args.spec)
     figs = spec.figures
@@ -458,8 +506,8 @@ def main(argv: list[str] | None = None) -> None:
     write_json_atomic(args.out / "figure6_ablations.json", ablations(spec, figs.figure6_ablations))
     write_json_atomic(args.out / "figure3_alpha.json", alpha_ablation(spec, figs.figure3_alpha, test))
     write_json_atomic(args.out / "figure2_heatmaps.json",
-                      heatmaps(spec, figs.figure2_heatmap, args.out / FIGURE2_JUDGE_CACHE))
-    fig4, fig5 = implicit_rewards(spec, figs.figure4_ird, figs.figure5_own_samples, test_rows)
+                      heatmaps(spec, figs.figure2_heatmap, args.out / FIGURE2_JUDGE_CACHE, args.workers))
+    fig4, fig5 = implicit_rewards(spec, figs.figure4_ird, figs.figure5_own_samples, test_rows, args.workers)
     write_json_atomic(args.out / "figure4_ird.json", fig4)
     write_json_atomic(args.out / "figure5_own_samples.json", fig5)
     claims.write(spec, args.spec, args.out, args.paper,
