@@ -354,7 +354,10 @@ def _implicit_unit(selm_run: Path, dpo_run: Path, records: list[dict], train, pr
     return beta * (lp_selm - lp_dpo), rewards["selm"] - rewards["dpo"]
 
 
-IMPLICIT_THREADS = None  # torch threads of the worker processes of Figures 4-5 (None: torch's default)
+# torch threads of each worker process of Figures 4-5: one thread gives the same figure4/5 files as the
+# serial path's torch default (measured on the toy runs), and two workers of two threads each on two
+# cores took 5x the CPU time of the serial path (384 s wall against 128 s)
+IMPLICIT_THREADS = 1
 
 
 def implicit_rewards(spec, fig4, fig5, test_rows: list[dict], workers: int = 1) -> tuple[dict, dict]:
