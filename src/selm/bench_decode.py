@@ -3,7 +3,8 @@ on the toy scale's own generation workload, side by side in one process.
 
 The workload is a loop evaluation with coverage: greedy answers to the held-out prompts, then 8 samples
 at T = 1 per prompt (HFBackend, batches of 64 sequences, one torch thread as in the experiment
-workers). Each round runs both paths on the same model and prompts, alternating which goes first;
+workers). After one untimed warm-up of each path, each round runs both paths on the same model and
+prompts, alternating which goes first;
 the answers must be identical (the benchmark fails otherwise), and the figures are seconds and
 generated tokens per second of each path, plus their ratio per round.
 """
@@ -28,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompts", type=int, default=300)
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--out", type=Path, default=Path("results/bench/decode.json"))
 
 
@@ -53,6 +54,12 @@ def bench_decode(args: argparse.Namespace, command: str) -> dict:
     if not decode.supports(backend.model):
         raise ValueError(f"{args.model}: selm.decode does not support this model, so there is nothing to compare")
     supports, rounds = decode.supports, []
+    for path in ("lean", "generate"):  # warm-up: first-call costs (allocator, kernels) out of the figures
+        decode.supports = supports if path == "lean" else (lambda *a, **k: False)
+        try:
+            _workload(backend, prompts[:64], args.samples, args.max_new_tokens)
+        finally:
+            decode.supports = supports
     for r in range(args.rounds):
         figures = {}
         for path in (("lean", "generate") if r % 2 == 0 else ("generate", "lean")):
