@@ -324,5 +324,5 @@ def test_controls_spec_expands_and_names_existing_cells():
              for x in item.get(key, [])]
     assert named and set(named) <= cells, set(named) - cells
     for n in spec.experiments:
-        for r in expand(spec, n):
+        for r in {r.cell: r for r in expand(spec, n)}.values():  # one seed per cell x alpha: seeds only set train.seed
             r.config(ROOT / "params.yaml")  # every cell composes and validates
