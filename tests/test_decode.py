@@ -71,6 +71,10 @@ def test_supports_only_what_was_checked(model_and_tokenizer):
     model, _ = model_and_tokenizer
     assert decode.supports(model)
     assert not decode.supports(model, top_k=50)  # top-k is not applied by the lean loop
+    assert not decode.supports(model, top_k=None)  # None: the config's top_k, unset here, so transformers' 50
+    zero = copy.deepcopy(model)
+    zero.generation_config.top_k = 0
+    assert decode.supports(zero, top_k=None)
     other = copy.deepcopy(model)
     other.generation_config.repetition_penalty = 1.3
     assert not decode.supports(other)

@@ -37,9 +37,14 @@ NEUTRAL_GENERATION = {
 
 
 def supports(model, top_k: int | None = 0) -> bool:
-    """Whether `lean_generate` is bit-identical to `model.generate` for this model (see the module doc)."""
+    """Whether `lean_generate` is bit-identical to `model.generate` for this model (see the module doc).
+    `top_k`: what the caller passes to `generate` when sampling (None: the generation config's, and
+    transformers' default of 50 where that is unset too); the lean loop applies no top-k, so only an
+    effective 0 (off) qualifies."""
     config = getattr(model, "config", None)
-    if config is None or type(model).__name__ != "LlamaForCausalLM" or top_k not in (0, None):
+    if config is None or type(model).__name__ != "LlamaForCausalLM":
+        return False
+    if (model.generation_config.top_k if top_k is None else top_k) != 0:
         return False
     rope = getattr(config, "rope_parameters", None) or {}
     if (config._attn_implementation != "sdpa" or rope.get("rope_type", "default") != "default"
