@@ -250,14 +250,11 @@ def test_workers_exit_when_their_stage_is_killed(tmp_path):
     script = tmp_path / "stage.py"
     script.write_text(
         "import os, sys, time\n"
-        "from concurrent.futures import ProcessPoolExecutor\n"
-        "from multiprocessing import get_context\n"
         "sys.path.insert(0, sys.argv[1])\n"
-        "from selm.experiments import _init_worker\n"
+        "from selm.workers import spawn_pool\n"
         "from test_experiments import _worker_pid\n"
         "if __name__ == '__main__':\n"
-        "    pool = ProcessPoolExecutor(1, mp_context=get_context('spawn'), initializer=_init_worker,\n"
-        "                               initargs=(1, os.getpid()))\n"
+        "    pool = spawn_pool(1, 1)\n"
         "    print(pool.submit(_worker_pid).result(), flush=True)\n"
         "    time.sleep(600)\n")
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT / 'tests'}"}

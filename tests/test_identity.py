@@ -212,7 +212,7 @@ def test_an_evaluation_is_redone_when_its_checkpoint_or_data_change(golden, tmp_
 
 # What a `python -m selm.cli.stage <subcommand>` stage runs (selm.cli.stage itself imports every
 # subcommand's modules, lazily, so its own closure would name the whole package).
-SUBCOMMANDS = {"sft": ("selm.sft", "selm.tiny"), "eval-base": ("selm.evaluate",), "loop": ("selm.loop",),
+SUBCOMMANDS = {"sft": ("selm.sft", "selm.tiny", "selm.workers"), "eval-base": ("selm.evaluate", "selm.workers"), "loop": ("selm.loop",),
                "experiment": ("selm.experiments",)}
 
 

@@ -138,15 +138,3 @@ def test_evaluations_parse_back_in_file_name_order(tmp_path):
     assert found == [("tiny-sft", 0.1, 44, 1, "main/tiny-sft/alpha0.1/seed44/iter1/metrics.json"),
                      ("tiny-sft", 0.1, 44, 10, "main/tiny-sft/alpha0.1/seed44/iter10/metrics.json"),
                      ("tiny-sft", 0.1, 44, 2, "main/tiny-sft/alpha0.1/seed44/iter2/metrics.json")]
-
-
-def test_every_run_folder_with_a_config_at_any_depth(tmp_path):
-    runs = tmp_path / "runs"
-    for rel in ("main/tiny-sft/alpha0.1/seed42", "adhoc/tiny-sft/iterative/alpha0.001/seed42", "x/seed7"):
-        (runs / rel).mkdir(parents=True)
-        (runs / rel / "config.json").write_text("{}")
-    (runs / "main/tiny-sft/alpha0.0/seed42").mkdir(parents=True)       # no config: not a run yet
-    (runs / "shared/tiny-sft/iter0-seed42-0123456789abcdef").mkdir(parents=True)
-    (runs / "shared/tiny-sft/iter0-seed42-0123456789abcdef/config.json").write_text("{}")
-    assert [p.relative_to(runs).as_posix() for p in layout.all_run_dirs(runs)] == [
-        "adhoc/tiny-sft/iterative/alpha0.001/seed42", "main/tiny-sft/alpha0.1/seed42", "x/seed7"]

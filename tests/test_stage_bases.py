@@ -68,7 +68,7 @@ def test_sft_of_several_bases_at_once_gives_the_bytes_of_one_at_a_time(small_wor
 
 def test_a_failing_base_is_named_and_the_other_still_trains(small_world):
     (small_world / "data" / "world" / "sft_strong.jsonl").unlink()  # tiny-instruct's demonstrations
-    with pytest.raises(RuntimeError, match=r"1 of 2 bases failed:\n--- tiny-instruct\n(.|\n)*sft_strong.jsonl"):
+    with pytest.raises(RuntimeError, match=r"1 of 2 bases of sft failed:\n--- tiny-instruct\n(.|\n)*sft_strong.jsonl"):
         _stage(small_world, *BASES)
     assert (small_world / "models" / "tiny-sft" / "headroom.json").is_file()
     with pytest.raises(ValueError, match="named twice"):

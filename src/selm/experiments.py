@@ -17,9 +17,8 @@ import os
 import sys
 import time
 import traceback
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -28,6 +27,7 @@ from selm import console, layout
 from selm.compose import run_config
 from selm.io import write_json_atomic
 from selm.stagelog import add_counts
+from selm.workers import failures_error, init_worker, spawn_pool
 
 log = logging.getLogger(__name__)
 
@@ -193,24 +193,6 @@ def evaluate_run(cfg: DictConfig, out_root: Path) -> None:
             log_eval_to_wandb(cfg, t, metrics)
 
 
-def _init_worker(threads: int, parent: int | None = None) -> None:
-    import torch
-
-    if parent is not None:  # a worker process: quiet like its stage, and the stage draws the bar
-        console.setup(bars=False)
-    torch.set_num_threads(threads)
-    if parent is not None:  # a worker whose stage was killed (kill -9 of dvc repro) must not linger
-        import threading
-        import time
-
-        def watch() -> None:
-            while os.getppid() == parent:
-                time.sleep(1.0)
-            os._exit(1)
-
-        threading.Thread(target=watch, daemon=True).start()
-
-
 def _execute_safely(run: Run, params_file: Path) -> tuple[str, str | None, dict]:
     try:
         return run.name, None, execute(run, params_file)["did"]
@@ -252,15 +234,14 @@ def run_experiments(names: list[str], spec_file: Path, params_file: Path, worker
     errors: dict[str, str | None] = {}
     with console.progress(len(runs), title, "runs") as bar:
         if workers <= 1:
-            _init_worker(threads)
+            init_worker(threads)
             for run in runs:
                 _finished(_execute_safely(run, params_file), errors, bar)
         else:
-            with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
-                                     initializer=_init_worker, initargs=(threads, os.getpid())) as pool:
+            with spawn_pool(workers, threads) as pool:
                 for future in as_completed([pool.submit(_execute_safely, r, params_file) for r in runs]):
                     _finished(future.result(), errors, bar)
-    failures = [f"--- {r.name}\n{errors[r.name]}" for r in runs if errors[r.name]]
+    failures = [(r.name, errors[r.name]) for r in runs if errors[r.name]]
     console.summary(title, f"{len(runs) - len(failures)}/{len(runs)} runs done"
                     + (f", {len(failures)} failed" if failures else ""), start)
     for name, own in by_name.items():
@@ -271,5 +252,5 @@ def run_experiments(names: list[str], spec_file: Path, params_file: Path, worker
                       "ok": not errors[r.name]} for r in own]})
     if failures:
         which = f"experiment {names[0]!r}" if len(names) == 1 else f"experiments {', '.join(map(repr, names))}"
-        raise RuntimeError(f"{len(failures)} of {len(runs)} runs of {which} failed:\n" + "\n".join(failures))
+        raise failures_error(f"runs of {which}", failures, len(runs))
     return runs

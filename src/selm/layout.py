@@ -285,8 +285,3 @@ def cell_runs(cell_dir: Path) -> list[tuple[int, Path]]:
     """(seed, folder) of every run below one cell folder (runs/<experiment>/<cell>/alpha<alpha>),
     sorted by folder name as the file system lists them."""
     return [(parse_seed_name(d.name), d) for d in sorted(Path(cell_dir).glob("seed*"))]
-
-
-def all_run_dirs(root: Path = RUNS) -> list[Path]:
-    """Every run folder with a config below runs/, at any depth (experiments, ad-hoc runs), sorted."""
-    return [p.parent for p in sorted(Path(root).glob(f"*/**/seed*/{RUN_CONFIG}"))]

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 import traceback
@@ -25,8 +24,8 @@ from selm import console, layout
 from selm.compose import run_config
 from selm.stagelog import count
 
-def sft(cfg: DictConfig, base: str | None = None) -> None:
-    """SFT of the base cfg.model (`base`: its name, unused) into cfg.model.path, with its headroom."""
+def sft(cfg: DictConfig) -> None:
+    """SFT of the base cfg.model into cfg.model.path, with its headroom."""
     from selm.io import read_jsonl, write_json_atomic
     from selm.sft import EVAL_SCHEMA, greedy_and_best_of_n, train_sft
     from selm.tiny import build_tiny_model
@@ -45,11 +44,11 @@ def sft(cfg: DictConfig, base: str | None = None) -> None:
           f"best-of-{s.headroom_n} r* {headroom[f'best_of_{s.headroom_n}']['mean']:.3f}")
 
 
-def eval_base(cfg: DictConfig, base: str) -> None:
-    """AlpacaEval, MT-Bench and lm-eval of the SFT base `base` into evals/base/<base>/."""
+def eval_base(cfg: DictConfig) -> None:
+    """AlpacaEval, MT-Bench and lm-eval of the SFT base cfg.model into evals/base/<its name>/."""
     from selm.evaluate import PARTS, evaluate_checkpoint
 
-    start = time.perf_counter()
+    start, base = time.perf_counter(), cfg.model.name
     out = layout.base_eval_dir(base)
     path = out / layout.EVAL_METRICS
     before = path.stat().st_mtime_ns if path.exists() else None
@@ -66,27 +65,13 @@ PER_BASE = {"sft": sft, "eval-base": eval_base}
 THREADS = {"sft": 1, "eval-base": 1}
 
 
-def _base_worker(stage: str, params: Path, base: str, dotlist: list[str], threads: int | None, bars: bool,
-                 parent: int) -> dict[str, int]:
-    """One base's `stage` in its own (spawned) process; returns what it did, for the stage's tally.
-    Only the first base's process draws its bar (the bases run at once, in similar time)."""
-    import threading
-
-    import torch
-
+def _one_base(stage: str, params: Path, base: str, dotlist: list[str], bars: bool) -> dict[str, int]:
+    """One base's `stage` in a worker of per_base; returns what it did, for the stage's tally. Only
+    the first base's process draws its bar (the bases run at once, in similar time)."""
     from selm.stagelog import take_counts
 
     console.setup(bars=bars)
-    if threads is not None:
-        torch.set_num_threads(threads)
-
-    def watch() -> None:  # a worker whose stage was killed (kill -9 of dvc repro) must not linger
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(1)
-
-    threading.Thread(target=watch, daemon=True).start()
-    PER_BASE[stage](run_config(params, groups={"model": base}, dotlist=dotlist), base)
+    PER_BASE[stage](run_config(params, groups={"model": base}, dotlist=dotlist))
     return take_counts()
 
 
@@ -98,26 +83,22 @@ def per_base(stage: str, params: Path, bases: list[str], dotlist: list[str], thr
     if len(set(bases)) != len(bases):
         raise ValueError(f"{stage}: a base is named twice in {bases}")
     if len(bases) == 1:
-        PER_BASE[stage](run_config(params, groups={"model": bases[0]}, dotlist=dotlist), bases[0])
+        PER_BASE[stage](run_config(params, groups={"model": bases[0]}, dotlist=dotlist))
         return
-    from concurrent.futures import ProcessPoolExecutor
-    from multiprocessing import get_context
-
     from selm.stagelog import add_counts
+    from selm.workers import failures_error, spawn_pool
 
-    threads = THREADS[stage] if threads is None else threads
-    start = time.perf_counter()
-    failures = []
-    with ProcessPoolExecutor(max_workers=len(bases), mp_context=get_context("spawn")) as pool:
-        futures = {base: pool.submit(_base_worker, stage, params, base, list(dotlist), threads, i == 0, os.getpid())
+    start, failures = time.perf_counter(), []
+    with spawn_pool(len(bases), THREADS[stage] if threads is None else threads) as pool:
+        futures = {base: pool.submit(_one_base, stage, params, base, list(dotlist), i == 0)
                    for i, base in enumerate(bases)}
         for base, future in futures.items():
             try:
                 add_counts(future.result())
             except Exception as e:  # every base is waited for; the failures are raised together below
-                failures.append(f"--- {base}\n" + "".join(traceback.format_exception(e)))
+                failures.append((base, "".join(traceback.format_exception(e))))
     if failures:
-        raise RuntimeError(f"{stage}: {len(failures)} of {len(bases)} bases failed:\n" + "\n".join(failures))
+        raise failures_error(f"bases of {stage}", failures, len(bases))
     console.summary(f"{stage} {' '.join(bases)}", f"{len(bases)} bases at once", start)
 
 

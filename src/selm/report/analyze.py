@@ -77,16 +77,6 @@ def _json(path: Path) -> dict:
 WORKERS = 2  # processes for the independent (base, seed) units of Figures 2, 4 and 5
 
 
-def _init_worker(threads: int | None) -> None:
-    from selm import console
-
-    console.setup(bars=False)
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
-
-
 def parallel_map(fn, units: list[tuple], workers: int, threads: int | None = None) -> list:
     """[fn(*unit) for unit in units], in order: in this process when `workers` <= 1 (or one unit),
     else on a spawned pool of `workers` processes, each with `threads` torch threads (None: torch's
@@ -94,11 +84,9 @@ def parallel_map(fn, units: list[tuple], workers: int, threads: int | None = Non
     the results do not depend on which process computed them."""
     if workers <= 1 or len(units) <= 1:
         return [fn(*unit) for unit in units]
-    from concurrent.futures import ProcessPoolExecutor
-    from multiprocessing import get_context
+    from selm.workers import spawn_pool
 
-    with ProcessPoolExecutor(max_workers=min(workers, len(units)), mp_context=get_context("spawn"),
-                             initializer=_init_worker, initargs=(threads,)) as pool:
+    with spawn_pool(min(workers, len(units)), threads) as pool:
         return list(pool.map(fn, *zip(*units)))
 
 
