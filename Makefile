@@ -37,11 +37,16 @@ setup-gpu:
 	$(PY) -m pip install --no-deps --no-build-isolation -e .
 	touch .venv/.installed-gpu
 
+# The suite runs on TEST_WORKERS processes (pytest-xdist), a test file per process at a time so that a
+# file's module fixtures are built once; TEST_WORKERS=0 runs it in this process.
+TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+
 test: setup
-	$(PY) -m pytest -q
+	$(PYTEST)
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 bench: setup
 	$(PY) -m selm.bench train
