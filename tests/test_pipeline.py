@@ -73,8 +73,13 @@ def test_make_test_fast_leaves_out_the_slow_tests_and_make_test_runs_all():
     import re
     import tomllib
 
-    recipes = dict(re.findall(r"^([\w-]+):[^\n]*\n\t([^\n]+)", (ROOT / "Makefile").read_text(), flags=re.M))
-    assert recipes["test-fast"].endswith('-m pytest -q -m "not slow"')
-    assert recipes["test"].endswith("-m pytest -q")  # no marker expression: every test
+    makefile = (ROOT / "Makefile").read_text()
+    recipes = dict(re.findall(r"^([\w-]+):[^\n]*\n\t([^\n]+)", makefile, flags=re.M))
+    variables = dict(re.findall(r"^(\w+) [:?]?= (.+)$", makefile, flags=re.M))
+    # the suite on TEST_WORKERS processes, a test file per process (module fixtures built once)
+    assert variables["PYTEST"] == "$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile"
+    assert variables["TEST_WORKERS"] == "2"
+    assert recipes["test-fast"] == '$(PYTEST) -m "not slow"'
+    assert recipes["test"] == "$(PYTEST)"  # no marker expression: every test
     markers = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]["markers"]
     assert any(m.startswith("slow:") for m in markers)
