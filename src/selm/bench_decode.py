@@ -42,6 +42,18 @@ def _workload(backend, prompts: list[str], samples: int, max_new_tokens: int) ->
     return answers, time.perf_counter() - start, tokens
 
 
+def _on_path(path: str, backend, prompts: list[str], samples: int, max_new_tokens: int) -> tuple[list, float, int]:
+    """_workload through the lean loop ("lean") or through transformers' generate ("generate": the
+    backend is told that selm.decode supports nothing, as for a model it does not cover)."""
+    supports = decode.supports
+    if path == "generate":
+        decode.supports = lambda *a, **k: False
+    try:
+        return _workload(backend, prompts, samples, max_new_tokens)
+    finally:
+        decode.supports = supports
+
+
 def bench_decode(args: argparse.Namespace, command: str) -> dict:
     from selm.generation import HFBackend
 
@@ -53,21 +65,12 @@ def bench_decode(args: argparse.Namespace, command: str) -> dict:
     backend = HFBackend(str(args.model), progress=False, device="cpu")
     if not decode.supports(backend.model):
         raise ValueError(f"{args.model}: selm.decode does not support this model, so there is nothing to compare")
-    supports, rounds = decode.supports, []
+    rounds = []
     for path in ("lean", "generate"):  # warm-up: first-call costs (allocator, kernels) out of the figures
-        decode.supports = supports if path == "lean" else (lambda *a, **k: False)
-        try:
-            _workload(backend, prompts[:64], args.samples, args.max_new_tokens)
-        finally:
-            decode.supports = supports
+        _on_path(path, backend, prompts[:64], args.samples, args.max_new_tokens)
     for r in range(args.rounds):
-        figures = {}
-        for path in (("lean", "generate") if r % 2 == 0 else ("generate", "lean")):
-            decode.supports = supports if path == "lean" else (lambda *a, **k: False)
-            try:
-                figures[path] = _workload(backend, prompts, args.samples, args.max_new_tokens)
-            finally:
-                decode.supports = supports
+        figures = {path: _on_path(path, backend, prompts, args.samples, args.max_new_tokens)
+                   for path in (("lean", "generate") if r % 2 == 0 else ("generate", "lean"))}
         if figures["lean"][0] != figures["generate"][0]:
             raise AssertionError(f"round {r}: the lean loop's answers differ from generate's")
         rounds.append({path: {"seconds": round(s, 3), "tokens": n, "tokens_per_s": round(n / s, 1)}
