@@ -54,7 +54,7 @@ bench: setup
 # Ends with the stage time table (selm.stagetable; also results/bench/repro_stages.json), also after a failure,
 # and after a success with the training seconds of the finished runs (selm.bench_floor: training_floor.json).
 repro: setup
-	start=$$(date +%s.%N); status=0; $(PY) -m dvc repro scales/toy/dvc.yaml || status=$$?; \
+	start=$$(date +%s.%N); status=0; $(PY) -m dvc repro || status=$$?; \
 	$(PY) -m selm.stagetable --since $$start --out results/bench/repro_stages.json; \
 	if [ $$status -eq 0 ]; then $(PY) -m selm.bench_floor; fi; exit $$status
 

@@ -115,7 +115,7 @@ def test_experiment_stage_console(tiny_model, tmp_path):
     assert re.search(r"^experiment e: 1/2 runs done, 1 failed", loud.stdout, re.M)
 
 
-@pytest.mark.parametrize("pipeline", ["scales/toy/dvc.yaml", "scales/evalcheck/dvc.yaml"])
+@pytest.mark.parametrize("pipeline", ["dvc.yaml", "scales/evalcheck/dvc.yaml"])
 def test_no_stage_depends_on_an_empty_file(pipeline):
     """DVC prints "WARNING: '<file>' is empty." for each empty dependency at every stage it checks
     (33 lines of a `make repro` console for two empty __init__.py files)."""

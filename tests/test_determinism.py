@@ -1,4 +1,4 @@
-"""The deterministic mode pins the numerical settings before torch is imported."""
+"""The numerical mode (selm.determinism): portable by default, pinned before torch or numpy is imported."""
 
 import os
 import subprocess
@@ -8,33 +8,60 @@ import pytest
 
 from selm import determinism
 
+MODE_VARS = set(determinism.PORTABLE) | {"SELM_NUMERICS", "SELM_DETERMINISTIC", "MKL_ENABLE_INSTRUCTIONS"}
 
-def test_apply_sets_the_pins_only_when_asked():
+
+def clean_env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in MODE_VARS}
+    env.update(extra)
+    return env
+
+
+def test_portable_is_the_default_and_native_pins_nothing():
     env = {}
-    assert determinism.apply(env) is False and env == {}
-    env = {"SELM_DETERMINISTIC": "1"}
-    assert determinism.apply(env) is True
-    assert env["ATEN_CPU_CAPABILITY"] == "default" and env["MKL_CBWR"] == "COMPATIBLE" and env["OMP_NUM_THREADS"] == "1"
+    assert determinism.apply(env) == "portable"
+    assert env["ATEN_CPU_CAPABILITY"] == "avx2" and env["MKL_CBWR"] == "COMPATIBLE"
+    assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == env["OPENBLAS_NUM_THREADS"] == "1"
+    assert "AVX512F" in env["NPY_DISABLE_CPU_FEATURES"].split() and env["OPENBLAS_CORETYPE"] == "Haswell"
+    env = {"SELM_NUMERICS": "native"}
+    assert determinism.apply(env) == "native" and env == {"SELM_NUMERICS": "native"}
+
+
+def test_bad_settings_are_errors_that_say_what_to_set():
     with pytest.raises(ValueError, match="needs OMP_NUM_THREADS=1, but the environment sets '4'"):
-        determinism.apply({"SELM_DETERMINISTIC": "1", "OMP_NUM_THREADS": "4"})  # a contradiction is not overridden
-    with pytest.raises(ValueError, match="expected 0 or 1"):
-        determinism.apply({"SELM_DETERMINISTIC": "yes"})
+        determinism.apply({"OMP_NUM_THREADS": "4"})  # a contradiction is not overridden
+    determinism.apply({"SELM_NUMERICS": "native", "OMP_NUM_THREADS": "4"})  # native leaves it to the user
+    with pytest.raises(ValueError, match="expected one of portable, native"):
+        determinism.apply({"SELM_NUMERICS": "fast"})
+    with pytest.raises(ValueError, match="SELM_DETERMINISTIC is retired"):
+        determinism.apply({"SELM_DETERMINISTIC": "1"})
 
 
-def test_entry_points_apply_it_before_torch():
-    env = {**os.environ, "SELM_DETERMINISTIC": "1"}
-    for key in determinism.SETTINGS:
-        env.pop(key, None)
-    code = "import selm.cli, torch; print(torch.backends.cpu.get_cpu_capability(), torch.get_num_threads())"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["DEFAULT", "1"]
+def test_cpu_flags_are_read_from_cpuinfo():
+    info = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n"
+    assert determinism.cpu_flags(info) == {"fpu", "sse2", "avx", "avx2", "fma"}
+    assert determinism.cpu_flags("no flags line") == set()
 
 
-# A stand-in for "another CPU model": the ISA each library may use, capped below what this CPU has.
-# ATEN_CPU_CAPABILITY caps ATen's kernels, MKL_ENABLE_INSTRUCTIONS MKL's, ONEDNN_MAX_CPU_ISA oneDNN's.
+PROBE = ("import selm, torch, numpy\n"
+         "from numpy._core._multiarray_umath import __cpu_features__ as f\n"
+         "print(torch.backends.cpu.get_cpu_capability(), torch.get_num_threads(), f['AVX512F'])")
+
+
+def test_importing_selm_pins_torch_and_numpy_before_they_load():
+    """`import selm` first: ATen runs its AVX2 kernels, one thread, numpy without its AVX-512 loops.
+    (This machine kind has AVX2; an AVX-512 CPU shows the pin, an AVX2-only one shows it holds.)"""
+    out = subprocess.run([sys.executable, "-c", PROBE], env=clean_env(), capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["AVX2", "1", "False"]
+    late = subprocess.run([sys.executable, "-W", "always", "-c", "import torch, selm"], env=clean_env(),
+                          capture_output=True, text=True, check=True)
+    assert "torch and numpy were imported before selm" in late.stderr
+
+
+# 15 AdamW steps of a small Llama; prints the weights' sha256. `import selm` first applies the mode.
 TRAIN_STEPS = """
-import hashlib, sys
-import selm.cli  # applies SELM_DETERMINISTIC before torch is imported
+import hashlib
+import selm
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 torch.manual_seed(0)
@@ -47,25 +74,20 @@ for step in range(15):
     loss.backward(); opt.step(); opt.zero_grad()
 print(hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in model.parameters())).hexdigest())
 """
-CAPPED = {"ATEN_CPU_CAPABILITY": "default", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2", "ONEDNN_MAX_CPU_ISA": "SSE41"}
 
 
-def _weights_after_training(deterministic: bool, capped: bool) -> str:
-    env = {k: v for k, v in os.environ.items()
-           if k not in set(determinism.SETTINGS) | set(CAPPED) | {"SELM_DETERMINISTIC"}}
-    env["SELM_DETERMINISTIC"] = "1" if deterministic else "0"
-    if not deterministic:
-        env["OMP_NUM_THREADS"] = "1"  # one thread in both: only the vector code paths differ
-    if capped:
-        env.update(CAPPED if not deterministic else {"MKL_ENABLE_INSTRUCTIONS": "SSE4_2"})
-    out = subprocess.run([sys.executable, "-c", TRAIN_STEPS], env=env, capture_output=True, text=True)
+def _weights(**env) -> str:
+    out = subprocess.run([sys.executable, "-c", TRAIN_STEPS], env=clean_env(**env), capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     return out.stdout.strip()
 
 
-def test_deterministic_mode_gives_the_same_bits_on_a_cpu_with_fewer_vector_extensions():
-    """15 AdamW steps of a small Llama: by default, capping the libraries' ISA (as a CPU without AVX2
-    would) changes the weights' bits; in deterministic mode the capped and uncapped runs are identical.
-    This emulates CPUs with fewer extensions than this one; a CPU with more (AVX-512) is not tested."""
-    assert _weights_after_training(False, False) != _weights_after_training(False, True)
-    assert _weights_after_training(True, False) == _weights_after_training(True, True)
+@pytest.mark.slow
+def test_the_portable_mode_does_not_follow_the_vector_extensions_the_libraries_see():
+    """A second check beside the recorded checksums (test_portability.py), on one machine: capping what
+    MKL and oneDNN may use changes the weights natively (the probe sees code paths) and leaves them
+    bit-identical in the portable mode, where MKL's branch and ATen's kernels are fixed."""
+    native = dict(SELM_NUMERICS="native", OMP_NUM_THREADS="1")
+    capped = dict(MKL_ENABLE_INSTRUCTIONS="SSE4_2", ONEDNN_MAX_CPU_ISA="SSE41")
+    assert _weights(**native) != _weights(**native, **capped, ATEN_CPU_CAPABILITY="default")
+    assert _weights() == _weights(MKL_ENABLE_INSTRUCTIONS="AVX2") == _weights(MKL_ENABLE_INSTRUCTIONS="SSE4_2")

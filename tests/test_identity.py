@@ -95,7 +95,7 @@ def test_unchanged_inputs_and_a_readme_edit_redo_nothing(copy, tmp_path, monkeyp
     (src.parent / "README.md").write_text("edited\n")
     run_all()
     assert trained == []
-    stages = yaml.safe_load((ROOT / "scales" / "toy" / "dvc.yaml").read_text())["stages"]
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     assert not [name for name, stage in stages.items() if "README.md" in json.dumps(stage)]
 
 
@@ -240,7 +240,7 @@ def stage_code(cmd: str) -> tuple[set[str], bool]:
     return {str(Path("src", "selm", p.relative_to(PACKAGE_ROOT))) for p in files}, composes
 
 
-@pytest.mark.parametrize("pipeline", ["scales/toy/dvc.yaml", "scales/paper/dvc.yaml", "scales/evalcheck/dvc.yaml", "scales/rehearsal/dvc.yaml",
+@pytest.mark.parametrize("pipeline", ["dvc.yaml", "scales/paper/dvc.yaml", "scales/evalcheck/dvc.yaml", "scales/rehearsal/dvc.yaml",
                                       "experiments/controls/dvc.yaml"])
 def test_every_stage_depends_on_the_code_and_config_it_reads(pipeline):
     """A stage whose code changed must rerun (its identities then decide what is redone): its deps
@@ -262,7 +262,7 @@ def test_every_stage_depends_on_the_code_and_config_it_reads(pipeline):
                 needed.append("conf/model")
         words = stage.cmd.split()
         if {"eval-base", "experiment"} & set(words) or "selm.cli.evaluate" in words:  # lm-eval suites by name
-            needed += ["conf/lmeval/toy.yaml", "src/selm/benchmarks/lm_eval_tasks/utils.py"]
+            needed += ["eval/lmeval/toy.yaml", "eval/lm_eval_tasks/utils.py"]
         problems += [f"{pipeline}:{stage.name} reads {f}, not in its deps" for f in needed if not covered(f)]
         problems += [f"{pipeline}:{stage.name} depends on README.md" for d in deps if d.name == "README.md"]
     assert not problems, "\n".join(problems)

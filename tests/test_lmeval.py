@@ -93,7 +93,7 @@ def models(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def toy_runs(models, gold_a_world, tmp_path_factory):
-    """Both models on both toy tasks, with the settings of conf/lmeval/toy.yaml."""
+    """Both models on both toy tasks, with the settings of eval/lmeval/toy.yaml."""
     out = tmp_path_factory.mktemp("runs")
     runs = {}
     for name, model in models.items():
@@ -159,7 +159,7 @@ def test_record_has_what_must_be_recorded(toy_runs, models, gold_a_world):
 
 
 def test_cli_on_a_built_world_from_another_directory(tiny_world, tmp_path, monkeypatch):
-    """The CLI with conf/lmeval/toy.yaml on a real (tiny) world, started outside the repository:
+    """The CLI with eval/lmeval/toy.yaml on a real (tiny) world, started outside the repository:
     data_files are made absolute, so the current directory does not matter."""
     model = build_tiny_model(tmp_path / "random", size="14k", seed=0)
     monkeypatch.chdir(tmp_path)
@@ -215,19 +215,19 @@ def test_clear_errors_before_any_model_is_loaded(tmp_path, gold_a_world):
             run_lmeval(tmp_path / "no-model", [mc], world=gold_a_world, backend="vllm")
 
 
-def test_local_tasks_are_package_data():
-    """The local task folder every conf/lmeval suite includes lies inside the selm package and is
-    declared as package data, so a non-editable install (no repository around it) has the tasks."""
-    import tomllib
-    from fnmatch import fnmatch
+def test_local_tasks_sit_in_eval_at_the_repository_root():
+    """Every eval/lmeval suite's include_path resolves to a folder of eval/ (found from the checkout,
+    like conf/), that folder holds the task YAMLs the suite names, and a folder that is not there is an
+    error naming it."""
+    from omegaconf import OmegaConf
 
-    package = Path(lmeval.__file__).resolve().parents[1]  # src/selm
-    for conf in sorted((ROOT / "conf" / "lmeval").glob("*.yaml")):
-        for entry in lmeval.load_lmeval_config(conf).get("include_path") or []:
-            folder = lmeval.include_dir(entry)
-            assert folder.is_dir() and package in folder.parents, f"{conf.name}: include_path {entry} -> {folder}"
-    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["selm.benchmarks"]
-    shipped = [p.relative_to(package / "benchmarks").as_posix() for p in lmeval.TASKS_DIR.iterdir() if p.is_file()]
-    assert shipped and all(any(fnmatch(f, pattern) for pattern in declared) for f in shipped), (shipped, declared)
-    with pytest.raises(FileNotFoundError, match="package:nope: the selm package has no task folder"):
-        lmeval.include_dir("package:nope")
+    for conf in sorted((ROOT / "eval" / "lmeval").glob("*.yaml")):
+        suite = lmeval.load_lmeval_config(conf)
+        folders = [lmeval.include_dir(entry) for entry in suite.get("include_path") or []]
+        assert all(f.is_dir() and (ROOT / "eval") in f.parents for f in folders), (conf.name, folders)
+        declared = {OmegaConf.load(y).get("task") for f in folders for y in f.glob("*.yaml")}
+        local = [t["name"] for t in suite["tasks"] if t["name"].startswith("selm_")]
+        assert set(local) <= declared, (conf.name, local, declared)
+    assert lmeval.TASKS_DIR == ROOT / "eval" / "lm_eval_tasks"
+    with pytest.raises(FileNotFoundError, match="include_path eval/nope: no task folder"):
+        lmeval.include_dir("eval/nope")

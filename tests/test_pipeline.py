@@ -41,7 +41,7 @@ def test_stage_config_takes_shared_values_from_params_and_grid_item(tmp_path):
 def test_dvc_experiment_outs_hold_every_run_and_persist():
     from selm.experiments import expand, load_experiments
 
-    stages = yaml.safe_load((ROOT / "scales" / "toy" / "dvc.yaml").read_text())["stages"]
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     spec = load_experiments(ROOT / "experiments" / "toy.yaml")
     # one stage runs every experiment of the spec (`--all`): its outs must name each one, and
     # persist: DVC must not delete a crashed run's finished iterations before rerunning the stage
@@ -61,11 +61,11 @@ def test_stage_set_overrides_after_params(tmp_path):
 def test_evalcheck_lmeval_suite_closes_choices_with_chatml_end():
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("lm_utils", ROOT / "src" / "selm" / "benchmarks" / "lm_eval_tasks" / "utils.py")
+    spec = importlib.util.spec_from_file_location("lm_utils", ROOT / "eval" / "lm_eval_tasks" / "utils.py")
     utils = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(utils)
     assert utils.choices_then_im_end({"choices": ["ab", "ba"]}) == ["ab<|im_end|>", "ba<|im_end|>"]
-    evalcheck = yaml.safe_load((ROOT / "conf" / "lmeval" / "evalcheck.yaml").read_text())
+    evalcheck = yaml.safe_load((ROOT / "eval" / "lmeval" / "evalcheck.yaml").read_text())
     assert [t["name"] for t in evalcheck["tasks"]] == ["selm_toy_mc_chatml", "selm_toy_gen"]
 
 

@@ -20,7 +20,7 @@ from selm.report.stats import fmt_mean_ci
 REPO = Path(__file__).resolve().parents[1]
 # sentences written for the toy scale only; none may appear in another scale's report
 TOY_ONLY = ("Ours is the toy scale", "300 held-out prompts", "(tiny-sft)", "tiny-sft", "tiny-instruct", "toy world",
-            "oracle", "toy:", "r*", "dvc repro scales/toy/dvc.yaml`")
+            "oracle", "toy:", "r*", "dvc repro`")
 
 
 def _figure4_claim(fig4: dict, fig5: dict) -> tuple[str, str]:
@@ -214,7 +214,7 @@ def test_the_paper_scale_report_has_no_toy_sentence(tmp_path):
     assert "This scale has no true reward, so whether selection by the external reward agrees" in text
     # the same shape under the toy spec gets the toy's wording, from experiments/toy.yaml
     toy = render(_paper_scale_data(tmp_path, "experiments/toy.yaml"))
-    assert "Ours is the toy scale" in toy and "dvc repro scales/toy/dvc.yaml" in toy
+    assert "Ours is the toy scale" in toy and "dvc repro" in toy
     # which verdicts the toy report is not built from (the named controls experiment): said under the claims
     agreement = toy.split("## What agrees with the paper and what does not")[1].split("\n## ")[0]
     assert "**Not in this report:** This report is built from `make repro`'s runs" in agreement

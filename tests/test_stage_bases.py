@@ -77,10 +77,10 @@ def test_a_failing_base_is_named_and_the_other_still_trains(small_world):
 
 @pytest.mark.parametrize("stage, outs", [("sft", "models/{}"), ("eval_base", "evals/base/{}")])
 def test_toy_per_base_stages_name_exactly_the_spec_bases(stage, outs):
-    """scales/toy/dvc.yaml's single `sft` and `eval_base` stages name every base of experiments/toy.yaml's
+    """dvc.yaml's single `sft` and `eval_base` stages name every base of experiments/toy.yaml's
     `bases` in their command, outs and model configs (a base added to the spec but not here would not run)."""
     bases = yaml.safe_load((ROOT / "experiments" / "toy.yaml").read_text())["bases"]
-    spec = yaml.safe_load((ROOT / "scales" / "toy" / "dvc.yaml").read_text())["stages"][stage]
+    spec = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"][stage]
     assert spec["cmd"].split()[-len(bases) - 1:] == [stage.replace("_", "-"), *bases]
     assert spec["outs"] == [outs.format(b) for b in bases]
     assert [d for d in spec["deps"] if d.startswith("conf/model/")] == [f"conf/model/{b}.yaml" for b in bases]

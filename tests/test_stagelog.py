@@ -78,21 +78,18 @@ def test_the_table_of_a_dvc_pipeline_ran_then_cached(tmp_path):
         "with stage_timer():\n"
         "    count('things made', 2)\n"
         "    open('b.txt', 'w').write(open('a.txt').read() + 'b')\n")
-    # laid out like the toy pipeline: scales/toy/dvc.yaml, every stage run from the repo root, and
-    # selm.stagetable's default pipeline (DVC names its stages scales/toy/dvc.yaml:<stage>)
-    (repo / "scales" / "toy").mkdir(parents=True)
-    (repo / "scales" / "toy" / "dvc.yaml").write_text(
+    # laid out like the toy pipeline: dvc.yaml, every stage run from the repo root, and
+    # selm.stagetable's default pipeline (DVC names a root dvc.yaml's stages by their names)
+    (repo / "dvc.yaml").write_text(
         "stages:\n"
         "  a:\n"
-        "    wdir: ../..\n"
         "    cmd: python -m selm.stagelog run -- python -c \"open('a.txt', 'w').write('a')\"\n"
         "    outs: [a.txt]\n"
         "  b:\n"
-        "    wdir: ../..\n"
         "    cmd: python b.py\n"
         "    deps: [a.txt, b.py]\n"
         "    outs: [b.txt]\n")
-    a, b = "scales/toy/dvc.yaml:a", "scales/toy/dvc.yaml:b"
+    a, b = "a", "b"
     env = _env(tmp_path)
     env.pop("DVC_STAGE", None)
 
@@ -104,7 +101,7 @@ def test_the_table_of_a_dvc_pipeline_ran_then_cached(tmp_path):
 
     def repro() -> dict:
         since = time.time()
-        sh(sys.executable, "-m", "dvc", "repro", "scales/toy/dvc.yaml")
+        sh(sys.executable, "-m", "dvc", "repro")
         printed = sh(sys.executable, "-m", "selm.stagetable", "--since", str(since), "--out", "stages.json")
         table = json.loads((repo / "stages.json").read_text())
         assert table["machine"]["cores"] >= 1 and table["git_commit"]
@@ -121,7 +118,7 @@ def test_the_table_of_a_dvc_pipeline_ran_then_cached(tmp_path):
     (repo / "b.py").write_text((repo / "b.py").read_text().replace("count('things made', 2)", "raise SystemExit(3)"))
     since = time.time()
     with pytest.raises(subprocess.CalledProcessError):
-        sh(sys.executable, "-m", "dvc", "repro", "scales/toy/dvc.yaml")
+        sh(sys.executable, "-m", "dvc", "repro")
     rows = {r["stage"]: r for r in stage_rows([a, b], read_log(tmp_path / "times.jsonl"), since)}
     assert (rows[a]["status"], rows[b]["status"]) == ("cached", "failed")
 

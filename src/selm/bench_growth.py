@@ -64,7 +64,7 @@ def bench_growth(args, command: str) -> dict:
     sizes, slices = args.sizes.split(","), [int(s) for s in args.slices.split(",")]
     world = args.world
     if not (world / "train_prefs.jsonl").is_file():
-        raise SystemExit(f"--world {world}: no train_prefs.jsonl there (build it: dvc repro scales/toy/dvc.yaml:world)")
+        raise SystemExit(f"--world {world}: no train_prefs.jsonl there (build it: dvc repro world)")
     points, fits, bases = [], {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for size in sizes:

@@ -17,8 +17,11 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-# conf/ sits at the repository root (the package is installed editable from it).
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+# conf/ and eval/ sit at the repository root (the package is installed editable from it): conf/ the
+# Hydra config tree, eval/ what the evaluations read (lm-eval suites and local task YAMLs).
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CONF_DIR = REPO_ROOT / "conf"
+EVAL_DIR = REPO_ROOT / "eval"
 
 
 class ConfigError(ValueError):

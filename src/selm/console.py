@@ -12,7 +12,7 @@ estimate of what is left, and a one-line summary when the stage ends (`summary`)
 outermost bar of a process shows (an experiment run in-process does not draw its loop's bar
 inside its own), and worker processes (`setup(bars=False)`) draw none.
 
-    SELM_VERBOSE=1 dvc repro scales/toy/dvc.yaml     # every library's output, as without this module
+    SELM_VERBOSE=1 dvc repro     # every library's output, as without this module
 """
 
 from __future__ import annotations

@@ -1,63 +1,108 @@
-"""Deterministic mode: the numerical settings under which the toy pipeline's floating point does
-not depend on the CPU's vector extensions or the thread count.
+"""The numerical mode: which code paths the numerical libraries may take on this CPU.
 
-Set `SELM_DETERMINISTIC=1` in the environment (e.g. `SELM_DETERMINISTIC=1 dvc repro scales/toy/dvc.yaml`). The
-stage entry points (the `selm.cli` package) then, before torch is imported, pin:
+The same code, data and config give the same bytes on any x86-64 CPU with AVX2 and FMA (Intel or AMD,
+with or without AVX-512 or AMX) only if every library computes along the same path on each of them.
+By default they do not: each picks kernels for the CPU it finds (ATen and numpy take AVX-512 where it
+exists, MKL takes a vendor-specific path, OpenBLAS one per core type), and thread counts that follow
+the number of cores change the order of reductions. `SELM_NUMERICS` chooses:
 
-- ATEN_CPU_CAPABILITY=default: ATen's own kernels use their portable code path, not the AVX2/AVX-512
-  one chosen by the CPU it runs on;
-- MKL_CBWR=COMPATIBLE: MKL's conditional numerical reproducibility, the same code path on every
-  x86-64 CPU (MKL does the BLAS of the CPU torch wheel);
-- ONEDNN_MAX_CPU_ISA=SSE41: the same cap for oneDNN's kernels;
-- one thread (OMP_NUM_THREADS / MKL_NUM_THREADS=1; torch starts with one): reductions sum in one order.
+- `portable` (the default): the paths below, pinned in the environment before torch or numpy is
+  imported. Importing `selm` applies it, so every `python -m selm...` stage and its worker processes
+  run in it;
+- `native`: nothing pinned, each library's fastest path on this CPU (same bytes only on the same CPU
+  model and core count).
 
-Worker processes inherit the environment. (`python -m selm.sft` and other modules run outside
-`selm.cli` do not apply it: set the variables above yourself there.)
+What `portable` pins, and why each is needed:
 
-What it can and cannot guarantee. Measured on one 2-core AMD EPYC (AVX2), 40 SFT steps of the toy
-tiny-sft stage: the same settings twice give bit-identical weights; 1 vs 2 threads give identical
-weights by default, but ATen's AVX2 vs default kernels, and MKL with vs without MKL_CBWR, each give
-different bits (max |weight difference| 2.4e-7 after 40 steps, which the full SFT grows into a
-different base). So a CPU with another vector width (AVX-512) takes another code path by default;
-the mode pins ATen's and MKL's paths to ones every x86-64 CPU has, which removes that source.
-Tested (tests/test_determinism.py) by emulating a CPU with fewer extensions: capping ATen, MKL and
-oneDNN below AVX2 changes the weights of 15 training steps by default and leaves them bit-identical in
-this mode. A CPU with more extensions (AVX-512) or another CPU model was not available. It cannot cover another
-torch/MKL build, another OS libm, or another architecture (ARM). Cost: ~2x CPU per SFT step
-(45-50 ms at one AVX2 thread vs 94-115 ms in this mode).
+- ATEN_CPU_CAPABILITY=avx2: ATen's vectorised kernels (elementwise math, softmax, norms, reductions,
+  random normal init) use their AVX2 build on every CPU; AVX-512 kernels sum in another order;
+- MKL_CBWR=COMPATIBLE: MKL (the BLAS of torch's CPU wheel) in conditional numerical reproducibility
+  mode on the one branch its documentation guarantees on Intel and non-Intel CPUs alike (the AVX2
+  branch is honoured on Intel only; AMD then silently gets the automatic, vendor-specific path);
+- ONEDNN_MAX_CPU_ISA=AVX2: the same cap for oneDNN's kernels;
+- NPY_DISABLE_CPU_FEATURES (numpy's AVX-512 targets) and OPENBLAS_CORETYPE=Haswell: numpy's own
+  SIMD loops and its OpenBLAS (and scipy's) take their AVX2 kernels, as on an AVX2-only CPU;
+- OMP_NUM_THREADS, MKL_NUM_THREADS, OPENBLAS_NUM_THREADS = 1: one thread per process, so no
+  reduction is split by the number of cores (the stages already run one process per core).
+
+Cost, measured side by side on one machine: docs/performance.md ("Numerical modes"). Not covered:
+another torch, MKL or numpy build (the locks pin them), another architecture (ARM), CPUs without AVX2
+and FMA (a warning says so), GPUs, and vLLM's own CPU kernels (the rehearsal's generation).
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import warnings
 
-ENV_FLAG = "SELM_DETERMINISTIC"
-SETTINGS = {
-    "ATEN_CPU_CAPABILITY": "default",
+ENV_FLAG = "SELM_NUMERICS"
+MODES = ("portable", "native")
+DEFAULT = "portable"
+# numpy 2.x's dispatch targets above AVX2 (pinned by requirements.lock); disabling one the CPU lacks is a no-op
+NUMPY_AVX512 = "AVX512F AVX512CD AVX512_KNL AVX512_KNM AVX512_SKX AVX512_CLX AVX512_CNL AVX512_ICL AVX512_SPR"
+PORTABLE = {
+    "ATEN_CPU_CAPABILITY": "avx2",
     "MKL_CBWR": "COMPATIBLE",
-    "ONEDNN_MAX_CPU_ISA": "SSE41",
+    "ONEDNN_MAX_CPU_ISA": "AVX2",
+    "NPY_DISABLE_CPU_FEATURES": NUMPY_AVX512,
+    "OPENBLAS_CORETYPE": "Haswell",
     "OMP_NUM_THREADS": "1",
     "MKL_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
 }
+REQUIRED_FLAGS = ("avx2", "fma")
 
 
-def enabled(environ=os.environ) -> bool:
-    value = environ.get(ENV_FLAG, "")
-    if value not in ("", "0", "1"):
-        raise ValueError(f"{ENV_FLAG}={value!r}: expected 0 or 1")
-    return value == "1"
+def mode(environ=os.environ) -> str:
+    """The mode `environ` asks for; a typo or the retired SELM_DETERMINISTIC is an error that says what to set."""
+    if "SELM_DETERMINISTIC" in environ:
+        raise ValueError("SELM_DETERMINISTIC is retired: the portable numerical mode is now the default "
+                         "(SELM_NUMERICS=portable); unset SELM_DETERMINISTIC, or set SELM_NUMERICS=native for "
+                         "the fastest, machine-specific paths")
+    value = environ.get(ENV_FLAG, "") or DEFAULT
+    if value not in MODES:
+        raise ValueError(f"{ENV_FLAG}={value!r}: expected one of {', '.join(MODES)}")
+    return value
 
 
-def apply(environ=os.environ) -> bool:
-    """Pin the settings in `environ` when SELM_DETERMINISTIC=1; must run before torch is imported
-    (an import after it would be too late for ATen and MKL, so that is refused). Returns whether on."""
-    if not enabled(environ):
-        return False
-    if "torch" in sys.modules and environ is os.environ:
-        raise RuntimeError(f"{ENV_FLAG}=1 must be applied before torch is imported")
-    for key, value in SETTINGS.items():
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    """The CPU's feature flags (from /proc/cpuinfo; empty where it cannot be read)."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def apply(environ=os.environ) -> str:
+    """Pin the portable settings in `environ` unless SELM_NUMERICS=native; returns the mode.
+
+    A variable the user set to another value is not overridden: that is an error naming it. Applied to
+    this process after torch or numpy was imported it could not take effect, so it warns instead."""
+    chosen = mode(environ)
+    if chosen == "native":
+        return chosen
+    for key, value in PORTABLE.items():
         if environ.get(key, value) != value:
-            raise ValueError(f"{ENV_FLAG}=1 needs {key}={value}, but the environment sets {environ[key]!r}")
-        environ[key] = value
-    return True
+            raise ValueError(f"{ENV_FLAG}=portable needs {key}={value}, but the environment sets "
+                             f"{environ[key]!r}: unset it, or set {ENV_FLAG}=native")
+    if environ is os.environ:
+        late = [m for m in ("torch", "numpy") if m in sys.modules]
+        unpinned = [k for k in PORTABLE if k not in environ]
+        if late and unpinned:
+            warnings.warn(f"{' and '.join(late)} {'was' if len(late) == 1 else 'were'} imported before selm: the portable numerical mode cannot "
+                          f"pin {', '.join(unpinned)} in this process; import selm first", RuntimeWarning,
+                          stacklevel=3)
+        flags = cpu_flags()
+        if flags and not set(REQUIRED_FLAGS) <= flags:
+            warnings.warn(f"this CPU lacks {', '.join(sorted(set(REQUIRED_FLAGS) - flags))}: the portable "
+                          "numerical mode needs AVX2 and FMA, so results here will differ from the "
+                          "recorded ones", RuntimeWarning, stacklevel=3)
+    environ.update(PORTABLE)
+    return chosen

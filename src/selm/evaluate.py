@@ -87,7 +87,7 @@ def mt_bench(cfg: DictConfig, backend, judge, model_id: str, out: Path) -> dict:
 
 
 def lm_eval_suite(cfg: DictConfig, model_dir: Path, out: Path) -> dict | None:
-    """The lm-eval suite named by `eval.lmeval.config` (conf/lmeval/<name>.yaml); null skips it."""
+    """The lm-eval suite named by `eval.lmeval.config` (eval/lmeval/<name>.yaml); null skips it."""
     from selm.benchmarks.lmeval import run_suite
 
     lm = cfg.eval.lmeval

@@ -111,7 +111,7 @@ def result_versions() -> dict[str, str]:
 # its deps changed, so the two should name the same files (tests/test_identity.py checks that every
 # stage's deps cover the modules its command imports). The conf tree needs no fingerprint of its
 # own: every identity holds the composed config values it depends on, and files read by name
-# (conf/lmeval/<name>.yaml, an accelerate config named in train.launcher) are hashed where read.
+# (eval/lmeval/<name>.yaml, an accelerate config named in train.launcher) are hashed where read.
 # The closure is static: every `import selm...` / `from selm... import` / relative import anywhere in
 # a module, function-local imports included, so it errs towards too many modules, never too few.
 

@@ -2,7 +2,7 @@
 
     python -m selm.stagetable --since 1764590000 --out results/bench/repro_stages.json
 
-lists every stage of scales/toy/dvc.yaml in the pipeline's order with its seconds and what it did (runs,
+lists every stage of dvc.yaml in the pipeline's order with its seconds and what it did (runs,
 iterations trained, evaluations run); a stage with no record since `--since` (the start of
 `dvc repro`) was skipped by DVC: "cached". The JSON also names the git commit and the machine
 (cores, CPU model).
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(description="Stage wall times of the last `dvc repro`.")
     p.add_argument("--since", type=float, required=True, help="start of dvc repro (seconds since the epoch)")
-    p.add_argument("--dvc-file", default="scales/toy/dvc.yaml")
+    p.add_argument("--dvc-file", default="dvc.yaml")
     p.add_argument("--log", type=Path, default=None, help=f"timing log (default: {DEFAULT_LOG})")
     p.add_argument("--out", type=Path, default=None, help="JSON to write (e.g. results/bench/repro_stages.json)")
     args = p.parse_args(argv)

@@ -1,7 +1,7 @@
 """lm-evaluation-harness runs: the paper's academic suite and the toy world's two local tasks.
 
 Everything goes through `lm_eval.simple_evaluate` (backend `hf`; `vllm` where installed), with the
-task list of a config in conf/lmeval/ (`toy.yaml`, `paper.yaml`, loaded with OmegaConf: the group is
+task list of a config in eval/lmeval/ (`toy.yaml`, `paper.yaml`, loaded with OmegaConf: the group is
 not part of conf/train.yaml or conf/loop.yaml). The result is one JSON file per (model, config):
 per-task metrics plus what the paper leaves unsaid and a reader needs to compare numbers: harness
 version, task versions, few-shot counts, generation settings, limit, model path, whether the chat
@@ -15,16 +15,16 @@ member's keys over the registered YAML (a shallow merge: an override of `dataset
 the whole dict). The group itself has no metrics and is dropped from the record. Every few-shot
 count is checked against lm-eval's own `n-shot` report after the run.
 
-Local tasks. The toy and rehearsal task YAMLs (and their utils.py) are package data of selm, in
-src/selm/benchmarks/lm_eval_tasks/, so a non-editable install has them too; a conf/lmeval file names that
-folder `package:lm_eval_tasks` in its `include_path` (other entries are folders, relative ones to
-the repository root).
+Local tasks. The toy and rehearsal task YAMLs (and their utils.py) sit in eval/lm_eval_tasks/ at the
+repository root, beside the suites (eval/lmeval/*.yaml) that name them in their `include_path`; both
+are found from the checkout the way conf/ is (selm.config.EVAL_DIR). Entries of an include_path are
+folders, relative ones to the repository root.
 
 Data paths. The toy YAMLs name `data/world/...` relative to the repository root,
 but `datasets` resolves `data_files` against the current directory. A task with `world_file` in its
 config gets `dataset_kwargs.data_files.test` set to the absolute path of that file in the world
 folder given at run time (checked to exist first), so a run does not depend on where it starts.
-Relative paths inside a conf/lmeval file (`world`, `include_path`) are resolved against the
+Relative paths inside a eval/lmeval file (`world`, `include_path`) are resolved against the
 repository root; paths given on the command line against the current directory.
 
 Chat template. `apply_chat_template` is a config value: on for the toy tasks (the toy models only
@@ -50,15 +50,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from selm.config import CONF_DIR
+from selm.config import EVAL_DIR, REPO_ROOT
 from selm.io import write_json_atomic, write_jsonl_atomic
 
 FORMAT = "selm-lmeval/1"
-REPO_ROOT = CONF_DIR.parent
-LMEVAL_CONF_DIR = CONF_DIR / "lmeval"
-# The local task YAMLs shipped inside the package; `package:<name>` in an include_path names them.
-PACKAGE_PREFIX = "package:"
-TASKS_DIR = Path(__file__).resolve().parent / "lm_eval_tasks"
+LMEVAL_CONF_DIR = EVAL_DIR / "lmeval"
+# The local task YAMLs (the toy world's and the rehearsal's tasks)
+TASKS_DIR = EVAL_DIR / "lm_eval_tasks"
 DEFAULT_INCLUDE_PATH = TASKS_DIR
 # Name of the inline group carrying the per-task overrides (must not be a registered name).
 RUN_GROUP = "selm_lmeval_run"
@@ -67,7 +65,7 @@ BACKENDS = ("hf", "vllm")
 
 @dataclass
 class TaskSpec:
-    """One task of a run, as written in a conf/lmeval file (or given as a bare name).
+    """One task of a run, as written in a eval/lmeval file (or given as a bare name).
 
     `metric` is lm-eval's result key (`acc_norm,none`, `exact_match,strict-match`) whose value, times
     `scale`, is the task's score in the record; `in_mean` says whether that score enters the mean.
@@ -98,7 +96,7 @@ class TaskSpec:
 
 
 def load_lmeval_config(name_or_path: str | os.PathLike) -> dict:
-    """A conf/lmeval group file by name (`toy`, `paper`) or any YAML path, as a plain dict."""
+    """A eval/lmeval group file by name (`toy`, `paper`) or any YAML path, as a plain dict."""
     from omegaconf import OmegaConf
 
     path = Path(name_or_path)
@@ -111,7 +109,7 @@ def load_lmeval_config(name_or_path: str | os.PathLike) -> dict:
 
 
 def _repo_path(value: str | os.PathLike | None) -> Path | None:
-    """A path from a conf/lmeval file: relative ones are relative to the repository root."""
+    """A path from a eval/lmeval file: relative ones are relative to the repository root."""
     if value is None:
         return None
     path = Path(value)
@@ -119,15 +117,11 @@ def _repo_path(value: str | os.PathLike | None) -> Path | None:
 
 
 def include_dir(value: str | os.PathLike) -> Path:
-    """A folder of an include_path: `package:<name>` is src/selm/benchmarks/<name> (package data), any
-    other entry a folder (relative ones to the repository root)."""
-    text = str(value)
-    if text.startswith(PACKAGE_PREFIX):
-        folder = Path(__file__).resolve().parent / text.removeprefix(PACKAGE_PREFIX)
-        if not folder.is_dir():
-            raise FileNotFoundError(f"include_path {text}: the selm package has no task folder {folder}")
-        return folder
-    return _repo_path(value)
+    """A folder of an include_path (relative ones to the repository root); it must exist."""
+    folder = _repo_path(value)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"include_path {value}: no task folder {folder}")
+    return folder
 
 
 def task_manager(include_path: Sequence[str | os.PathLike], names: Sequence[str], *,
@@ -388,7 +382,7 @@ def run_lmeval(
 
 
 def run_suite(model_dir: str | os.PathLike, config: str | os.PathLike | Mapping, **overrides) -> dict:
-    """`run_lmeval` with the settings of a conf/lmeval file (name, path or loaded dict); keyword
+    """`run_lmeval` with the settings of a eval/lmeval file (name, path or loaded dict); keyword
     arguments win over the file's values (None means: keep the file's)."""
     cfg = dict(config) if isinstance(config, Mapping) else load_lmeval_config(config)
     settings = {
@@ -403,9 +397,9 @@ def run_suite(model_dir: str | os.PathLike, config: str | os.PathLike | Mapping,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Run a conf/lmeval suite on a model with lm-evaluation-harness.")
+    parser = argparse.ArgumentParser(description="Run a eval/lmeval suite on a model with lm-evaluation-harness.")
     parser.add_argument("--model", required=True, help="model folder (or hub id at the paper scale)")
-    parser.add_argument("--config", default="toy", help="conf/lmeval name (toy, paper) or a YAML path")
+    parser.add_argument("--config", default="toy", help="eval/lmeval name (toy, paper) or a YAML path")
     parser.add_argument("--out", required=True, help="result JSON")
     parser.add_argument("--world", default=None, help="toy world folder (default: the config's)")
     parser.add_argument("--limit", type=float, default=None, help="documents per task (<1: a fraction)")
