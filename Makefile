@@ -51,12 +51,12 @@ test-fast: setup
 bench: setup
 	$(PY) -m selm.bench train
 
-# Ends with the stage time table (selm.stagetable; also results/bench/repro_stages.json), also after a failure,
-# and after a success with the training seconds of the finished runs (selm.bench_floor: training_floor.json).
+# Ends with the stage time table (selm.bench.stages; also results/bench/repro_stages.json), also after a failure,
+# and after a success with the training seconds of the finished runs (selm.bench.floor: training_floor.json).
 repro: setup
 	start=$$(date +%s.%N); status=0; $(PY) -m dvc repro || status=$$?; \
-	$(PY) -m selm.stagetable --since $$start --out results/bench/repro_stages.json; \
-	if [ $$status -eq 0 ]; then $(PY) -m selm.bench_floor; fi; exit $$status
+	$(PY) -m selm.bench stages --since $$start --out results/bench/repro_stages.json; \
+	if [ $$status -eq 0 ]; then $(PY) -m selm.bench floor; fi; exit $$status
 
 # The W&B workspace of selm.dashboard, saved (online, after `wandb login`) to the project the runs
 # were synced to with `wandb sync`.

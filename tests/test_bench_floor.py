@@ -3,7 +3,7 @@
 import argparse
 import json
 
-from selm import bench_floor
+from selm.bench import floor as bench_floor
 
 
 def test_the_training_floor_counts_a_shared_iteration0_once(tmp_path, monkeypatch):
@@ -22,10 +22,16 @@ def test_the_training_floor_counts_a_shared_iteration0_once(tmp_path, monkeypatc
     iteration("runs/f/c/alpha0.0/seed1/iter1", {"iteration": 1}, 4.0, None)
     (tmp_path / "models" / "b").mkdir(parents=True)
     (tmp_path / "models" / "b" / "sft_metrics.json").write_text(json.dumps({"seconds": 30.0}))
-    args = argparse.Namespace(spec=tmp_path / "spec.yaml", stages=tmp_path / "absent.json", out=tmp_path / "floor.json")
+    (tmp_path / "stages.json").write_text(json.dumps({"git_commit": "abc", "wall_seconds": 9.0,
+                                                      "stages": [{"stage": "sft", "seconds": 7.5}]}))
+    args = argparse.Namespace(spec=tmp_path / "spec.yaml", stages=tmp_path / "stages.json", out=tmp_path / "floor.json")
     result = bench_floor.bench_floor(args, "test")
     assert result["experiments"] == {"e": {"iterations": 2, "train_seconds": 15.0, "ref_seconds": 3.0},
                                      "f": {"iterations": 1, "train_seconds": 4.0, "ref_seconds": 0.0}}
     assert result["experiments_training_cpu_seconds"] == 22.0 and result["experiments_training_wall_floor_seconds"] == 11.0
     assert result["sft_seconds"] == {"b": 30.0}
-    assert json.loads(args.out.read_text())["command"] == "test"
+    written = json.loads(args.out.read_text())
+    assert written["command"] == "test" and written["machine"]["cores"] >= 1
+    # the stage table of the same run, named relative to the working directory (no machine path)
+    assert written["stage_table"] == {"file": "stages.json", "git_commit": "abc", "wall_seconds": 9.0,
+                                      "stages": {"sft": 7.5}}

@@ -1,12 +1,13 @@
 """The training benchmark's accounting: parameters in matmuls, token counts, FLOP utilisation."""
 
 import argparse
+from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from selm import bench_train
+from selm.bench import train as bench_train
 from selm.data import tokenize_pairs, without_y_ref
 
 
@@ -87,12 +88,14 @@ def test_counted_tokens_are_the_pairs_tokens(tiny_model):
         assert run["epoch_policy_tokens"] == tokens, name
         assert run["steps"] == 3 and len(run["step_seconds"]) == 3
         assert run["sequences_per_pair"] == (3 if name == "selm_yref" else 2)
-        assert run["top_ops"] and run["top_ops"][0]["self_ms"] > 0  # the warm-up step was profiled
-    assert torch.tensor([r["setup_seconds"] for r in result["trainers"].values()]).gt(0).all()
+        # the warm-up step was profiled: operators with their call counts (times are not asserted)
+        assert run["top_ops"] and all(op["op"] and op["calls"] >= 1 for op in run["top_ops"])
+    assert result["model"] == f"<elsewhere>/{Path(tiny_model).name}"  # outside the working directory: no machine path
+
 
 
 def test_growth_fit_and_matmul_peak():
-    from selm.bench_growth import linear_fit
+    from selm.bench.growth import linear_fit
 
     # y = 10 + 0.5 x through three points, by hand
     assert linear_fit([32, 64, 128], [26.0, 42.0, 74.0]) == pytest.approx((10.0, 0.5))

@@ -102,19 +102,27 @@ def test_the_decode_benchmark_compares_both_paths_on_the_same_answers(tiny_model
     import argparse
     import json
 
-    from selm import bench_decode
+    from selm.bench import decode as bench_decode
 
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
     args = argparse.Namespace(model=tiny_model, prompts_file=prompts, prompts=6, samples=2, max_new_tokens=8,
                               rounds=2, out=tmp_path / "decode.json")
-    result = json.loads((bench_decode.bench_decode(args, "test") and args.out).read_text())
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)  # the benchmark runs on one thread and gives the caller's count back
+    try:
+        bench_decode.bench_decode(args, "test")
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(threads)
+    result = json.loads(args.out.read_text())
     assert result["answers_identical"] and result["prompts"] == 6 and len(result["rounds"]) == 2
+    assert result["threads"] == 1 and result["provenance"]["torch_threads"] == 1
     for r in result["rounds"]:  # greedy (1 answer) + 2 samples per prompt, each at most 8 tokens
         assert r["lean"]["tokens"] == r["generate"]["tokens"] <= 6 * 3 * 8
-        assert r["speedup"] == pytest.approx(r["generate"]["seconds"] / r["lean"]["seconds"], rel=0.02)  # of unrounded times
+        assert r["speedup"] == r["generate"]["seconds"] / r["lean"]["seconds"]  # the stored times' quotient, exactly
+    assert result["speedup"] == [r["speedup"] for r in result["rounds"]]
     assert decode.supports.__name__ == "supports"  # restored after the comparison
     args.model = tmp_path / "absent"
     with pytest.raises(FileNotFoundError, match="--model"):
         bench_decode.bench_decode(args, "test")
-

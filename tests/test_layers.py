@@ -27,10 +27,8 @@ LAYERS = [
     ("recipes: one iteration, SFT, the loop, exports, evaluations, stand-ins", {
         "selm.train", "selm.sft", "selm.loop", "selm.evalstore", "selm.ultrafeedback", "selm.benchmarks",
         "selm.evaluate", "selm.standins", "selm.judge_server"}),
-    ("orchestration: experiments, benchmarks, the stage-time table, the W&B workspace", {
-        "selm.experiments", "selm.bench", "selm.bench_train", "selm.bench_growth", "selm.bench_decode",
-        "selm.bench_floor", "selm.stagetable",
-        "selm.dashboard"}),
+    ("orchestration: experiments, benchmarks (the stage-time table among them), the W&B workspace", {
+        "selm.experiments", "selm.bench", "selm.dashboard"}),
     ("report: analyses, tables, figures", {"selm.report"}),
     ("entry points", {"selm.cli"}),
 ]
@@ -45,7 +43,7 @@ RENDERING = {"selm.report.build", "selm.report.report_text", "selm.report.claims
 COMPUTING = {"selm.report.analyze", "selm.report.claims", "selm.report.comparison"}
 VERDICT_FUNCTIONS = {"effect_verdict", "regime_verdict", "paired_test", "sample_test", "summary_diff", "mde", "mde_se",
                      "t95", "t_quantile"}
-WORLD_IMPORTERS = {"selm.sft", "selm.bench", "selm.bench_train", "selm.rankers", "selm.judges.oracle",
+WORLD_IMPORTERS = {"selm.sft", "selm.bench.train", "selm.rankers", "selm.judges.oracle",
                    "selm.report.controls_analysis"}
 
 
@@ -200,7 +198,7 @@ def test_the_rendering_check_finds_a_verdict_import(tmp_path):
 
 def test_every_imported_selm_module_exists():
     """A module-level import of a missing module fails at import time, a function-local one only when
-    the function runs (selm.bench_train imported `selm.small` long after it had moved): every selm
+    the function runs (the training benchmark imported `selm.small` long after it had moved): every selm
     module named in an import, function-local ones included, is a file or package of src/selm."""
     def exists(module: str) -> bool:
         path = PACKAGE.parent.joinpath(*module.split("."))

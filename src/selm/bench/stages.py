@@ -1,23 +1,22 @@
 """The stage time table of `make repro`, from the timing log the stages write (selm.stagelog).
 
-    python -m selm.stagetable --since 1764590000 --out results/bench/repro_stages.json
+    python -m selm.bench stages --since 1764590000 --out results/bench/repro_stages.json
 
 lists every stage of dvc.yaml in the pipeline's order with its seconds and what it did (runs,
 iterations trained, evaluations run); a stage with no record since `--since` (the start of
 `dvc repro`) was skipped by DVC: "cached". The JSON also names the git commit and the machine
-(cores, CPU model).
+(CPU model, vector extensions, cores).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from selm.bench import machine
 from selm.stagelog import DEFAULT_LOG, log_path, read_log
 
 
@@ -74,36 +73,22 @@ def pipeline_stages(dvc_file: str) -> list[str]:
     return [line.strip() for line in done.stdout.splitlines() if line.strip()]
 
 
-def machine() -> dict:
-    model = "unknown"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"cores": cores, "cpu_model": model, "platform": platform.platform(), "python": platform.python_version()}
-
-
-def main(argv: list[str] | None = None) -> int:
-    from selm.io import write_json_atomic
-    from selm.provenance import git_commit
-
-    p = argparse.ArgumentParser(description="Stage wall times of the last `dvc repro`.")
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--since", type=float, required=True, help="start of dvc repro (seconds since the epoch)")
     p.add_argument("--dvc-file", default="dvc.yaml")
     p.add_argument("--log", type=Path, default=None, help=f"timing log (default: {DEFAULT_LOG})")
     p.add_argument("--out", type=Path, default=None, help="JSON to write (e.g. results/bench/repro_stages.json)")
-    args = p.parse_args(argv)
+
+
+def run(args: argparse.Namespace, command: str) -> dict:
+    from selm.io import write_json_atomic
+    from selm.provenance import git_commit
+
     wall = time.time() - args.since
     rows = stage_rows(pipeline_stages(args.dvc_file), read_log(args.log or log_path()), args.since)
     print(format_table(rows, wall))
+    result = {"dvc_file": args.dvc_file, "git_commit": git_commit(), "machine": machine.describe(), "command": command,
+              "started": args.since, "wall_seconds": round(wall, 1), "stages": rows}
     if args.out is not None:
-        write_json_atomic(args.out, {"dvc_file": args.dvc_file, "git_commit": git_commit(), "machine": machine(),
-                                     "started": args.since, "wall_seconds": round(wall, 1), "stages": rows})
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        write_json_atomic(args.out, result)
+    return result

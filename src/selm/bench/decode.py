@@ -6,7 +6,9 @@ at T = 1 per prompt (HFBackend, batches of 64 sequences, one torch thread as in 
 workers). After one untimed warm-up of each path, each round runs both paths on the same model and
 prompts, alternating which goes first;
 the answers must be identical (the benchmark fails otherwise), and the figures are seconds and
-generated tokens per second of each path, plus their ratio per round.
+generated tokens per second of each path, plus their ratio per round. Seconds and ratios are stored
+unrounded, so each round's speed-up is exactly its two stored times' quotient. torch's thread count
+is restored when the benchmark ends.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 import torch
 
 from selm import decode
+from selm.bench.machine import describe, portable_path
 from selm.io import read_jsonl, write_json_atomic
 from selm.provenance import provenance
 
@@ -55,12 +58,28 @@ def _on_path(path: str, backend, prompts: list[str], samples: int, max_new_token
 
 
 def bench_decode(args: argparse.Namespace, command: str) -> dict:
-    from selm.generation import HFBackend
-
     for path, what in ((args.model / "config.json", "--model"), (args.prompts_file, "--prompts-file")):
         if not path.is_file():
             raise FileNotFoundError(f"{what}: {path} does not exist (`make repro` builds the toy world and bases)")
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    try:
+        rounds, prompts = _rounds(args)
+        prov = provenance(command=command)  # its torch_threads: the benchmark's one
+    finally:
+        torch.set_num_threads(threads)
+    result = {"model": portable_path(args.model), "prompts": len(prompts), "samples": args.samples,
+              "max_new_tokens": args.max_new_tokens, "threads": prov["torch_threads"], "answers_identical": True,
+              "rounds": rounds, "speedup": [r["speedup"] for r in rounds], "machine": describe(),
+              "git_commit": prov["git_commit"], "command": command, "provenance": prov}
+    write_json_atomic(args.out, result)
+    return result
+
+
+def _rounds(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
+    """The warm-up and the timed rounds (on one torch thread)."""
+    from selm.generation import HFBackend
+
     prompts = [r["prompt"] for r in read_jsonl(args.prompts_file)][: args.prompts]
     backend = HFBackend(str(args.model), progress=False, device="cpu")
     if not decode.supports(backend.model):
@@ -73,15 +92,15 @@ def bench_decode(args: argparse.Namespace, command: str) -> dict:
                    for path in (("lean", "generate") if r % 2 == 0 else ("generate", "lean"))}
         if figures["lean"][0] != figures["generate"][0]:
             raise AssertionError(f"round {r}: the lean loop's answers differ from generate's")
-        rounds.append({path: {"seconds": round(s, 3), "tokens": n, "tokens_per_s": round(n / s, 1)}
+        rounds.append({path: {"seconds": s, "tokens": n, "tokens_per_s": round(n / s, 1)}
                        for path, (_, s, n) in figures.items()})
-        rounds[-1]["speedup"] = round(figures["generate"][1] / figures["lean"][1], 3)
+        rounds[-1]["speedup"] = rounds[-1]["generate"]["seconds"] / rounds[-1]["lean"]["seconds"]
         print(f"round {r}: lean {rounds[-1]['lean']['seconds']:.2f} s, generate {rounds[-1]['generate']['seconds']:.2f} s,"
               f" {rounds[-1]['speedup']:.2f}x, answers identical", flush=True)
-    prov = provenance(command=command)
-    result = {"model": str(args.model), "prompts": len(prompts), "samples": args.samples,
-              "max_new_tokens": args.max_new_tokens, "threads": torch.get_num_threads(), "answers_identical": True,
-              "rounds": rounds, "speedup": [r["speedup"] for r in rounds], "git_commit": prov["git_commit"],
-              "command": command, "provenance": prov}
-    write_json_atomic(args.out, result)
+    return rounds, prompts
+
+
+def run(args: argparse.Namespace, command: str) -> dict:
+    result = bench_decode(args, command)
+    print(f"-> {args.out}")
     return result

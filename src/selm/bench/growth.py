@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from selm.bench.machine import describe
 from selm.io import write_json_atomic
 from selm.provenance import provenance
 
@@ -86,8 +87,7 @@ def bench_growth(args, command: str) -> dict:
                      "eval_prompts": args.eval_prompts, "iterations": "the toy scale's (offline DPO, then 1-3)",
                      "threads": torch.get_num_threads()},
         "bases": bases, "points": points, "linear_fits": fits,
-        "machine": {"cpus": len(os.sched_getaffinity(0)), "load_average_end": os.getloadavg(),
-                    "shared": args.shared_note},
+        "machine": {**describe(), "load_average_end": os.getloadavg()},
         "provenance": prov,
     }
     write_json_atomic(args.out, result)
@@ -102,5 +102,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--eval-prompts", type=int, default=8, help="greedy test answers per iteration")
     parser.add_argument("--sft-epochs", type=float, default=2.0)
-    parser.add_argument("--shared-note", default="", help="what else ran on the machine (recorded in the JSON)")
     parser.add_argument("--out", type=Path, default=Path("results/bench/cost_growth.json"))
+
+
+def run(args, command: str) -> dict:
+    result = bench_growth(args, command)
+    for size, fit in result["linear_fits"].items():
+        print(f"{size}: {fit['fixed_seconds']:.1f} s + {fit['seconds_per_slice_prompt']:.3f} s x slice prompts")
+    print(f"-> {args.out}")
+    return result
