@@ -27,9 +27,10 @@ LAYERS = [
     ("recipes: one iteration, SFT, the loop, exports, evaluations, stand-ins", {
         "selm.train", "selm.sft", "selm.loop", "selm.evalstore", "selm.ultrafeedback", "selm.benchmarks",
         "selm.evaluate", "selm.standins", "selm.judge_server"}),
-    ("orchestration: experiments, benchmarks, the stage-time table, the W&B workspace", {
+    ("orchestration: experiments, benchmarks, the stage-time table, the W&B workspace, the smoke runner, the cost", {
         "selm.experiments", "selm.bench", "selm.bench_train", "selm.bench_growth", "selm.bench_decode",
         "selm.bench_floor", "selm.stagetable",
+        "selm.smoke", "selm.cost",
         "selm.dashboard"}),
     ("report: analyses, tables, figures", {"selm.report"}),
     ("entry points", {"selm.cli"}),
