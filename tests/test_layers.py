@@ -27,8 +27,8 @@ LAYERS = [
     ("recipes: one iteration, SFT, the loop, exports, evaluations, stand-ins", {
         "selm.train", "selm.sft", "selm.loop", "selm.evalstore", "selm.ultrafeedback", "selm.benchmarks",
         "selm.evaluate", "selm.standins", "selm.judge_server"}),
-    ("orchestration: experiments, benchmarks (the stage-time table among them), the W&B workspace", {
-        "selm.experiments", "selm.bench", "selm.dashboard"}),
+    ("orchestration: experiments, benchmarks (the stage-time table among them), the W&B workspace, the smoke runner, the cost", {
+        "selm.experiments", "selm.bench", "selm.dashboard", "selm.smoke", "selm.cost"}),
     ("report: analyses, tables, figures", {"selm.report"}),
     ("entry points", {"selm.cli"}),
 ]
