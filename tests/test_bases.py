@@ -172,17 +172,29 @@ def test_across_base_test_has_the_bases_as_units():
     assert v["verdict"] == "inconclusive" and "minimum detectable" in v["reason"]  # 0.025 < MDE (4.16 * se)
 
 
+def _welch_half(se2, dof_se, sb2, dof_b):
+    """t95 at Welch-Satterthwaite's degrees of freedom times the combined sd (scipy for the quantile)."""
+    from scipy import stats as sps
+
+    dof = (se2 + sb2) ** 2 / (se2 ** 2 / dof_se + sb2 ** 2 / dof_b)
+    return sps.t.ppf(0.975, dof) * math.sqrt(se2 + sb2), dof
+
+
 def test_an_effect_against_the_between_base_spread():
-    test = {"mean_diff": 0.05, "sd": 0.02, "n": 5}  # se = 0.02 / sqrt(5), 4 degrees of freedom
+    test = {"mean_diff": 0.05, "sd": 0.02, "n": 5}  # se^2 = 0.0004 / 5 = 8e-5, 4 degrees of freedom
     wide = stats.against_base_spread(test, 0.03, 6)
-    assert wide["half_width"] == pytest.approx(T975[4] * math.sqrt(0.02 ** 2 / 5 + 0.03 ** 2), rel=1e-6)
-    assert wide["exceeds"] is False and wide["dof"] == 4
+    # dof = (8e-5 + 9e-4)^2 / ((8e-5)^2 / 4 + (9e-4)^2 / 6) = 9.604e-7 / 1.366e-7 = 7.03
+    assert wide["dof"] == pytest.approx(9.604e-7 / 1.366e-7, rel=1e-9)
+    half, _ = _welch_half(8e-5, 4, 9e-4, 6)
+    assert wide["half_width"] == pytest.approx(half, rel=1e-9) and wide["exceeds"] is False  # 0.05 < 0.074
     narrow = stats.against_base_spread(test, 0.01, 6)
-    assert narrow["half_width"] == pytest.approx(T975[4] * math.sqrt(0.02 ** 2 / 5 + 0.01 ** 2), rel=1e-6)
+    assert narrow["half_width"] == pytest.approx(_welch_half(8e-5, 4, 1e-4, 6)[0], rel=1e-9)
     assert narrow["exceeds"] is True
-    # the spread's own degrees of freedom cap the test's: 2 bases -> 1
-    assert stats.against_base_spread(test, 0.01, 1)["half_width"] == pytest.approx(
-        T975[1] * math.sqrt(0.02 ** 2 / 5 + 0.01 ** 2), rel=1e-6)
+    # no between-base spread: the seeds' own interval, t95(4) * se
+    assert stats.against_base_spread(test, 0.0, 6)["half_width"] == pytest.approx(T975[4] * math.sqrt(8e-5), rel=1e-6)
+    # a single-seed effect has no se: the between-base part alone, t95(base_dof) * sigma_b
+    assert stats.against_base_spread({"mean_diff": 0.05, "n": 1}, 0.01, 6)["half_width"] == pytest.approx(
+        T975[6] * 0.01, rel=1e-6)
 
 
 def test_the_design_cost_and_the_choice_within_a_budget():
@@ -224,8 +236,8 @@ def test_effects_are_annotated_against_the_between_base_spread():
     paired = _paired()
     spread = claims.base_spread(_bases_json(), "results/toy/controls/bases.json")
     out = claims.against_bases(paired, claims.paired_last(paired), None, spread)["paired"]["main/tiny-sft"]
-    # r*: +0.05, se 0.02/sqrt(5), sigma_b 0.01, dof min(4, 6) = 4
-    assert out["mean_reward"]["half_width"] == pytest.approx(T975[4] * math.sqrt(0.0004 / 5 + 0.0001), rel=1e-6)
+    # r*: +0.05, se^2 0.0004/5 (4 dof), sigma_b 0.01 over 7 bases (6 dof)
+    assert out["mean_reward"]["half_width"] == pytest.approx(_welch_half(0.0004 / 5, 4, 0.0001, 6)[0], rel=1e-9)
     assert out["mean_reward"]["exceeds"] is True
     # LC: +1.0 against a between-base sd of 3 points
     assert out["alpaca_lc_win_rate"]["exceeds"] is False

@@ -324,17 +324,20 @@ def across_base_test(base_means: list[float]) -> dict:
 
 
 def against_base_spread(test: dict, sd_between: float, base_dof: int) -> dict:
-    """Whether a difference measured on ONE base (a paired test over seeds: mean_diff and its se)
-    exceeds the between-base spread: the interval widened by it, mean +- t95(dof) * sqrt(se^2 +
-    sigma_b^2) with dof = min(the test's, the spread's base_dof) (what another base could give:
-    the base's own draw adds sigma_b^2), must exclude 0."""
-    se, dof = _se_dof(test)
+    """Whether a difference measured on ONE base (a paired test over seeds: mean_diff and its se with
+    its dof) exceeds the between-base spread: its interval widened by it, mean +- t95(dof) *
+    sqrt(se^2 + sigma_b^2) (another base's draw adds sigma_b^2), must exclude 0. dof is
+    Welch-Satterthwaite's (se^2 + sigma_b^2)^2 / (se^4 / dof_se + sigma_b^4 / base_dof), so the part
+    of the variance known from fewer units weighs in with fewer degrees of freedom."""
+    se, dof_se = _se_dof(test)
     se = se or 0.0
-    dof = min(dof, base_dof)
-    if dof < 1:
-        return {"exceeds": False, "half_width": None, "sd_between": sd_between,
-                "reason": "no degrees of freedom"}
-    half = t95(dof) * math.hypot(se, sd_between)
+    variance = se ** 2 + sd_between ** 2
+    parts = [(v, d) for v, d in ((se ** 2, dof_se), (sd_between ** 2, base_dof)) if v > 0]
+    if not parts or any(d < 1 for _, d in parts):
+        return {"exceeds": None, "half_width": None, "sd_between": sd_between,
+                "reason": "no spread or no degrees of freedom"}
+    dof = variance ** 2 / sum(v ** 2 / d for v, d in parts)
+    half = float(sps.t.ppf(1 - ALPHA / 2, dof)) * math.sqrt(variance)
     mean = float(test["mean_diff"])
     return {"exceeds": abs(mean) > half, "half_width": half, "low": mean - half, "high": mean + half,
             "sd_between": sd_between, "dof": dof}
