@@ -259,6 +259,10 @@ def base_arm(cells: list[str], base_seed: int, root: Path = Path("."), unfinishe
 def prior_components(prior: list[dict]) -> dict:
     """Between-base and between-seed sd of a paired difference from earlier measurements on single
     bases (each {name, ci: [low, high], n}: a mean difference's 95% t interval over n seeds)."""
+    for p in prior:
+        if not isinstance(p, dict) or sorted(p) != ["ci", "n", "name"] or len(p["ci"]) != 2:
+            raise KeyError(f"controls.bases prior entry {p!r}: expected {{name, ci: [low, high], n}} "
+                           "(quote a name with a comma)")
     means = [(p["ci"][0] + p["ci"][1]) / 2 for p in prior]
     sds = [sd_from_interval(p["ci"][0], p["ci"][1], int(p["n"])) for p in prior]
     return {**components_from_summaries(means, sds, [int(p["n"]) for p in prior]), "means": means, "sds": sds}
