@@ -15,6 +15,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from selm import layout
 from selm.config import ConfigError, compose_config, validate_config
 
 # Sections of params.yaml that apply to every run of the grid; the grid item sets model, alpha, seed.
@@ -90,12 +91,13 @@ def _unknown_keys(have: DictConfig, given: DictConfig, prefix: str) -> list[str]
 
 def run_config(params_file: Path | None, config_name: str = "loop", groups: Mapping | None = None,
                alpha: float | None = None, seed: int | None = None, values: Mapping | None = None,
-               dotlist: Sequence[str] | None = None) -> DictConfig:
+               dotlist: Sequence[str] | None = None, base_seed: int | None = None) -> DictConfig:
     """conf/<config_name>.yaml composed for one run, in this order: the config `groups` (model,
     variant, experiment options), params.yaml's shared sections (None or an absent file: conf/
     alone), `alpha` and `seed` (None keeps the config's), the dotted `values` (a cell's settings, the
-    run's names and folders), then `dotlist` (KEY=VALUE strings from a command line). Validated:
-    a nonsense value fails here, naming its key."""
+    run's names and folders), `dotlist` (KEY=VALUE strings from a command line), then the SFT base
+    (with_base_seed; None: the model as configured). Validated: a nonsense value fails here, naming
+    its key."""
     cfg = compose_config(config_name, [f"{k}={v}" for k, v in (groups or {}).items()])
     merge_shared_sections(cfg, params_file)
     if alpha is not None:
@@ -106,4 +108,30 @@ def run_config(params_file: Path | None, config_name: str = "loop", groups: Mapp
         OmegaConf.update(cfg, key, value, merge=False)
     if dotlist:
         cfg.merge_with_dotlist(list(dotlist))
+    if base_seed is not None:
+        with_base_seed(cfg, base_seed)
     return validate_config(cfg)
+
+
+def with_base_seed(cfg: DictConfig, base_seed: int) -> DictConfig:
+    """The toy base of SFT seed `base_seed` in place of cfg.model: trained by the `sft` stage with
+    sft.seed = sft.init_seed = base_seed (same world, same recipe), named and placed by
+    selm.layout.base_name / base_path (`tiny-sft.b1` at models/tiny-sft.b1). The default base seed
+    changes nothing, so the default base's runs keep their config and identities; it must be the
+    seeds the config trains the plain-named base with, else "base seed 0" would name another base."""
+    b = int(base_seed)
+    if b < 0:
+        raise ConfigError(f"base seed {base_seed}: expected a non-negative integer")
+    if (cfg.sft.seed, cfg.sft.init_seed) != (layout.DEFAULT_BASE_SEED, layout.DEFAULT_BASE_SEED):
+        raise ConfigError(f"base seeds: sft.seed={cfg.sft.seed} and sft.init_seed={cfg.sft.init_seed} train the "
+                          f"plain-named base {cfg.model.name}, but base seed {layout.DEFAULT_BASE_SEED} names it; "
+                          "keep conf/sft's seeds when a spec gives base_seeds")
+    if b == layout.DEFAULT_BASE_SEED:
+        return cfg
+    if not cfg.model.get("sft_data"):
+        raise ConfigError(f"base seed {b}: model {cfg.model.name} is not trained by the sft stage (no model.sft_data), "
+                          "so it has one base only")
+    cfg.model.name = layout.base_name(cfg.model.name, b)
+    cfg.model.path = layout.base_path(cfg.model.path, b)
+    cfg.sft.seed, cfg.sft.init_seed = b, b
+    return cfg

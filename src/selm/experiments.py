@@ -1,6 +1,10 @@
 """Named experiments (experiments/<scale>.yaml): which runs exist and which figure they feed.
 
-An experiment is cells x alphas x seeds. Each run is the online loop of one cell (selm.loop) and
+An experiment is cells x alphas x seeds, and where it says `base_seeds` (the experiment's or a cell's
+list) x SFT bases: the run of base seed b is the cell `<cell>.b<b>` trained from the toy base
+`<model>.b<b>` (selm.layout.base_name, selm.compose.with_base_seed), which the `sft` stage trains
+(`python -m selm.cli.stage sft tiny-sft.b1`); without `base_seeds`, or for the default base seed,
+a run is what it always was (same folder, config and identities). Each run is the online loop of one cell (selm.loop) and
 then the experiment's evaluations of every checkpoint (selm.evaluate). A DVC stage runs one
 experiment (the paper scale) or several (the toy scale: every experiment of the spec) with one pool of
 worker processes, one torch thread each, so the results do not depend on the number of workers;
@@ -45,6 +49,7 @@ class Run:
     eval_parts: tuple = ()
     config_name: str = "loop"      # entry config in conf/ (the paper scale: loop_paper)
     use_params: bool = True        # take the shared sections from params.yaml (toy); false: conf/ alone
+    base_seed: int | None = None   # the SFT base's seed (None: the model as configured; selm.compose.with_base_seed)
 
     @property
     def run_dir(self) -> Path:
@@ -65,7 +70,7 @@ class Run:
         names = {"run.experiment": self.experiment, "run.cell": self.cell, "run_dir": str(self.run_dir),
                  "eval.parts": list(self.eval_parts)}
         return run_config(params_file if self.use_params else None, self.config_name, self.groups, self.alpha,
-                          self.seed, {**self.values, **names})
+                          self.seed, {**self.values, **names}, base_seed=self.base_seed)
 
 
 def load_experiments(path: str | os.PathLike) -> DictConfig:
@@ -79,8 +84,21 @@ def load_experiments(path: str | os.PathLike) -> DictConfig:
     return spec
 
 
+def base_seeds_of(value, where: str) -> list[int | None]:
+    """A `base_seeds` list (None: absent, one run per seed from the model as configured): distinct
+    non-negative integers, else an error naming `where`."""
+    if value is None:
+        return [None]
+    if not isinstance(value, (list, tuple)) or not value or not all(isinstance(b, int) and not isinstance(b, bool)
+                                                                    and b >= 0 for b in value):
+        raise ValueError(f"{where}.base_seeds: expected a non-empty list of non-negative integers, got {value!r}")
+    if len(set(value)) != len(value):
+        raise ValueError(f"{where}.base_seeds: a base seed is named twice in {list(value)}")
+    return [int(b) for b in value]
+
+
 def expand(spec: DictConfig, name: str, source: str = "experiments") -> list[Run]:
-    """Every run of experiment `name`, in a fixed order (cell, alpha, seed)."""
+    """Every run of experiment `name`, in a fixed order (cell, alpha, base seed, seed)."""
     if name not in spec.experiments:
         raise KeyError(f"{source}: no experiment {name!r}; known: {sorted(spec.experiments)}")
     exp = spec.experiments[name]
@@ -88,12 +106,16 @@ def expand(spec: DictConfig, name: str, source: str = "experiments") -> list[Run
         if key not in exp:
             raise KeyError(f"{source}: experiments.{name} has no {key!r}")
     seeds = list(exp.get("seeds", spec.seeds))
+    exp_bases = exp.get("base_seeds")
+    if OmegaConf.is_config(exp_bases):
+        exp_bases = OmegaConf.to_container(exp_bases)
     config_name, use_params = str(spec.get("config_name", "loop")), bool(spec.get("params", True))
     runs = []
     for cell, overrides in exp.cells.items():
         overrides = OmegaConf.to_container(overrides, resolve=True)
         alphas = overrides.pop("alphas", list(exp.alphas))  # a cell may sweep its own alphas (per base at the paper scale)
         cell_seeds = overrides.pop("seeds", seeds)  # and run its own seeds (the controls reuse other cells' seeds)
+        bases = base_seeds_of(overrides.pop("base_seeds", exp_bases), f"{source}: experiments.{name}.cells.{cell}")
         if "model" not in overrides and "preset" not in overrides:
             raise KeyError(f"{source}: experiments.{name}.cells.{cell} names no model (or preset)")
         bad = [k for k in overrides if "." not in k and k not in GROUP_KEYS]
@@ -103,9 +125,11 @@ def expand(spec: DictConfig, name: str, source: str = "experiments") -> list[Run
         groups = {k: v for k, v in overrides.items() if k in GROUP_KEYS}
         values = {k: v for k, v in overrides.items() if k not in GROUP_KEYS}
         for alpha in alphas:
-            for seed in cell_seeds:
-                runs.append(Run(name, layout.cell_path(cell, alpha), float(alpha), int(seed), groups, values,
-                                tuple(exp.get("eval", [])), config_name, use_params))
+            for base in bases:
+                for seed in cell_seeds:
+                    runs.append(Run(name, layout.cell_path(layout.base_cell(cell, base), alpha), float(alpha),
+                                    int(seed), groups, values, tuple(exp.get("eval", [])), config_name, use_params,
+                                    base))
     return runs
 
 

@@ -29,6 +29,13 @@ float (alpha_name: 0 -> alpha0.0, 0.1 -> alpha0.1, 1 -> alpha1.0, 0.0001 -> alph
 `figures:` section of experiments/<scale>.yaml names cells as `<experiment>/<cell>/alpha<alpha>`
 (figure_ref, parse_figure_ref). A run is named `<experiment>/<cell>/alpha<alpha>/seed<seed>`; a
 checkpoint's evaluation records `<experiment>/<cell>/alpha<alpha>/iter<t>/seed<seed>` (checkpoint_id).
+
+SFT bases. A toy base trained by the `sft` stage with base seed b (its sft.seed and sft.init_seed) is
+`<model>.b<b>` (base_name: `tiny-sft.b1`, at `models/tiny-sft.b1`); the default base seed
+DEFAULT_BASE_SEED (conf/sft/toy.yaml's seeds) keeps the plain name (`tiny-sft`). A cell run from such a
+base is the cell `<cell>.b<b>` (base_cell: runs/<experiment>/dpo.b1/alpha0.0/seed42, its shared
+iteration 0 below runs/shared/tiny-sft.b1/), so a run is (base seed, seed) and the default base's runs
+keep their folders.
 """
 
 from __future__ import annotations
@@ -71,6 +78,8 @@ RUN_GLOB = "*/alpha*/seed*"  # the runs of one experiment, below runs/<experimen
 _ITERATION = re.compile(r"iter(\d+)")
 _ALPHA = re.compile(r"alpha(.+)")
 _SEED = re.compile(r"seed(\d+)")
+_BASE = re.compile(r"(.+)\.b(\d+)")
+DEFAULT_BASE_SEED = 0  # the base seed of the plain-named base: conf/sft/toy.yaml's seed and init_seed
 
 
 # --- names -------------------------------------------------------------------------------------
@@ -112,6 +121,47 @@ def parse_iteration_name(name: str) -> int | None:
     """t of 'iter<t>'; None for any other name (e.g. 'base', 'model.partial')."""
     m = _ITERATION.fullmatch(name)
     return int(m.group(1)) if m else None
+
+
+def base_name(name: str, base_seed: int | None) -> str:
+    """The name of a base, or of a cell, with base seed `base_seed`: '<name>.b<seed>'; the plain name
+    for the default base seed (or None)."""
+    if base_seed is None or int(base_seed) == DEFAULT_BASE_SEED:
+        return name
+    if int(base_seed) < 0:
+        raise ValueError(f"base seed {base_seed}: expected a non-negative integer")
+    return f"{name}.b{int(base_seed)}"
+
+
+def parse_base_name(name: str) -> tuple[str, int]:
+    """base_name's inverse: 'tiny-sft.b1' -> ('tiny-sft', 1); 'tiny-sft' -> ('tiny-sft', DEFAULT_BASE_SEED).
+    '<name>.b0' is refused (the default base has the plain name)."""
+    m = _BASE.fullmatch(name)
+    if not m:
+        return name, DEFAULT_BASE_SEED
+    if int(m.group(2)) == DEFAULT_BASE_SEED or base_name(m.group(1), int(m.group(2))) != name:
+        raise ValueError(f"{name!r}: the base of seed {DEFAULT_BASE_SEED} is {m.group(1)!r} "
+                         f"(a base name is <model>.b<seed> for the other seeds, e.g. {m.group(1)}.b1)")
+    return m.group(1), int(m.group(2))
+
+
+def base_path(path: str, base_seed: int | None) -> str:
+    """The folder of the base with seed `base_seed`, beside the default one: models/tiny-sft ->
+    models/tiny-sft.b1."""
+    p = Path(path)
+    return str(p.with_name(base_name(p.name, base_seed)))
+
+
+def base_cell(cell: str, base_seed: int | None) -> str:
+    """The cell of an experiment run from the base with seed `base_seed` ('dpo' -> 'dpo.b1')."""
+    return base_name(cell, base_seed)
+
+
+def base_cell_ref(ref: str, base_seed: int | None) -> str:
+    """A `figures:` / controls cell reference '<experiment>/<cell>/alpha<alpha>' for base seed
+    `base_seed` ('control_weak/dpo/alpha0.0' -> 'control_weak/dpo.b1/alpha0.0')."""
+    r = parse_figure_ref(ref)
+    return f"{r.experiment}/{cell_path(base_cell(r.cell, base_seed), r.alpha)}"
 
 
 def cell_path(cell: str, alpha: float) -> str:

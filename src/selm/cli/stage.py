@@ -3,6 +3,7 @@
 
     python -m selm.cli.stage sft tiny-sft
     python -m selm.cli.stage sft tiny-sft tiny-instruct  # both bases at once, one process each
+    python -m selm.cli.stage sft tiny-sft.b1 tiny-sft.b2 # tiny-sft's bases of SFT seeds 1 and 2 (models/tiny-sft.b1, ...)
     python -m selm.cli.stage experiment main             # every run of experiments/toy.yaml's `main`
     python -m selm.cli.stage experiment --all            # every experiment of the spec, one worker pool
     python -m selm.cli.stage loop tiny-sft 0.01 42       # one ad-hoc run (runs/adhoc/...)
@@ -65,13 +66,21 @@ PER_BASE = {"sft": sft, "eval-base": eval_base}
 THREADS = {"sft": 1, "eval-base": 1}
 
 
+def base_config(params: Path, base: str, dotlist: list[str]):
+    """The config of one base named on the command line: a model of conf/model/ (`tiny-sft`), or one
+    of its bases of another SFT seed (`tiny-sft.b1`: selm.layout.base_name, selm.compose.with_base_seed)."""
+    model, base_seed = layout.parse_base_name(base)
+    return run_config(params, groups={"model": model}, dotlist=dotlist,
+                      base_seed=None if base_seed == layout.DEFAULT_BASE_SEED else base_seed)
+
+
 def _one_base(stage: str, params: Path, base: str, dotlist: list[str], bars: bool) -> dict[str, int]:
     """One base's `stage` in a worker of per_base; returns what it did, for the stage's tally. Only
     the first base's process draws its bar (the bases run at once, in similar time)."""
     from selm.stagelog import take_counts
 
     console.setup(bars=bars)
-    PER_BASE[stage](run_config(params, groups={"model": base}, dotlist=dotlist))
+    PER_BASE[stage](base_config(params, base, dotlist))
     return take_counts()
 
 
@@ -82,8 +91,10 @@ def per_base(stage: str, params: Path, bases: list[str], dotlist: list[str], thr
     failing base does not stop the others; the error names each failure with its traceback."""
     if len(set(bases)) != len(bases):
         raise ValueError(f"{stage}: a base is named twice in {bases}")
+    for base in bases:
+        layout.parse_base_name(base)  # a misspelt base seed stops the stage before any base starts
     if len(bases) == 1:
-        PER_BASE[stage](run_config(params, groups={"model": bases[0]}, dotlist=dotlist))
+        PER_BASE[stage](base_config(params, bases[0], dotlist))
         return
     from selm.stagelog import add_counts
     from selm.workers import failures_error, spawn_pool
@@ -113,7 +124,13 @@ def preflight(name: str, spec_file: Path, params_file: Path) -> None:
     seen = set()
     for run in expand(load_experiments(spec_file), name, str(spec_file)):
         cfg = run.config(params_file)
-        check_checkpoint(cfg.model.path, "model.path")
+        try:
+            check_checkpoint(cfg.model.path, "model.path")
+        except FileNotFoundError as e:
+            if run.base_seed in (None, layout.DEFAULT_BASE_SEED):
+                raise
+            raise FileNotFoundError(f"{e}; base seed {run.base_seed}: train it with "
+                                    f"`python -m selm.cli.stage sft {cfg.model.name}`") from None
         files = {f"data.{k}": cfg.data[k] for k in ("train_prefs", "test_prefs")}
         if "alpaca" in run.eval_parts:
             files["eval.alpaca_eval.data"] = cfg.eval.alpaca_eval.data
@@ -137,7 +154,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config value after params.yaml (repeatable)")
     sub = parser.add_subparsers(dest="stage", required=True)
-    p_sft = sub.add_parser("sft", help="train toy bases by SFT (several: at once) and report their headroom")
+    p_sft = sub.add_parser("sft", help="train toy bases by SFT (several: at once) and report their headroom; "
+                           "<model>.b<seed> is the model's base of another SFT seed")
     p_sft.add_argument("bases", nargs="+", metavar="base")
     p_loop = sub.add_parser("loop", help="every iteration of one base x alpha x seed")
     p_loop.add_argument("base")

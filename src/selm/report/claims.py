@@ -24,7 +24,8 @@ import json
 from pathlib import Path
 
 from selm.report.claims_text import CLAIMS_FILE, COMPARISON_FILE, WORDS
-from selm.report.stats import MACHINE_FLOOR, effect_verdict, regime_verdict, sample_test, summary_diff
+from selm.report.stats import (MACHINE_FLOOR, against_base_spread, effect_verdict, regime_verdict, sample_test,
+                               summary_diff)
 
 
 def combine(verdicts: list[str]) -> str:
@@ -309,6 +310,53 @@ def regime_verdicts(regimes: dict) -> dict:
     return {name: {alpha: regime_verdict(s["diff"]) for alpha, s in e["selm"].items()} for name, e in regimes.items()}
 
 
+# --- SELM vs DPO against the between-base spread ------------------------------------------------------------
+#
+# The seeds vary the online loop only; each model has one SFT base. The controls experiment measures how
+# far a loop difference (explorer - DPO) moves between SFT bases of the same recipe (bases.json, `rows`'
+# first comparison, selm.report.controls_analysis); a SELM - DPO effect here "exceeds the between-base
+# spread" when its interval widened by that spread excludes 0 (stats.against_base_spread).
+
+# the controls' metric names -> the paired tests' keys
+BASE_SPREAD_KEYS = {"r_star": "mean_reward", "alpaca_lc": "alpaca_lc_win_rate", "coverage": "frac_prompts_covered"}
+
+
+def base_spread(bases: dict | None, source: str) -> dict:
+    """The between-base sd per paired-test key from the controls' bases.json content (None: absent)."""
+    if bases is None:
+        return {"status": "absent", "source": source}
+    rows = [r for r in bases.get("rows", []) if r.get("tests")]
+    if not rows:
+        return {"status": "empty", "source": source}
+    row, spread = rows[0], {}
+    for metric, key in BASE_SPREAD_KEYS.items():
+        t = row["tests"].get(metric)
+        if t and t["components"].get("sd_between") is not None:
+            spread[key] = {"sd_between": t["components"]["sd_between"], "bases": t["components"]["bases"],
+                           "sd_within": t["components"]["sd_within"]}
+    return {"status": "measured", "source": source, "comparison": row["name"], "spread": spread,
+            "commit": (bases.get("provenance") or {}).get("git_commit")}
+
+
+def _against(test: dict, key: str, spread: dict) -> dict:
+    s = spread["spread"].get(key)
+    if s is None:
+        return {"exceeds": None, "reason": "no between-base spread measured for this metric"}
+    return against_base_spread(test, s["sd_between"], s["bases"] - 1)
+
+
+def against_bases(paired: dict, last: dict, regimes: dict | None, spread: dict) -> dict:
+    """Every SELM - DPO effect of the report (the paired tests at the last iteration, the regime map's
+    r* differences) against the between-base spread, where it was measured."""
+    if spread["status"] != "measured":
+        return {**spread, "paired": {}, "regimes": {}}
+    out = {cell: {key: _against(paired[cell]["iterations"][-1][key], key, spread) for key in entry["verdicts"]}
+           for cell, entry in last.items()}
+    reg = {name: {alpha: _against(s["diff"], "mean_reward", spread) for alpha, s in e["selm"].items()}
+           for name, e in (regimes or {}).items()}
+    return {**spread, "paired": out, "regimes": reg}
+
+
 # --- all of it ------------------------------------------------------------------------------------------
 
 def all_claims(comparison: list[dict], paired: dict, fig3: dict, fig4: dict, fig5: dict,
@@ -325,10 +373,11 @@ def all_claims(comparison: list[dict], paired: dict, fig3: dict, fig4: dict, fig
     return claims
 
 
-def compute(comparison: list[dict], analyses: dict[str, dict]) -> dict:
+def compute(comparison: list[dict], analyses: dict[str, dict], spread: dict | None = None) -> dict:
     """claims.json's content (without provenance) from the comparison rows and the analyses (file
     stem -> content: paired_tests, figure3_alpha, figure4_ird, figure5_own_samples, figure6_ablations,
-    and regime_map where the scale has one)."""
+    and regime_map where the scale has one); with `spread` (base_spread: the scale's spec names the
+    controls' bases.json), every SELM - DPO effect against the between-base spread."""
     paired, fig3, fig4, fig5, fig6 = (analyses[k] for k in ("paired_tests", "figure3_alpha", "figure4_ird",
                                                              "figure5_own_samples", "figure6_ablations"))
     v4, v5 = implicit_rewards(fig4, fig5)
@@ -339,7 +388,8 @@ def compute(comparison: list[dict], analyses: dict[str, dict]) -> dict:
             "selection": selection_verdicts(fig3["selection"]) if "selection" in fig3 else None,
             "figure4": v4, "figure5": v5, "figure6_panels": figure6_panels(fig6),
             "figure6_range": figure6_range(fig6) if fig6 else None,
-            "regimes": regime_verdicts(regimes) if regimes is not None else None}
+            "regimes": regime_verdicts(regimes) if regimes is not None else None,
+            **({"between_bases": against_bases(paired, paired_last(paired), regimes, spread)} if spread else {})}
 
 
 ANALYSES = ("paired_tests", "figure3_alpha", "figure4_ird", "figure5_own_samples", "figure6_ablations", "regime_map")
@@ -371,7 +421,12 @@ def write(spec, spec_path: Path, analysis: Path, paper: Path, command: str) -> N
                                 f"--spec {spec_path}")
     # the summary's "what ran", in the spec's order ([name, runs] pairs: the file's objects have sorted keys)
     runs = [[name, len(expand(spec, name, str(spec_path)))] for name in spec.experiments]
-    write_json_atomic(analysis / CLAIMS_FILE, {"provenance": block, "runs": runs, **compute(comparison, analyses)})
+    spread = None
+    if spec.get("between_bases"):  # the controls' bases.json: read where it exists, said to be absent otherwise
+        source = Path(str(spec.between_bases))
+        spread = base_spread(json.loads(source.read_text()) if source.is_file() else None, str(source))
+    write_json_atomic(analysis / CLAIMS_FILE, {"provenance": block, "runs": runs,
+                                               **compute(comparison, analyses, spread)})
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -14,6 +14,13 @@ A screening entry (`controls.screening`) is the same comparison on one seed or a
 setting of the world in which the positive control works: per setting, explorer minus DPO in r* after
 the first online iteration and at the last, beside what each arm trains on (`pair_quality`).
 
+The positive control across SFT bases (`controls.bases`, into bases.json): the same comparison on
+several toy bases of the SFT recipe (`base_seeds`; a cell of base seed b is read as `<cell>.b<b>`,
+selm.layout.base_cell_ref), with the base as a random factor: per base the mean difference over its
+seeds, the verdict on the mean over bases with the bases as the units (stats.across_base_test), the
+between-base and between-seed spreads (stats.variance_components), and the design's power from the
+single-base measurements named in `prior` and its cost (`cost`: design_table, choose_design).
+
 The paper's claimed gain on the same scale: (SELM iter3 - DPO iter3) / (DPO iter3 - the model the
 online iterations start from), read from paper/table1_alpacaeval_mtbench.csv (Zephyr:
 2.06 / 6.78 LC), times the toy DPO arm's own gain over its start (r* at the last iteration minus r*
@@ -21,6 +28,7 @@ at the iteration the online loop starts from).
 
     python -m selm.report.controls_analysis --spec experiments/toy_controls.yaml --out results/toy/controls
     python -m selm.report.controls_analysis --sections positive_control screening   # without the power runs
+    python -m selm.report.controls_analysis --sections bases                        # the control across bases
 """
 
 from __future__ import annotations
@@ -37,7 +45,8 @@ from omegaconf import OmegaConf
 from selm import layout
 from selm.io import DataError, write_json_atomic
 from selm.provenance import config_hash, provenance
-from selm.report.stats import MACHINE_FLOOR, effect_verdict, mde, paired_test
+from selm.report.stats import (MACHINE_FLOOR, across_base_mde, across_base_test, components_from_summaries,
+                               effect_verdict, mde, paired_test, sd_from_interval, variance_components)
 
 METRICS = ("r_star", "coverage", "best_of_k", "alpaca_lc")
 FLOORS = {"r_star": MACHINE_FLOOR["r_star"]}
@@ -228,7 +237,127 @@ def screening_row(item: dict, root: Path = Path(".")) -> dict:
             "pair_quality": {side: pair_quality(item[side], root, seeds) for side in ("dpo", "explorer")}}
 
 
-SECTIONS = {"positive_control": "positive", "power": "power", "screening": "screening"}  # output -> spec key
+# --- the positive control across SFT bases (controls.bases) -------------------------------------------
+
+def base_arm(cells: list[str], base_seed: int, root: Path = Path("."), unfinished: list | None = None,
+             seeds: list[int] | None = None) -> dict[int, dict]:
+    """An arm (`arm`) of one SFT base: each cell <experiment>/<cell>/alpha<alpha> read as the base's
+    cell (selm.layout.base_cell_ref: control_weak/dpo.b1/alpha0.0 for base seed 1), those with run
+    folders, restricted to `seeds`. A base none of whose cells has run folders stops the analysis
+    (or, with a list `unfinished`, is appended to it)."""
+    refs = [layout.base_cell_ref(c, base_seed) for c in cells]
+    found = [r for r in refs if layout.cell_runs(root / layout.RUNS / r)]
+    if not found:
+        if unfinished is not None:
+            unfinished.extend(str(root / layout.RUNS / r) for r in refs)
+            return {}
+        raise FileNotFoundError(f"base seed {base_seed}: no run folders in any of {refs}")
+    by_seed = arm(found, root, unfinished)
+    return {s: m for s, m in by_seed.items() if seeds is None or s in seeds}
+
+
+def prior_components(prior: list[dict]) -> dict:
+    """Between-base and between-seed sd of a paired difference from earlier measurements on single
+    bases (each {name, ci: [low, high], n}: a mean difference's 95% t interval over n seeds)."""
+    for p in prior:
+        if not isinstance(p, dict) or sorted(p) != ["ci", "n", "name"] or len(p["ci"]) != 2:
+            raise KeyError(f"controls.bases prior entry {p!r}: expected {{name, ci: [low, high], n}} "
+                           "(quote a name with a comma)")
+    means = [(p["ci"][0] + p["ci"][1]) / 2 for p in prior]
+    sds = [sd_from_interval(p["ci"][0], p["ci"][1], int(p["n"])) for p in prior]
+    return {**components_from_summaries(means, sds, [int(p["n"]) for p in prior]), "means": means, "sds": sds}
+
+
+def design_cost(bases: int, seeds: int, cost: dict) -> float:
+    """Estimated wall seconds of a design: every base beyond `existing_bases` is trained by SFT
+    (`sft_cpu_s` of one core) and runs `arms` x seeds loop runs (`run_cpu_s` each), on `cores` cores."""
+    new = bases - int(cost.get("existing_bases", 1))
+    if new < 0:
+        raise ValueError(f"a design of {bases} bases has fewer than the {cost['existing_bases']} existing ones")
+    return new * (float(cost["sft_cpu_s"]) + seeds * int(cost.get("arms", 2)) * float(cost["run_cpu_s"])) / int(
+        cost.get("cores", 1))
+
+
+def design_table(sd_between: float, sd_within: float, cost: dict, max_bases: int = 12,
+                 seeds: tuple[int, ...] = (2, 3, 4, 6, 8)) -> list[dict]:
+    """(bases, seeds, MDE of the mean over bases, estimated seconds) for every design of 2 to
+    max_bases bases (at least 2 seeds each, so that the between-seed spread is measured too)."""
+    return [{"bases": b, "seeds": s, "mde": across_base_mde(sd_between, sd_within, b, s),
+             "seconds": design_cost(b, s, cost)}
+            for b in range(max(2, int(cost.get("existing_bases", 1))), max_bases + 1) for s in seeds]
+
+
+def choose_design(table: list[dict], budget_s: float) -> dict | None:
+    """The design of smallest MDE within the budget (ties: the cheaper); None if none fits."""
+    fits = [d for d in table if d["seconds"] <= budget_s]
+    return min(fits, key=lambda d: (d["mde"], d["seconds"])) if fits else None
+
+
+def base_metric(by_base: dict[int, tuple[dict, dict]], metric: str, floor: float) -> dict | None:
+    """One metric of the explorer - DPO difference over bases (None with fewer than 2 bases that
+    measured it): per-base means over their common seeds, the test over bases with its verdict, the
+    variance components, and the seeds-only paired test that ignores the base (for contrast)."""
+    per_base, groups, pooled = [], [], ([], [])
+    for base_seed, (explorer, dpo) in sorted(by_base.items()):
+        seeds = sorted(s for s in set(explorer) & set(dpo) if metric in explorer[s] and metric in dpo[s])
+        if not seeds:
+            continue
+        diffs = [explorer[s][metric] - dpo[s][metric] for s in seeds]
+        groups.append(diffs)
+        pooled[0].extend(explorer[s][metric] for s in seeds)
+        pooled[1].extend(dpo[s][metric] for s in seeds)
+        per_base.append({"base_seed": base_seed, "seeds": seeds, "mean_diff": statistics.fmean(diffs),
+                         "sd": statistics.stdev(diffs) if len(diffs) > 1 else None,
+                         "explorer_mean": statistics.fmean(explorer[s][metric] for s in seeds),
+                         "dpo_mean": statistics.fmean(dpo[s][metric] for s in seeds)})
+    if len(per_base) < 2:
+        return None
+    test = across_base_test([b["mean_diff"] for b in per_base])
+    verdict = effect_verdict(test, floor)
+    components = variance_components(groups)
+    seeds = min(len(g) for g in groups)
+    return {"per_base": per_base, "across": test, "verdict": verdict["verdict"], "threshold": verdict["threshold"],
+            "reason": verdict["reason"], "floor": floor, "components": components,
+            "mde_measured": (across_base_mde(components["sd_between"], components["sd_within"], len(groups), seeds)
+                             if components["sd_within"] is not None else None),
+            "seeds_only": paired_test(*pooled)}
+
+
+def bases_row(item: dict, root: Path = Path("."), unfinished: list | None = None) -> dict:
+    """One controls.bases comparison: explorer - DPO per metric with the SFT base as a random factor
+    (base_metric), the design's power from the prior measurements (`prior`, `cost`)."""
+    for key in ("name", "dpo", "explorer", "base_seeds"):
+        if key not in item:
+            raise KeyError(f"controls.bases entry {item.get('name', item)!r}: missing key {key!r}")
+    bases = [int(b) for b in item["base_seeds"]]
+    if len(bases) < 2 or len(set(bases)) != len(bases):
+        raise ValueError(f"controls.bases {item['name']!r}: base_seeds needs at least 2 distinct seeds, got {bases}")
+    seeds = [int(s) for s in item["seeds"]] if item.get("seeds") is not None else None
+    by_base = {}
+    for b in bases:
+        explorer = base_arm(item["explorer"], b, root, unfinished, seeds)
+        dpo = base_arm(item["dpo"], b, root, unfinished, seeds)
+        if explorer and dpo:
+            by_base[b] = (explorer, dpo)
+    tests = {m: t for m in METRICS if (t := base_metric(by_base, m, FLOORS.get(m, 0.0))) is not None}
+    out = {"name": item["name"], "dpo": item["dpo"], "explorer": item["explorer"], "what": item.get("what", ""),
+           "base_seeds": bases, "seeds": seeds, "bases_found": sorted(by_base), "tests": tests}
+    if item.get("prior"):
+        prior = prior_components(item["prior"])
+        n_seeds = len(seeds) if seeds else min(len(e) for e, _ in by_base.values()) if by_base else 2
+        design = {"prior": item["prior"], "prior_components": prior, "bases": len(bases), "seeds": n_seeds,
+                  "mde": across_base_mde(prior["sd_between"], prior["sd_within"], len(bases), n_seeds)}
+        if item.get("cost"):
+            cost = item["cost"]
+            table = design_table(prior["sd_between"], prior["sd_within"], cost)
+            design |= {"cost": cost, "seconds": design_cost(len(bases), n_seeds, cost),
+                       "best_within_budget": choose_design(table, float(cost["budget_s"])), "table": table}
+        out["design"] = design
+    return out
+
+
+SECTIONS = {"positive_control": "positive", "power": "power", "screening": "screening",
+            "bases": "bases"}  # output -> spec key
 
 
 def analyze(spec_path: Path, root: Path = Path("."), allow_unfinished: bool = False,
@@ -247,7 +376,8 @@ def analyze(spec_path: Path, root: Path = Path("."), allow_unfinished: bool = Fa
         if missing:
             raise KeyError(f"{spec_path}: controls has no {[SECTIONS[s] for s in missing]} for section(s) {missing}")
         c = {k: v for k, v in c.items() if k not in SECTIONS.values() or k in {SECTIONS[s] for s in sections}}
-    fraction = paper_fraction(root / "paper" / "table1_alpacaeval_mtbench.csv", c.get("paper_base", "zephyr"))
+    fraction = (paper_fraction(root / "paper" / "table1_alpacaeval_mtbench.csv", c.get("paper_base", "zephyr"))
+                if "positive" in c or "power" in c else None)
     out = {}
     if "screening" in c:
         out["screening"] = {"rows": [screening_row(item, root) for item in c["screening"]],
@@ -264,6 +394,14 @@ def analyze(spec_path: Path, root: Path = Path("."), allow_unfinished: bool = Fa
                          "pair_quality": {"dpo": pair_quality(item["dpo"], root),
                                           "explorer": pair_quality(item["explorer"], root)}})
         out["positive_control"] = {"rows": rows, "paper_fraction": fraction, "unfinished_runs": unfinished or []}
+    if "bases" in c:
+        unfinished = [] if allow_unfinished else None
+        out["bases"] = {"rows": [bases_row(item, root, unfinished) for item in c["bases"]],
+                        "unfinished_runs": unfinished or [],
+                        "rule": "per SFT base, the mean explorer - DPO difference over its seeds; the verdict is on the "
+                                "mean over bases with the bases as units (t over bases, bases - 1 degrees of freedom; "
+                                "the percentile bootstrap over bases beside it), needing the interval to exclude 0 and "
+                                "|effect| >= max(MDE, floor); variance components by one-way random-effects ANOVA"}
     if "power" in c:
         unfinished = [] if allow_unfinished else None
         rows = [power_row(item["name"], arm(item["dpo"], root, unfinished), arm(item["selm"], root, unfinished),

@@ -115,8 +115,43 @@ def _headline(data: ReportData) -> str:
             if diffs else "no SELM-vs-DPO comparison was run.")
 
 
+PAIRED_LABELS = {"mean_reward": "r*", "alpaca_lc_win_rate": "AE2 LC", "mt_bench_average": "MT-Bench",
+                 "frac_prompts_covered": "coverage"}
+
+
+def _across_bases(data: ReportData) -> str | None:
+    """The first screen's line on the SFT base: which SELM - DPO effects exceed the between-base spread
+    that the controls experiment measured (claims.json's `between_bases`), or that it was not measured.
+    None where the scale's spec does not name the controls' file."""
+    b = data.claims.get("between_bases")
+    if b is None:
+        return None
+    if b["status"] != "measured":
+        return (f"not measured: `{b['source']}` is {'absent' if b['status'] == 'absent' else 'empty'} (the controls "
+                "experiment, `dvc repro experiments/controls/dvc.yaml`, measures how far a loop difference moves "
+                "between SFT bases), so every SELM-vs-DPO verdict here holds for one SFT base per model and is not "
+                "known to hold for another.")
+    effects = [(f"{cell} {PAIRED_LABELS.get(k, k)}", PAIRED_LABELS.get(k, k), a)
+               for cell, keys in b["paired"].items() for k, a in keys.items()]
+    effects += [(f"regime {name} alpha {alpha} r*", "r*", a) for name, alphas in b["regimes"].items()
+                for alpha, a in alphas.items()]
+    measured = [(n, a) for n, _, a in effects if a["exceeds"] is not None]
+    above = [n for n, a in measured if a["exceeds"]]
+    spreads = ", ".join(f"{PAIRED_LABELS.get(k, k)} {v['sd_between']:.3g}" for k, v in b["spread"].items())
+    n_bases = max((v["bases"] for v in b["spread"].values()), default=0)
+    text = (f"{len(above)} of {len(measured)} SELM-vs-DPO effects exceed the between-base spread measured by the "
+            f"controls experiment (`{b['source']}`: between-base sd {spreads}, over {n_bases} SFT bases"
+            + (f", commit {str(b['commit'])[:10]}" if b.get("commit") else "") + ")"
+            + (f": {'; '.join(above)}" if above else "") + ". The others could change with another SFT base.")
+    unmeasured = sorted({label for _, label, a in effects if a["exceeds"] is None})
+    if unmeasured:
+        text += f" No between-base spread was measured for {', '.join(unmeasured)}."
+    return text
+
+
 def render_summary(data: ReportData) -> str:
-    """Five lines a reader can act on: what ran, where, the headline, the verdicts, what is untested."""
+    """Five lines a reader can act on: what ran, where, the headline, the verdicts, what is untested;
+    and a sixth where the spec names the controls' between-base spread: which effects exceed it."""
     seeds = list(data.spec.seeds)
     runs = ", ".join(f"{n} in `{e}`" for e, n in data.runs.items())
     claims = data.claims["claims"]
@@ -137,6 +172,7 @@ def render_summary(data: ReportData) -> str:
         + (f"; plus {len(ours)} claim(s) of ours." if ours else ".") + " A verdict is definitive only beyond the "
         "minimum detectable effect (next section).",
         f"- **Not tested here:** {untested}",
+        *([f"- **Across SFT bases:** {across}"] if (across := _across_bases(data)) else []),
     ])
 
 
@@ -212,7 +248,7 @@ def render_tables(data: ReportData) -> str:
         if x)
 
 
-def _paired_sentences(paired: dict, verdicts: dict) -> str:
+def _paired_sentences(paired: dict, verdicts: dict, bases: dict | None = None) -> str:
     lines = []
     for cell, entry in verdicts.items():
         last = paired[cell]["iterations"][-1]
@@ -222,9 +258,17 @@ def _paired_sentences(paired: dict, verdicts: dict) -> str:
                 t = last[key]
                 v = entry["verdicts"][key]
                 sig = {"positive": "SELM higher", "negative": "SELM lower", "inconclusive": "inconclusive"}[v["verdict"]]
-                parts.append(f"{label} {t['mean_diff']:+.3f} (95% CI {interval(t)}, {verdict_note(v)}: {sig})")
+                parts.append(f"{label} {t['mean_diff']:+.3f} (95% CI {interval(t)}, {verdict_note(v)}: {sig}"
+                             + _base_note((bases or {}).get(cell, {}).get(key)) + ")")
         lines.append(f"- {cell}, iteration {last['iteration']}: " + "; ".join(parts) + ".")
     return "\n".join(lines)
+
+
+def _base_note(a: dict | None) -> str:
+    """'; beyond the between-base spread (+-0.045)' and the like, where it was measured."""
+    if not a or a.get("exceeds") is None:
+        return ""
+    return f"; {'beyond' if a['exceeds'] else 'within'} the between-base spread (±{a['half_width']:.3f})"
 
 
 def render_paired(data: ReportData) -> str:
@@ -232,7 +276,8 @@ def render_paired(data: ReportData) -> str:
     out = ["Ours, not the paper's (it runs one seed): the difference SELM - DPO per iteration with its 95% CI, the "
            "paired t-test p-value, and in how many seeds SELM was higher." + (f" r* is {true_reward}." if true_reward else "") + " AE2 LC, MT avg and lm-eval "
            "are the judge's and the harness's verdicts on the same checkpoints.",
-           data.markdown["paired"], _paired_sentences(data.paired, data.claims["paired_last"])]
+           data.markdown["paired"], _paired_sentences(data.paired, data.claims["paired_last"],
+                                                      (data.claims.get("between_bases") or {}).get("paired"))]
     if data.markdown.get("coverage"):
         out += ["### Exploration: high-reward coverage", "Ours, not the paper's. " + (wording(data, "coverage") or ""),
                 data.markdown["coverage"]]

@@ -204,3 +204,140 @@ def fmt_threshold(v: dict, digits: int = 3) -> str:
     if v["floor"] > v["mde"]:
         text += f", floor {v['floor']:.{digits}f}"
     return text
+
+
+# --- the SFT base as a random factor ---------------------------------------------------------------
+#
+# A difference (explorer - DPO, SELM - DPO) measured on several SFT bases, several seeds each: the
+# base is a random draw of the SFT recipe, so the claim "holds across bases" is about the mean over
+# bases, and its uncertainty is that of the per-base means (between-base spread sigma_b plus the
+# seeds' sigma_w / sqrt(seeds)), not the seeds' alone.
+
+def sd_from_interval(low: float, high: float, n: int) -> float:
+    """The sd of n paired differences whose 95% t interval of the mean is [low, high]:
+    (high - low) / 2 / t95(n - 1) * sqrt(n)."""
+    if n < 2 or high < low:
+        raise ValueError(f"an interval [{low}, {high}] of n={n} values: need n >= 2 and low <= high")
+    return (high - low) / 2 / t95(n - 1) * math.sqrt(n)
+
+
+def components_from_summaries(means: list[float], sds: list[float], ns: list[int]) -> dict:
+    """Between-base and between-seed sd from per-base summaries (mean, sd over seeds, seeds): sigma_w
+    is the pooled sd, sigma_b^2 = max(0, var(means) - sigma_w^2 * mean(1 / n)) (the spread of the
+    per-base means beyond what their seeds explain; method of moments)."""
+    if len(means) < 2 or not (len(means) == len(sds) == len(ns)) or min(ns) < 2:
+        raise ValueError("variance components need at least 2 bases, each with an sd over >= 2 seeds")
+    within = sum((n - 1) * sd ** 2 for n, sd in zip(ns, sds)) / sum(n - 1 for n in ns)
+    between = max(0.0, statistics.variance(means) - within * statistics.fmean(1 / n for n in ns))
+    return {"sd_between": math.sqrt(between), "sd_within": math.sqrt(within), "bases": len(means)}
+
+
+def variance_components(groups: list[list[float]]) -> dict:
+    """One-way random-effects ANOVA of values grouped by base (unbalanced allowed): MSB, MSW,
+    n0 = (N - sum(n_i^2) / N) / (k - 1), sigma_b^2 = max(0, (MSB - MSW) / n0), sigma_w^2 = MSW; sd_within
+    is None when no base has two values. Also the share of the variance that is between bases."""
+    groups = [[float(v) for v in g] for g in groups if g]
+    k, n_total = len(groups), sum(map(len, groups))
+    if k < 2:
+        raise ValueError(f"variance components need values of at least 2 bases, got {k}")
+    grand = statistics.fmean(v for g in groups for v in g)
+    msb = sum(len(g) * (statistics.fmean(g) - grand) ** 2 for g in groups) / (k - 1)
+    n0 = (n_total - sum(len(g) ** 2 for g in groups) / n_total) / (k - 1)
+    if n_total == k:
+        return {"bases": k, "values": n_total, "ms_between": msb, "ms_within": None, "n0": n0,
+                "sd_between": None, "sd_within": None, "between_share": None}
+    msw = sum((v - statistics.fmean(g)) ** 2 for g in groups for v in g) / (n_total - k)
+    between = max(0.0, (msb - msw) / n0)
+    total = between + msw
+    return {"bases": k, "values": n_total, "ms_between": msb, "ms_within": msw, "n0": n0,
+            "sd_between": math.sqrt(between), "sd_within": math.sqrt(msw),
+            "between_share": between / total if total > 0 else None}
+
+
+def across_base_mde(sd_between: float, sd_within: float, bases: int, seeds: int,
+                    alpha: float = ALPHA, power: float = POWER) -> float:
+    """Minimum detectable mean effect over `bases` bases with `seeds` paired seeds each: a t-test
+    over the per-base means (bases - 1 degrees of freedom), whose variance is
+    sigma_b^2 + sigma_w^2 / seeds."""
+    if bases < 2 or seeds < 1:
+        raise ValueError(f"an across-base design needs >= 2 bases and >= 1 seed, got {bases} x {seeds}")
+    se = math.sqrt((sd_between ** 2 + sd_within ** 2 / seeds) / bases)
+    return mde_se(se, bases - 1, alpha, power)
+
+
+EXACT_BOOTSTRAP_MAX = 10  # up to this many bases, every resample is enumerated (no random numbers)
+
+
+def bootstrap_mean_interval(values: list[float], level: float = 1 - ALPHA, resamples: int = 20000,
+                            seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of `values` (e.g. per-base means): resamples of the
+    same size with replacement. Up to EXACT_BOOTSTRAP_MAX values the bootstrap distribution is exact
+    (every multiset of indices, with its multinomial probability); beyond, `resamples` seeded draws.
+    The bounds are the smallest resample means whose cumulative probability reaches (1 - level) / 2
+    and (1 + level) / 2."""
+    import itertools
+    from collections import Counter
+
+    n = len(values)
+    if n < 2:
+        raise ValueError(f"a bootstrap interval needs at least 2 values, got {n}")
+    if n <= EXACT_BOOTSTRAP_MAX:
+        dist = []
+        for combo in itertools.combinations_with_replacement(range(n), n):
+            weight = math.factorial(n)
+            for c in Counter(combo).values():
+                weight //= math.factorial(c)
+            dist.append((math.fsum(values[i] for i in combo) / n, weight / n ** n))
+    else:
+        import numpy as np
+
+        draws = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+        dist = [(float(m), 1 / resamples) for m in np.asarray(values, dtype=float)[draws].mean(axis=1)]
+    dist.sort()
+    lo_p, hi_p = (1 - level) / 2, (1 + level) / 2
+    cum, low, high = 0.0, None, None
+    for mean, p in dist:
+        cum += p
+        if low is None and cum >= lo_p - 1e-12:
+            low = mean
+        if cum >= hi_p - 1e-12:
+            high = mean
+            break
+    return low, dist[-1][0] if high is None else high
+
+
+def across_base_test(base_means: list[float]) -> dict:
+    """The mean over bases of per-base mean differences, with the bases as the units: sd of the
+    per-base means, se = sd / sqrt(bases), bases - 1 degrees of freedom, its 95% t interval, the
+    percentile bootstrap interval over bases, the MDE, and in how many bases the difference is > 0.
+    What `effect_verdict` reads (`n` is the number of bases)."""
+    k = len(base_means)
+    if k < 2:
+        raise ValueError(f"an across-base test needs at least 2 bases, got {k}")
+    mean, sd = statistics.fmean(base_means), statistics.stdev(base_means)
+    se = sd / math.sqrt(k)
+    half = t95(k - 1) * se
+    low, high = bootstrap_mean_interval(base_means)
+    return {"mean_diff": mean, "sd": sd, "se": se, "dof": k - 1, "n": k, "ci_low": mean - half,
+            "ci_high": mean + half, "bootstrap_low": low, "bootstrap_high": high,
+            "mde": mde_se(se, k - 1) if se > 0 else 0.0, "n_bases_positive": sum(m > 0 for m in base_means)}
+
+
+def against_base_spread(test: dict, sd_between: float, base_dof: int) -> dict:
+    """Whether a difference measured on ONE base (a paired test over seeds: mean_diff and its se with
+    its dof) exceeds the between-base spread: its interval widened by it, mean +- t95(dof) *
+    sqrt(se^2 + sigma_b^2) (another base's draw adds sigma_b^2), must exclude 0. dof is
+    Welch-Satterthwaite's (se^2 + sigma_b^2)^2 / (se^4 / dof_se + sigma_b^4 / base_dof), so the part
+    of the variance known from fewer units weighs in with fewer degrees of freedom."""
+    se, dof_se = _se_dof(test)
+    se = se or 0.0
+    variance = se ** 2 + sd_between ** 2
+    parts = [(v, d) for v, d in ((se ** 2, dof_se), (sd_between ** 2, base_dof)) if v > 0]
+    if not parts or any(d < 1 for _, d in parts):
+        return {"exceeds": None, "half_width": None, "sd_between": sd_between,
+                "reason": "no spread or no degrees of freedom"}
+    dof = variance ** 2 / sum(v ** 2 / d for v, d in parts)
+    half = float(sps.t.ppf(1 - ALPHA / 2, dof)) * math.sqrt(variance)
+    mean = float(test["mean_diff"])
+    return {"exceeds": abs(mean) > half, "half_width": half, "low": mean - half, "high": mean + half,
+            "sd_between": sd_between, "dof": dof}
