@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import re
 import subprocess
@@ -46,6 +47,29 @@ def _versions(names) -> dict[str, str]:
 
 def package_versions() -> dict[str, str]:
     return _versions(PACKAGES)
+
+
+VECTOR_PREFIXES = ("avx", "amx", "fma")  # the extensions torch's CPU kernels dispatch on
+
+
+def cpu_info(text: str) -> dict:
+    """CPU model and vector extensions from the text of /proc/cpuinfo (its first processor)."""
+    fields = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() in ("model name", "flags") and key.strip() not in fields:
+            fields[key.strip()] = value.strip()
+    return {"cpu_model": fields.get("model name", platform.processor() or "unknown"),
+            "vector_extensions": sorted({f for f in fields.get("flags", "").split() if f.startswith(VECTOR_PREFIXES)})}
+
+
+def machine() -> dict:
+    """Where a result was computed: CPU model, vector extensions, cores this process may use, platform
+    and Python (what a reader needs to know whether the bytes should match theirs)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    info = cpu_info(cpuinfo.read_text() if cpuinfo.is_file() else "")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {**info, "cores": cores, "platform": platform.platform(), "python": platform.python_version()}
 
 
 def provenance(config: dict | None = None, command: str | None = None) -> dict:

@@ -9,33 +9,18 @@ names are no use to a reader.
 
 from __future__ import annotations
 
-import os
-import platform
 import shlex
 from pathlib import Path
 
+from selm.provenance import cpu_info, machine  # noqa: F401 (cpu_info: the bench's tests read it here)
+
 ELSEWHERE = "<elsewhere>"
-VECTOR_PREFIXES = ("avx", "amx", "fma")  # the extensions torch's CPU kernels dispatch on
-
-
-def cpu_info(text: str) -> dict:
-    """CPU model and vector extensions from the text of /proc/cpuinfo (its first processor)."""
-    fields = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition(":")
-        if sep and key.strip() in ("model name", "flags") and key.strip() not in fields:
-            fields[key.strip()] = value.strip()
-    return {"cpu_model": fields.get("model name", platform.processor() or "unknown"),
-            "vector_extensions": sorted({f for f in fields.get("flags", "").split() if f.startswith(VECTOR_PREFIXES)})}
 
 
 def describe() -> dict:
-    """The machine a benchmark runs on: CPU model, vector extensions, cores this process may use,
-    platform and Python."""
-    cpuinfo = Path("/proc/cpuinfo")
-    info = cpu_info(cpuinfo.read_text() if cpuinfo.is_file() else "")
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {**info, "cores": cores, "platform": platform.platform(), "python": platform.python_version()}
+    """The machine a benchmark runs on (selm.provenance.machine): CPU model, vector extensions, cores
+    this process may use, platform and Python."""
+    return machine()
 
 
 def portable_path(path: str | Path, cwd: Path | None = None) -> str:
