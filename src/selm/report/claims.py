@@ -401,7 +401,7 @@ def write(spec, spec_path: Path, analysis: Path, paper: Path, command: str) -> N
     from selm import layout
     from selm.experiments import expand
     from selm.io import write_json_atomic
-    from selm.provenance import provenance
+    from selm.provenance import file_sha256, provenance
     from selm.report.comparison import paper_comparison, read_csv
     from selm.report.eval_tables import collect
     from selm.report.spec import selm_alpha
@@ -425,6 +425,8 @@ def write(spec, spec_path: Path, analysis: Path, paper: Path, command: str) -> N
     if spec.get("between_bases"):  # the controls' bases.json: read where it exists, said to be absent otherwise
         source = Path(str(spec.between_bases))
         spread = base_spread(json.loads(source.read_text()) if source.is_file() else None, str(source))
+        if source.is_file():  # which file was read: bases.json is the controls pipeline's, not a dep of analyze
+            spread["sha256"] = file_sha256(source)
     write_json_atomic(analysis / CLAIMS_FILE, {"provenance": block, "runs": runs,
                                                **compute(comparison, analyses, spread)})
 
