@@ -45,7 +45,7 @@ def test_library_bars_are_off_and_the_stage_bar_is_drawn():
     assert quiet.returncode == 0, quiet.stderr
     assert "library-bar" not in quiet.stderr and "auto-bar" not in quiet.stderr
     assert "inner" not in quiet.stderr  # only the outermost bar of a process draws
-    assert re.search(r"outer: 5/5 runs \|#+\| 00:0\d elapsed, 00:00 left", quiet.stderr), quiet.stderr
+    assert re.search(r"outer: 5/5 runs \|#+\| \d\d:\d\d elapsed, 00:00 left", quiet.stderr), quiet.stderr
     assert "library-warning" in quiet.stderr and "library-info" not in quiet.stderr
     loud = _python(BARS + "logging.basicConfig(level=logging.INFO)\n"
                    "logging.getLogger('transformers.modeling_utils').info('library-info')\n", SELM_VERBOSE="1")
