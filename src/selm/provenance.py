@@ -75,10 +75,14 @@ def machine() -> dict:
 def provenance(config: dict | None = None, command: str | None = None) -> dict:
     import torch
 
+    from selm.determinism import mode
+
     out = {
         "git_commit": git_commit(Path(__file__).parent),
         "versions": package_versions(),
         "torch_threads": torch.get_num_threads(),
+        "numerics": mode(),
+        "machine": machine(),
     }
     if config is not None:
         out["config_hash"] = config_hash(config)
@@ -126,8 +130,11 @@ def tree_sha256(path: str | Path) -> str:
 
 
 def result_versions() -> dict[str, str]:
-    """Python and the versions of the packages whose numerics enter our results."""
-    return _versions(RESULT_PACKAGES)
+    """Python, the versions of the packages whose numerics enter our results, and the numerical mode
+    (selm.determinism): an output made in one mode is never reused in the other."""
+    from selm.determinism import mode
+
+    return {**_versions(RESULT_PACKAGES), "numerics": mode()}
 
 
 # Code identity. Why the modules a stage imports and not the whole package + conf tree: an edit of
