@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from selm import console, layout
 from selm.compose import run_config
 from selm.io import write_json_atomic
+from selm.slurm import executor_name, job_settings, run_jobs
 from selm.stagelog import add_counts
 from selm.workers import failures_error, init_worker, spawn_pool
 
@@ -229,11 +230,15 @@ def run_experiments(names: list[str], spec_file: Path, params_file: Path, worker
     by_name = {name: expand(spec, name, str(spec_file)) for name in names}
     runs = [run for name in names for run in by_name[name]]
     workers = workers or int(spec.get("workers", 1))
+    executor = executor_name(spec, str(spec_file))  # local: this machine's pool; slurm: one job per run (selm.slurm)
     title = f"experiment{'s' if len(names) > 1 else ''} {' '.join(names)}"
     start = time.perf_counter()
     errors: dict[str, str | None] = {}
     with console.progress(len(runs), title, "runs") as bar:
-        if workers <= 1:
+        if executor == "slurm":
+            run_jobs([(r.name, execute, (r, params_file)) for r in runs], job_settings(spec, str(spec_file)), threads,
+                     lambda name, error, result: _finished((name, error, (result or {}).get("did", {})), errors, bar))
+        elif workers <= 1:
             init_worker(threads)
             for run in runs:
                 _finished(_execute_safely(run, params_file), errors, bar)
