@@ -121,7 +121,17 @@ class Cluster:
                          for p in sorted(self.root.rglob("*.log")))
 
     def stop(self) -> None:
-        """End the daemons this cluster started, by their pids, slurmd first, munged last."""
+        """Cancel the jobs left in the queue (their steps would outlive slurmd), then end the daemons
+        this cluster started, by their pids: slurmd first, munged last."""
+        env = {**os.environ, **self.env}
+        if "slurmctld" in self.pids():
+            queued = subprocess.run(["squeue", "-h", "-o", "%i"], env=env, capture_output=True, text=True, check=False)
+            if queued.stdout.split():
+                subprocess.run(["scancel", *queued.stdout.split()], env=env, check=False)
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline and subprocess.run(
+                        ["squeue", "-h", "-o", "%i"], env=env, capture_output=True, text=True, check=False).stdout.split():
+                    time.sleep(0.5)
         for name, pid in self.pids().items():
             try:
                 os.kill(pid, signal.SIGTERM)

@@ -203,6 +203,7 @@ def test_the_experiment_through_slurm_is_the_local_pools_and_a_failed_job_names_
     message = str(failed.value)
     assert message.startswith("1 of 3 runs of experiment 'e' failed:\n--- e/bad/alpha0.0/seed1\nSlurm job ")
     job_id = message.split("Slurm job ")[1].split()[0]
+    assert f"Slurm job {job_id} failed (FAILED):" in message  # its id and Slurm's state
     log = tmp_path / "runs" / ".slurm" / job_id / f"{job_id}_0_log.err"
     assert "--- last " in message and str(log) in message  # the log's tail, under its path
     assert "slice 0 needs rows 0..999 but there are only 16" in message  # the job's own error, from its log

@@ -4,7 +4,8 @@ An experiment is cells x alphas x seeds. Each run is the online loop of one cell
 then the experiment's evaluations of every checkpoint (selm.evaluate). A DVC stage runs one
 experiment (the paper scale) or several (the toy scale: every experiment of the spec) with one pool of
 worker processes, one torch thread each, so the results do not depend on the number of workers;
-every run resumes from its files after a crash.
+every run resumes from its files after a crash. With `executor: slurm` in the spec each run is its
+own Slurm job instead (selm.slurm, docs/cluster.md), with the same bytes.
 
     python -m selm.cli.stage experiment main
     python -m selm.cli.stage experiment --all    # every experiment of the spec, one pool

@@ -115,6 +115,8 @@ class Resumable(Checkpointable):
         from selm import console
         from selm.workers import init_worker
 
+        if int(os.environ.get("SLURM_PROCID", "0")) != 0:
+            return None  # a job of several nodes runs the run on its first; training steps use the others
         console.setup(bars=False)  # the log is a file: no progress bars
         init_worker(self.threads)
         return self.function(*self.args)
@@ -161,7 +163,7 @@ def job_outcome(job, state: str | None) -> tuple[str | None, object]:
         outcome, value = pickle_load(job.paths.result_pickle)  # ("success", result) or ("error", traceback)
         if outcome == "success":
             return None, value
-        return f"Slurm job {job.job_id} failed:\n{log_tail(job)}", None
+        return f"Slurm job {job.job_id} failed ({state or 'ended'}):\n{log_tail(job)}", None
     return (f"Slurm job {job.job_id} ended without a result ({state or FINAL_STATES_MISSING}):\n"
             f"{log_tail(job)}"), None
 
@@ -175,10 +177,22 @@ def run_jobs(tasks: list[tuple[str, Callable, tuple]], settings: dict, threads: 
     executor = make_executor(settings, "selm")
     poll = float(settings.get("poll_s", 5))
     waiting = {}
-    for name, function, args in tasks:
-        executor.update_parameters(name=name)
-        waiting[name] = job = executor.submit(Resumable(function, *args, threads=threads))
-        print(f"{name}: Slurm job {job.job_id}, log {job.paths.stdout}", file=sys.stderr)
+    try:
+        for name, function, args in tasks:
+            executor.update_parameters(name=name)
+            waiting[name] = job = executor.submit(Resumable(function, *args, threads=threads))
+            print(f"{name}: Slurm job {job.job_id}, log {job.paths.stdout}", file=sys.stderr)
+        _wait(waiting, on_end, poll)
+    except BaseException:  # Ctrl-C of `dvc repro`, or a failed submission: no job outlives its stage
+        ids = [job.job_id for job in waiting.values()]
+        if ids:
+            subprocess.run(["scancel", *ids], check=False)
+            print(f"cancelled Slurm jobs {' '.join(ids)}", file=sys.stderr)
+        raise
+
+
+def _wait(waiting: dict, on_end: Callable[[str, str | None, object], None], poll: float) -> None:
+    """Poll Slurm until every job of `waiting` (name -> job) has ended; each ended job leaves it."""
     ended_at: dict[str, float] = {}
     while waiting:
         states = queue_states([job.job_id for job in waiting.values()])
