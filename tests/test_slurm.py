@@ -261,7 +261,8 @@ def test_a_job_preempted_then_requeued_in_iteration_2_resumes_and_ends_identical
                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     run = tmp_path / "runs" / "e" / "c" / "alpha0.5" / "seed1"
     try:
-        job_id = wait_for("the run's job", lambda: next((p.name for p in (tmp_path / "runs" / ".slurm").glob("[0-9]*")), None))
+        jobs = tmp_path / "runs" / ".slurm"
+        job_id = wait_for("the run's job", lambda: next((p.name for p in jobs.glob("[0-9]*")), None))
         iteration1 = None
         for restarts, interrupt in enumerate([["scancel", "--signal=USR2", job_id], ["scontrol", "requeue", job_id]]):
             waiting = wait_for("iteration 2 at the gate", lambda: list(gate.glob("waiting.*")) or stage.poll() is not None)

@@ -205,7 +205,8 @@ def _wait(waiting: dict, on_end: Callable[[str, str | None, object], None], poll
             if state in ACTIVE_STATES:
                 ended_at.pop(name, None)
                 continue
-            if not job.paths.result_pickle.exists() and time.monotonic() - ended_at.setdefault(name, time.monotonic()) < RESULT_GRACE_S:
+            since = time.monotonic() - ended_at.setdefault(name, time.monotonic())
+            if not job.paths.result_pickle.exists() and since < RESULT_GRACE_S:
                 continue  # the result of a job that just ended may reach a shared file system later
             error, result = job_outcome(job, state)
             del waiting[name]
