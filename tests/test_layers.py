@@ -16,10 +16,10 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "selm"
 
 # Bottom to top. A unit is a top-level module of selm or a subpackage (all its modules).
 LAYERS = [
-    ("foundation: files, the run layout, configs, identities, the loss, worker processes", {
+    ("foundation: files, the run layout, configs, identities, the loss, worker processes, Slurm jobs", {
         "selm", "selm.io", "selm.layout", "selm.config", "selm.compose", "selm.determinism", "selm.provenance",
         "selm.checkpoints", "selm.tracking", "selm.losses", "selm.tiny", "selm.console", "selm.stagelog",
-        "selm.workers"}),
+        "selm.workers", "selm.slurm"}),
     ("data: pairs and batches; the toy world", {"selm.data", "selm.world"}),
     ("parts: reference log-probs, decoding, generation, the trainer, rankers, judges, external artifacts", {
         "selm.logps", "selm.decode", "selm.generation", "selm.trainer", "selm.pairrm", "selm.rankers", "selm.judges",

@@ -8,7 +8,8 @@ a run is what it always was (same folder, config and identities). Each run is th
 then the experiment's evaluations of every checkpoint (selm.evaluate). A DVC stage runs one
 experiment (the paper scale) or several (the toy scale: every experiment of the spec) with one pool of
 worker processes, one torch thread each, so the results do not depend on the number of workers;
-every run resumes from its files after a crash.
+every run resumes from its files after a crash. With `executor: slurm` in the spec each run is its
+own Slurm job instead (selm.slurm, docs/cluster.md), with the same bytes.
 
     python -m selm.cli.stage experiment main
     python -m selm.cli.stage experiment --all    # every experiment of the spec, one pool
@@ -30,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from selm import console, layout
 from selm.compose import run_config
 from selm.io import write_json_atomic
+from selm.slurm import executor_name, job_settings, run_jobs
 from selm.stagelog import add_counts
 from selm.workers import failures_error, init_worker, spawn_pool
 
@@ -253,11 +255,15 @@ def run_experiments(names: list[str], spec_file: Path, params_file: Path, worker
     by_name = {name: expand(spec, name, str(spec_file)) for name in names}
     runs = [run for name in names for run in by_name[name]]
     workers = workers or int(spec.get("workers", 1))
+    executor = executor_name(spec, str(spec_file))  # local: this machine's pool; slurm: one job per run (selm.slurm)
     title = f"experiment{'s' if len(names) > 1 else ''} {' '.join(names)}"
     start = time.perf_counter()
     errors: dict[str, str | None] = {}
     with console.progress(len(runs), title, "runs") as bar:
-        if workers <= 1:
+        if executor == "slurm":
+            run_jobs([(r.name, execute, (r, params_file)) for r in runs], job_settings(spec, str(spec_file)), threads,
+                     lambda name, error, result: _finished((name, error, (result or {}).get("did", {})), errors, bar))
+        elif workers <= 1:
             init_worker(threads)
             for run in runs:
                 _finished(_execute_safely(run, params_file), errors, bar)
