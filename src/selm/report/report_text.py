@@ -189,6 +189,9 @@ def render_how_to_read(data: ReportData) -> str:
         f"`{_rel(data.tables / 'provenance.json', data.report)}`, each run's composed config in "
         "`runs/<experiment>/<cell>/seed<seed>/config.json`.\n\n"
         f"Scale: {str(data.spec.get('description', data.scale)).strip()} Seeds {seeds} for every cell; "
+        "a seed varies the online loop (`train.seed`: the sampling of y_ref and the training's data order), "
+        "not the SFT base: each model has one SFT base, as in the paper (how far an effect "
+        "moves between SFT bases: the first screen's line on them). "
         + ("± and [brackets] are 95% t intervals over seeds (none for one seed, 'same in every seed' for zero "
            "spread); SELM-vs-DPO comparisons are paired by seed. " if len(seeds) > 1 else
            "one seed, so no interval and no t-test anywhere. ")
@@ -196,8 +199,8 @@ def render_how_to_read(data: ReportData) -> str:
         "least the minimum detectable effect (MDE: the smallest true difference this many seeds with this spread "
         "detect at alpha 0.05 with 80% power)"
         + (f" and, in r*, at least {MACHINE_FLOOR['mean_reward']} (the largest shift of the SFT base's greedy r* "
-           "measured when only the floating-point code path changed: another machine of the same kind, or this "
-           "one with fewer vector extensions)" if has_r_star else "")
+           "measured when only the floating-point code path changed: two CPUs' native kernels; it guards the "
+           "verdicts where the bytes are not portable, on GPUs and other architectures)" if has_r_star else "")
         + "; otherwise it says **inconclusive**. Claims marked *ours* are not the paper's.")
 
 
