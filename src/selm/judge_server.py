@@ -152,10 +152,12 @@ class JudgeServer:
         with self._changed:
             return self._changed.wait_for(lambda: self.max_in_flight >= n, timeout)
 
-    def wait_idle(self, timeout: float) -> bool:
-        """Block until no request is being answered (every hang-up noticed); False after `timeout` s."""
+    def wait_idle(self, timeout: float, requests: int = 0) -> bool:
+        """Block until at least `requests` requests have arrived and none is being answered (every
+        hang-up noticed); False after `timeout` s. A client may hang up before the server has read its
+        request: the request still arrives, later."""
         with self._changed:
-            return self._changed.wait_for(lambda: self._in_flight == 0, timeout)
+            return self._changed.wait_for(lambda: len(self.requests) >= requests and self._in_flight == 0, timeout)
 
     def _enter(self, record: dict) -> None:
         with self._changed:
@@ -195,7 +197,7 @@ class JudgeServer:
                             for _ in self._generate(reply, body, record):  # the whole answer, then its body
                                 pass
                         self._answer(reply, record)
-                except ClientGone:
+                except (ClientGone, BrokenPipeError, ConnectionResetError):  # also while writing the headers
                     server._leave(record, "client hung up")
                 finally:
                     server._leave(record, "error")  # a no-op unless answering failed

@@ -116,7 +116,7 @@ class OpenAIJudge(Judge):
 
     async def _stream(self, kwargs: dict) -> dict | None:
         """One streamed chat completion's first choice (streaming.merge_chunks). The first chunk must
-        come within first_token_timeout of sending, each next one within silence_timeout of the last;
+        come within first_token_timeout of the start, each next one within silence_timeout of the last;
         otherwise JudgeSilent, after the connection is closed (which stops the server's generation)."""
         limits, chunks = self.limits, []
         client = self._new_client()

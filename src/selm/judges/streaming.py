@@ -7,8 +7,8 @@ while a re-sent copy queues behind it. So the judge streams every request and gi
 silence:
 
 - `connect_timeout`: to open the connection and send the request;
-- `first_token_timeout`: from sending the request to the first streamed chunk (queueing and the
-  prompt's processing);
+- `first_token_timeout`: from the start of the request (connecting and sending included) to the
+  first streamed chunk (queueing and the prompt's processing);
 - `silence_timeout`: between two chunks after that. A stream that keeps coming is never cut, however
   long it takes.
 
