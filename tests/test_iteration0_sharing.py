@@ -7,7 +7,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from selm.experiments import expand, load_experiments
-from selm.loop import iteration0_identity
+from selm.loop import iteration0_identity, iteration0_train
 from selm.provenance import digest
 
 ROOT = Path(__file__).resolve().parents[1]
