@@ -5,14 +5,16 @@ import json
 import logging
 import math
 import random
+from pathlib import Path
 
 import pytest
 from judge_server import JudgeServer, Reply, error_reply, logprob_reply, text_reply
 
 from selm.benchmarks import alpaca
-from selm.judges import AnnotationCache, get_judge
+from selm.judges import AnnotationCache, SingleItem, get_judge
 from selm.judges import alpaca_prompt
 from selm.judges.openai_judge import JudgeUnavailable
+from selm.judges.streaming import StreamIncomplete, StreamLimits, merge_chunks
 from selm.world import sample_records
 from selm.world.evalsets import alpaca_eval_rows
 
@@ -28,11 +30,16 @@ def secret(monkeypatch):
 
 def openai_judge(server, tmp_path=None, sleeps=None, **cfg):
     cfg.setdefault("concurrency", 1)
+    cfg.setdefault("sleep", sleeps.append if sleeps is not None else (lambda s: None))
     return get_judge(
         "openai", base_url=server.base_url, api_key_env=KEY_ENV,
-        cache=None if tmp_path is None else tmp_path / "cache.jsonl",
-        sleep=(sleeps.append if sleeps is not None else (lambda s: None)), **cfg,
+        cache=None if tmp_path is None else tmp_path / "cache.jsonl", **cfg,
     )
+
+
+def mt_bench_reply(n_tokens: int, score: int = 7) -> Reply:
+    """An MT-Bench judgment that the test server streams as `n_tokens` tokens (words), the last its rating."""
+    return text_reply(" ".join([f"w{k}" for k in range(n_tokens - 1)] + [f"[[{score}]]"]))
 
 
 def test_registry_lists_known_names_on_a_typo():
@@ -83,20 +90,105 @@ def test_alpaca_annotation_uses_the_real_template_and_logprobs(secret, tmp_path)
     assert bodies[1]["messages"][1]["content"] == _template_user_message(switched, "model answer", "reference answer")
 
 
-def test_429_500_and_timeouts_are_retried_with_backoff(secret):
+def test_a_slow_streaming_server_is_waited_for_and_asked_once(secret):
+    """A judge served the way vLLM serves it: three MT-Bench judgments at once, each streaming 120
+    tokens at 40 tokens/s (3 s), twice the judge's first-token and silence allowances (1.5 s each) but
+    never silent for more than 1/60 of them. Every judgment completes on its first request, and the
+    server generates no more than the tokens the judgments need (the bound asked for: 1.2x). Against
+    this server the former client (one 1.5 s timeout per request, re-sent up to 6 times) got none of
+    the three, after 18 requests and 1,061 tokens generated."""
+    n_items, n_tokens = 3, 120
+    with JudgeServer(default=lambda body: mt_bench_reply(n_tokens), tokens_per_second=40) as server:
+        judge = openai_judge(server, concurrency=3, first_token_timeout=1.5, silence_timeout=1.5)
+        ratings = judge.single_many([SingleItem([f"question {k}"], [f"answer {k}"]) for k in range(n_items)])
+        assert server.wait_idle(timeout=30, requests=n_items)
+        records, generated = list(server.requests), server.tokens_generated
+    assert [r.score for r in ratings] == [7] * n_items
+    assert all(r.raw == mt_bench_reply(n_tokens).body["choices"][0]["message"]["content"] for r in ratings)
+    assert generated <= 1.2 * n_items * n_tokens
+    assert len(records) == n_items and all(r["outcome"] == "answered" for r in records)
+    assert all(r["body"]["stream"] is True and r["body"]["max_tokens"] == 2048 for r in records)
+    assert judge.stats["retries"] == 0 and judge.stats["judged"] == n_items
+
+
+def test_errors_and_silence_are_retried_and_a_silent_request_is_hung_up_on_first(secret):
+    """429 and 5xx are retried with exponential backoff. A request that goes silent is given up on
+    by closing its connection, and the server stops generating it there (not one token more) before
+    the judgment is asked again: the tokens generated are the silent request's 5 plus the answer's 30.
+    (The silence allowance, 2 s, is what the stuck request costs this test; a shorter one could be
+    reached by a loaded machine's pauses inside the answers that do stream.)"""
     sleeps = []
     with JudgeServer() as server:
-        ok = logprob_reply({"m": -0.1, "M": -2.4})
-        slow = logprob_reply({"m": -0.1, "M": -2.4})
-        slow.delay = 0.5
-        server.push(error_reply(429), error_reply(500), error_reply(503), slow, ok)
-        judge = openai_judge(server, sleeps=sleeps, timeout=0.2, backoff=0.5)
-        annotation = judge.pairwise("say hi", "hi", "hello")
-        n_requests = len(server.requests)
-    assert annotation.ok and 1 < annotation.preference < 2
-    assert n_requests == 5
+        stuck = mt_bench_reply(30)
+        stuck.stall_after = 5  # silent after 5 tokens until the client hangs up (or 60 s)
+        server.push(error_reply(429), error_reply(500), error_reply(503), stuck, mt_bench_reply(30))
+        judge = openai_judge(server, sleeps=sleeps, silence_timeout=2.0, backoff=0.5)
+        rating = judge.single(["say hi"], ["hi"])
+        assert server.wait_idle(timeout=30, requests=5)
+        records, generated = list(server.requests), server.tokens_generated
+    assert rating.ok and rating.score == 7
+    assert len(records) == 5
     assert sleeps == [0.5, 1.0, 2.0, 4.0]  # exponential backoff
-    assert judge.stats["retries"] == 4
+    assert judge.stats["retries"] == 4 and judge.stats["timeouts"] == 1
+    assert (records[3]["outcome"], records[3]["tokens"]) == ("client hung up", 5)
+    assert (records[4]["outcome"], records[4]["tokens"]) == ("answered", 30)
+    assert generated == 35 <= 1.2 * 30
+
+
+def test_a_silent_server_is_given_up_on_within_the_attempts_and_the_time(secret):
+    """A server that never sends a token: each attempt is hung up on, so nothing is generated and no
+    request is left running; the judge stops after max_attempts, or when the next wait would pass
+    max_seconds. (The server may not see every attempt: on a loaded machine an allowance can run
+    out before the request is through; the attempts are counted by the judge.)"""
+    stuck = Reply(body=mt_bench_reply(3).body, stall_after=0)  # silent until hung up on (or 60 s)
+    with JudgeServer(default=lambda body: stuck) as server:
+        with pytest.raises(JudgeUnavailable, match=r"3 attempts; last error: no first token within 0.2 s"):
+            openai_judge(server, max_attempts=3, first_token_timeout=0.2).single(["q"], ["a"])
+        # The time budget, on a clock that moves only when the judge sleeps: after attempt 1 (t=0) it
+        # waits 1 s; after attempt 2 (t=1) a wait of 2 s would pass max_seconds=2.5, so it stops.
+        now = [0.0]
+        judge = openai_judge(server, max_attempts=10, first_token_timeout=0.2, backoff=1.0, max_seconds=2.5,
+                             sleep=lambda s: now.__setitem__(0, now[0] + s), clock=lambda: now[0])
+        with pytest.raises(JudgeUnavailable, match=r"after 2 attempts in 1 s \(judge.max_seconds=2.5\)"):
+            judge.single(["q"], ["a"])
+        assert server.wait_idle(timeout=30)
+        assert server.requests and {r["outcome"] for r in server.requests} == {"client hung up"}
+        assert server.tokens_generated == 0
+
+
+def test_a_stream_is_rebuilt_or_found_cut():
+    def chunk(delta, finish=None, logprobs=None):
+        return {"choices": [{"index": 0, "delta": delta, "finish_reason": finish,
+                             "logprobs": None if logprobs is None else {"content": logprobs}}]}
+
+    lp = [{"token": "m", "logprob": -0.1, "top_logprobs": []}]
+    choice = merge_chunks([chunk({"role": "assistant", "content": "Rat"}, logprobs=lp), chunk({"content": "ing"}),
+                           chunk({}, finish="stop")])
+    assert choice == {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "Rating"},
+                      "logprobs": {"content": lp}}
+    assert merge_chunks([{"choices": []}]) is None  # a server that answered with no choice
+    with pytest.raises(StreamIncomplete, match="without a finish_reason"):
+        merge_chunks([chunk({"content": "Rat"})])
+    with pytest.raises(StreamIncomplete, match="before sending anything"):
+        merge_chunks([])
+
+
+def test_the_judge_configs_document_every_setting_and_the_old_timeout_is_named(secret):
+    """conf/judge/openai.yaml states each wait and retry setting with the client's own default, and
+    both judge configs build a judge; the retired request-wide `timeout` is refused by name."""
+    from omegaconf import OmegaConf
+
+    from selm.config import compose_config
+
+    conf = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "judge" / "openai.yaml")
+    assert {k: conf[k] for k in vars(StreamLimits())} == vars(StreamLimits())
+    with JudgeServer() as server:
+        for group in ("openai", "rehearsal"):
+            cfg = OmegaConf.to_container(compose_config("loop", [f"judge={group}"]).judge, resolve=True)
+            judge = get_judge(cfg.pop("name"), **dict(cfg, base_url=server.base_url, api_key_env=KEY_ENV))
+            assert judge.limits == StreamLimits(**{k: cfg[k] for k in vars(StreamLimits())})
+        with pytest.raises(ValueError, match="judge.timeout .* judge.silence_timeout"):
+            openai_judge(server, timeout=120)
 
 
 def test_retries_are_bounded_and_client_errors_are_not_retried(secret):
@@ -159,15 +251,21 @@ def test_restart_rejudges_nothing_and_survives_a_torn_line(secret, tmp_path, cap
 
 
 def test_concurrency_is_limited_by_the_pool(secret):
-    def slow(body):
-        reply = _reply_by_content(body)
-        reply.delay = 0.1
-        return reply
+    """Nine judgments through a pool of 3: the server sees 3 in flight at once and never more. The
+    first answers are held until three requests are in flight, so the pool's parallelism is observed
+    rather than hoped for; the server counts a request out before the last byte of its answer, so a
+    worker's next request cannot be counted beside the one it has finished."""
+    server = JudgeServer()
 
-    with JudgeServer(default=slow) as server:
+    def held(body):
+        server.wait_in_flight(3, timeout=30)
+        return _reply_by_content(body)
+
+    server.default = held
+    with server:
         openai_judge(server, concurrency=3).pairwise_many([(f"i{k}", "a", f"b{k}") for k in range(9)])
         assert len(server.requests) == 9
-        assert 1 < server.max_in_flight <= 3
+        assert server.max_in_flight == 3
 
 
 def test_api_key_never_reaches_cache_logs_or_outputs(secret, tmp_path, caplog):

@@ -284,12 +284,22 @@ def iteration_identity(cfg: DictConfig, t: int, previous: dict, init_fp: str, re
             "files": named_files(sections), "code": code, "versions": result_versions()}
 
 
-def iteration0_identity(cfg: DictConfig, base_fp: str, rows: list[dict], code: str) -> dict:
-    """What the offline-DPO iteration 0 depends on: the base, its slice of the corpus, the training
-    settings (alpha aside: the step is plain DPO), the code. Not the variant, the ranker or the
-    generation settings, which only later iterations use."""
+def iteration0_train(cfg: DictConfig) -> dict:
+    """The training settings the offline-DPO iteration 0 uses: the train section without alpha (the
+    step is plain DPO) and with its own learning rate, learning_rates[0], in place of the list, whose
+    later entries only later iterations read. Runs that differ only there share one iteration 0."""
     train = OmegaConf.to_container(cfg.train, resolve=True)
     train.pop("alpha")
+    rates = train.pop("learning_rates")
+    train["learning_rate"] = rates[0] if rates else None
+    return train
+
+
+def iteration0_identity(cfg: DictConfig, base_fp: str, rows: list[dict], code: str) -> dict:
+    """What the offline-DPO iteration 0 depends on: the base, its slice of the corpus, the training
+    settings it uses (iteration0_train), the code. Not the variant, the ranker, the generation
+    settings or the later iterations' learning rates, which only later iterations use."""
+    train = iteration0_train(cfg)
     return {"iteration": 0, "step": "offline DPO on the original pairs", "base": base_fp,
             "system_prompt": cfg.model.system_prompt, "train": train, "slice": digest(rows),
             "files": named_files(train), "code": code, "versions": result_versions()}

@@ -27,12 +27,14 @@ import statistics
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 from selm.generation import GenerationBackend, render_messages
 from selm.io import read_jsonl, write_json_atomic, write_jsonl_atomic
 from selm.judges import Judge, SingleItem
 from selm.judges.mt_bench_prompt import needs_reference
+from selm.judges.streaming import StreamLimits
 
 QUESTION_SCHEMA = {"question_id": (int, True), "turns": (list, True), "category": (str, False)}
 ANSWER_SCHEMA = {"question_id": (int, True), "model_id": (str, True), "choices": (list, True)}
@@ -274,8 +276,11 @@ def no_judge_reason(api_key_env: str) -> str | None:
 def grade_real_answers(questions_path: str | os.PathLike, answers_path: str | os.PathLike,
                        references_path: str | os.PathLike, out: str | os.PathLike, *,
                        base_url: str, model: str | None = None, api_key_env: str = "OPENAI_API_KEY",
-                       runs: int = 3, concurrency: int = 4, cache: str | os.PathLike | None = None) -> dict:
+                       runs: int = 3, concurrency: int = 4, cache: str | os.PathLike | None = None,
+                       limits: StreamLimits = StreamLimits()) -> dict:
     """MT-Bench single-answer grading through an OpenAI-compatible judge, or an explicit skip.
+    `limits`: how long each streamed judgment may stay silent and how often it is retried
+    (selm.judges.streaming; a judgment of up to 2,048 tokens is waited for as long as it streams).
 
     Always writes `out/grade.json`; with a judge also `out/judgments.jsonl` (FastChat-style rows)."""
     out = Path(out)
@@ -288,7 +293,7 @@ def grade_real_answers(questions_path: str | os.PathLike, answers_path: str | os
     from selm.judges import get_judge
 
     judge = get_judge("openai", base_url=base_url, model=model, api_key_env=api_key_env,
-                      concurrency=concurrency, cache=None if cache is None else str(cache))
+                      concurrency=concurrency, cache=None if cache is None else str(cache), **asdict(limits))
     questions = load_questions(questions_path)
     answers = load_answers(answers_path)
     questions = [q for q in questions if q["question_id"] in answers]  # a --limit run answered a prefix

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import fields
 
 from selm.artifacts import MODEL_ID, FetchError
 from selm.benchmarks.mt_bench import generate_real_answers, grade_real_answers
 from selm.cli.args import optional as _optional
 from selm.io import DataError
+from selm.judges.streaming import StreamLimits
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--cache", type=_optional(str), default=None, help="judgment cache file (JSONL)")
+    for f in fields(StreamLimits):  # how long a streamed judgment may stay silent, how often it is retried
+        p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default,
+                       help=f"judge.{f.name} (conf/judge/openai.yaml; default %(default)s)")
     args = parser.parse_args(argv)
     try:
         _run(args)
@@ -64,7 +69,8 @@ def _run(args: argparse.Namespace) -> None:
     else:
         grade_real_answers(args.questions, args.answers, args.references, args.out, base_url=args.base_url,
                            model=args.model, api_key_env=args.api_key_env, runs=args.runs,
-                           concurrency=args.concurrency, cache=args.cache)
+                           concurrency=args.concurrency, cache=args.cache,
+                           limits=StreamLimits(**{f.name: getattr(args, f.name) for f in fields(StreamLimits)}))
 
 
 if __name__ == "__main__":

@@ -22,11 +22,18 @@ import hashlib
 import importlib.util
 import json
 import re
+import threading
 from functools import lru_cache
 from pathlib import Path
 
 PROMPTS_FILE = Path(__file__).parent / "prompts" / "mt_bench_single.jsonl"
 DECODING = {"temperature": 0, "max_tokens": 2048, "n": 1}  # FastChat's judge call
+# Judgments are parsed in the judge's worker threads, and CPython 3.11's ast.parse (literal_eval's
+# too) is not safe in several threads at once: when the garbage collector runs a finalizer that lets
+# another thread in while a tree is being built, both share one recursion counter and one raises
+# "SystemError: AST constructor recursion depth mismatch" (CPython issue 106905; seen here when three
+# workers read the FastChat constants at once). Every use of ast in this module holds this lock.
+_AST_LOCK = threading.Lock()
 
 
 @lru_cache(maxsize=1)
@@ -50,6 +57,11 @@ def fastchat_constants() -> dict:
     if spec is None or not spec.submodule_search_locations:
         raise ImportError("fschat is not installed: MT-Bench grading reads its rating patterns")
     source_path = Path(next(iter(spec.submodule_search_locations))) / "llm_judge" / "common.py"
+    with _AST_LOCK:
+        return _read_constants(source_path)
+
+
+def _read_constants(source_path: Path) -> dict:
     tree = ast.parse(source_path.read_text(encoding="utf-8"), filename=str(source_path))
     wanted = {"one_score_pattern", "one_score_pattern_backup", "NEED_REF_CATS"}
     found: dict = {}
@@ -102,7 +114,8 @@ def parse_rating(judgment: str) -> tuple[float | None, str | None]:
     match = constants["one_score_pattern"].search(judgment) or constants["one_score_pattern_backup"].search(judgment)
     if not match:
         return None, f"no [[rating]] in the judgment: {judgment[-200:]!r}"
-    rating = ast.literal_eval(match.groups()[0])
+    with _AST_LOCK:
+        rating = ast.literal_eval(match.groups()[0])
     if not 1 <= rating <= 10:
         return None, f"rating {rating} is outside 1..10"
     return float(rating), None
