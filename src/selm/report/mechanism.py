@@ -101,10 +101,13 @@ def probe(run_dir: Path, iteration: int, alphas: list[float], work: Path, test_p
 
     start = layout.model_dir(run_dir, iteration - 1)
     pairs_path = layout.iteration_dir(run_dir, iteration) / layout.PAIRS
-    for path in (start / layout.CHECKPOINT_CONFIG, pairs_path):
+    # the run's own config, from the iteration probed (pi_{iteration-1} may be a shared iteration 0,
+    # trained by another run whose later learning rates can differ)
+    own = layout.model_dir(run_dir, iteration) / layout.TRAIN_METRICS
+    for path in (start / layout.CHECKPOINT_CONFIG, pairs_path, own):
         if not path.is_file():
             raise FileNotFoundError(f"{path}: the mechanism probe needs this file of the loop run {run_dir}")
-    cfg = OmegaConf.create(json.loads((start / layout.TRAIN_METRICS).read_text())["config"])
+    cfg = OmegaConf.create(json.loads(own.read_text())["config"])
     records = read_jsonl(pairs_path, PAIRS_SCHEMA)
     tokenizer = AutoTokenizer.from_pretrained(start)
     pad_id = pad_token_id(tokenizer)
