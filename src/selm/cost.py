@@ -56,12 +56,12 @@ def iteration_node_hours(a: DictConfig, base: str, rows: int, sequences: int, ge
 
 
 def iteration0_key(cfg: DictConfig) -> str:
-    """What iteration 0 uses: the base, its slice size, the train section without alpha and with its
-    own learning rate only."""
-    train = OmegaConf.to_container(cfg.train, resolve=True)
-    train.pop("alpha")
-    train["learning_rates"] = train["learning_rates"][0]
-    return json.dumps({"base": cfg.model.name, "slice_size": cfg.data.slice_size, "train": train}, sort_keys=True)
+    """What iteration 0 uses (selm.loop.iteration0_train: the train section without alpha and with its
+    own learning rate only), with the base and its slice size."""
+    from selm.loop import iteration0_train
+
+    return json.dumps({"base": cfg.model.name, "slice_size": cfg.data.slice_size, "train": iteration0_train(cfg)},
+                      sort_keys=True)
 
 
 def evaluation_gpu_hours(a: DictConfig, parts) -> float:
