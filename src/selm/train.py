@@ -4,7 +4,7 @@
 
 Steps: validate inputs; tokenise the pairs (at alpha = 0, DPO, without y_ref: it has no part in
 the loss); compute (or load from cache) the reference log-probs of chosen, rejected and y_ref with
-the freshly loaded policy; train with SELMTrainer; save the
+the freshly loaded policy, shared by the processes of a launch; train with SELMTrainer; save the
 final model into `<output_dir>.partial/` and rename it to `output_dir` only once complete, so an
 interrupted run never leaves an output that looks finished. Checkpoints live in the partial folder
 and a rerun resumes from the newest one.
@@ -251,10 +251,10 @@ def train_iteration(cfg: DictConfig, callbacks: list | None = None) -> Path:
     run = init_wandb(cfg) if is_main_process() else None
     # The reference pass first, on every process of the launch (each its share of the batches), with
     # the whole policy as loaded: a ZeRO-3-sharded model could not run it outside the engine.
-    t0 = time.perf_counter()
     model = None
     if not reference_cached(cfg, init_dir, pairs, precision):
         model = AutoModelForCausalLM.from_pretrained(init_dir, dtype=torch.float32)
+    t0 = time.perf_counter()
     ref_logps, cache_key, cache_hit = reference_logps(cfg, init_dir, pairs, precision, tokenizer, policy=model)
     ref_seconds = time.perf_counter() - t0
     log.info("reference log-probs %s (key %s, %.1f s)", "loaded" if cache_hit else "computed", cache_key, ref_seconds)
