@@ -450,7 +450,8 @@ class DataParallelBackend(GenerationBackend):
     answers each request on its own. Sampled vLLM requests keep their seeds (seed + position in the
     whole list); sampled HF workers draw from streams of their own (seed + worker), so their samples
     differ from one engine's. Prompts are templated and tokenised here, with the checkpoint's own
-    tokenizer, as the backends do. `close()` ends the workers (and frees their devices).
+    tokenizer, as the backends do. `close()` ends the workers (and frees their devices). The workers
+    are spawned: a script that builds this backend needs the `if __name__ == "__main__":` guard.
     """
 
     def __init__(self, name: str, model_dir, *, workers: int, batch_size: int = 64,
