@@ -124,3 +124,29 @@ def test_no_stage_depends_on_an_empty_file(pipeline):
     empty = sorted({str(Path(d.fs_path).relative_to(ROOT)) for stage in Repo(str(ROOT)).stage.collect(pipeline)
                     for d in stage.deps if Path(d.fs_path).is_file() and Path(d.fs_path).stat().st_size == 0})
     assert empty == []
+
+
+def test_a_silenced_library_bar_still_counts_and_times():
+    """Quiet mode sends a library's bar to os.devnull but leaves it live: libraries read its counts and
+    elapsed time back (vLLM divides its token counts by the elapsed time; a disabled bar says 0).
+    `file` given by position is replaced too; a bar its library disables stays disabled."""
+    code = """
+from selm import console
+console.setup()
+import time
+from tqdm import tqdm
+bar = tqdm(total=3, desc="library-bar")
+time.sleep(0.01)
+bar.update(2)
+print("live", bar.n, bar.format_dict["elapsed"] > 0, bar.disable, getattr(bar.fp, "_wrapped", bar.fp).name)
+bar.close()
+import sys
+positional = tqdm(range(2), "positional-bar", 2, True, sys.stderr)
+print("positional", list(positional), getattr(positional.fp, "_wrapped", positional.fp).name)
+print("disabled", tqdm(total=2, disable=True).disable)
+"""
+    quiet = _python(code)
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stdout.splitlines() == [f"live 2 True False {os.devnull}",
+                                            f"positional [0, 1] {os.devnull}", "disabled True"]
+    assert "library-bar" not in quiet.stderr and "positional-bar" not in quiet.stderr

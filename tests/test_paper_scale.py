@@ -208,7 +208,10 @@ def test_vllm_gets_tensor_parallelism_from_config(monkeypatch):
             return None
 
     monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=FakeLLM))
-    cfg = compose_config("loop_paper", ["preset=paper_llama3", "scale.backend_kwargs.tensor_parallel_size=2"])
+    paper = compose_config("loop_paper", ["preset=paper_llama3"])
+    assert paper.generation.data_parallel == 8 and paper.scale.backend_kwargs.tensor_parallel_size == 1  # a GPU each
+    cfg = compose_config("loop_paper", ["preset=paper_llama3", "scale.data_parallel=1",
+                                        "scale.backend_kwargs.tensor_parallel_size=2"])
     backend = backend_from_config(cfg, "models/llama3-8b-instruct")
     assert isinstance(backend, VLLMBackend)
     assert calls == [{"model": "models/llama3-8b-instruct", "tensor_parallel_size": 2, "dtype": "bfloat16",

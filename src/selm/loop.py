@@ -457,17 +457,14 @@ def _release_accelerator_memory() -> None:
 
 def launch_training(tcfg: DictConfig, it_dir: Path) -> None:
     """Train one iteration in other processes (`train.launcher`, e.g. accelerate launch with the
-    DeepSpeed ZeRO-3 config on 8 GPUs): the loop writes the iteration's resolved config, fills the
-    reference log-prob cache here on one device (a ZeRO-3-sharded model cannot run that pass outside
-    the engine), then runs `<launcher> -m selm.train --config <file>` and checks its exit status."""
+    DeepSpeed ZeRO-3 config on 8 GPUs): the loop writes the iteration's resolved config, then runs
+    `<launcher> -m selm.train --config <file>` (whose processes share the reference pass before
+    training) and checks its exit status."""
     import shlex
     import subprocess
 
-    from selm.train import precompute_reference
-
     path = it_dir / layout.TRAIN_CONFIG
     write_text_atomic(path, OmegaConf.to_yaml(tcfg, resolve=True))
-    precompute_reference(tcfg)
     command = [*shlex.split(tcfg.train.launcher), "-m", "selm.train", "--config", str(path)]
     log.info("launching: %s", " ".join(command))
     done = subprocess.run(command, check=False)

@@ -4,7 +4,7 @@
 
 Steps: validate inputs; tokenise the pairs (at alpha = 0, DPO, without y_ref: it has no part in
 the loss); compute (or load from cache) the reference log-probs of chosen, rejected and y_ref with
-the freshly loaded policy; train with SELMTrainer; save the
+the freshly loaded policy, shared by the processes of a launch; train with SELMTrainer; save the
 final model into `<output_dir>.partial/` and rename it to `output_dir` only once complete, so an
 interrupted run never leaves an output that looks finished. Checkpoints live in the partial folder
 and a rerun resumes from the newest one.
@@ -12,6 +12,7 @@ and a rerun resumes from the newest one.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import shutil
@@ -27,7 +28,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from selm.checkpoints import check_checkpoint
 from selm.data import PairCollator, PairDataset, load_pairs, pad_token_id, without_y_ref
 from selm.io import write_json_atomic
-from selm.logps import compute_reference_logps, load_cached_reference_logps, store_reference_logps
+from selm.logps import compute_reference_logps, load_cached_reference_logps, merge_shards, store_reference_logps
 from selm.provenance import provenance
 from selm.tracking import init_wandb
 from selm.trainer import SELMTrainer
@@ -135,43 +136,72 @@ def _tokenized_pairs(cfg: DictConfig, init_dir: Path):
 
 def reference_logps(cfg: DictConfig, init_dir: Path, pairs, precision: str, tokenizer, policy=None):
     """(logps, cache key, cache hit) of chosen, rejected and y_ref under pi_ref, from the cache or
-    computed under no_grad: with the freshly loaded policy when pi_ref is the init checkpoint, else
-    with pi_ref loaded for this pass only. On a GPU the pass runs there, and the model goes back."""
+    computed under no_grad: with `policy` when pi_ref is the init checkpoint, else with pi_ref
+    loaded for this pass only. On a GPU the pass runs there, and the model goes back.
+
+    In a launch of several processes (WORLD_SIZE > 1: accelerate launch, torchrun) every process
+    computes its share of the batches (`selm.logps.shard_batches`) and receives the others' (the
+    process group is started here if the launch has none yet): the same tensor, to the byte, as one
+    process computing every batch, in 1/world_size of its time. Rank 0 writes the cache. Every
+    process must call this together: they agree on a cache miss, since the cache is written only
+    after all of them have computed their share."""
     ref_dir = reference_dir(cfg, init_dir)
     cached, key = load_cached_reference_logps(ref_dir, pairs, cfg.paths.ref_cache_dir, precision)
     if cached is not None:  # no model load at all (a 7B reference costs minutes to load)
         return cached, key, True
+    rank, world_size = _process_group()
     ref_model = policy if (policy is not None and ref_dir == init_dir) else None
     if ref_model is None:
         ref_model = AutoModelForCausalLM.from_pretrained(ref_dir, dtype=torch.float32)
     home = next(ref_model.parameters()).device
     if torch.cuda.is_available():
         ref_model.to(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
+    batch_size = cfg.train.ref_batch_size
     try:
-        logps = compute_reference_logps(ref_model, pairs, pad_token_id=pad_token_id(tokenizer),
-                                        batch_size=cfg.train.ref_batch_size,
-                                        autocast_dtype=torch.bfloat16 if precision == "bf16" else None)
+        logps = compute_reference_logps(ref_model, pairs, pad_token_id=pad_token_id(tokenizer), batch_size=batch_size,
+                                        autocast_dtype=torch.bfloat16 if precision == "bf16" else None,
+                                        rank=rank, world_size=world_size)
     finally:
         ref_model.to(home)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-    store_reference_logps(logps, key, cfg.paths.ref_cache_dir, ref_dir)
+    log.info("reference pass: process %d of %d computed %d of %d pairs", rank, world_size, len(logps), len(pairs))
+    if world_size > 1:
+        shards = [None] * world_size
+        torch.distributed.all_gather_object(shards, logps)
+        logps = merge_shards(shards, len(pairs), batch_size)
+    if rank == 0:
+        store_reference_logps(logps, key, cfg.paths.ref_cache_dir, ref_dir)
     return logps, key, False
 
 
-def _cached_reference_only(cfg: DictConfig, init_dir: Path, pairs, precision: str) -> tuple[torch.Tensor, str]:
+def reference_cached(cfg: DictConfig, init_dir: Path, pairs, precision: str) -> bool:
+    """Whether the reference cache holds this iteration's log-probs already."""
     ref_dir = reference_dir(cfg, init_dir)
-    found, key = load_cached_reference_logps(ref_dir, pairs, cfg.paths.ref_cache_dir, precision)
-    if found is None:
-        raise RuntimeError(
-            f"DeepSpeed ZeRO-3: no cached reference log-probs for {ref_dir} and {cfg.pairs} in "
-            f"{cfg.paths.ref_cache_dir}; compute them first on one GPU: python -m selm.train --config <this "
-            "iteration's config> --reference-only (the loop does this when train.launcher is set)")
-    return found, key
+    return load_cached_reference_logps(ref_dir, pairs, cfg.paths.ref_cache_dir, precision)[0] is not None
+
+
+def _process_group() -> tuple[int, int]:
+    """(rank, world size) of this process in its launch; with WORLD_SIZE > 1 the default process
+    group is started (gloo on a CPU, nccl on GPUs, from the launcher's MASTER_ADDR/PORT) unless it
+    runs already. accelerate and DeepSpeed use a group that runs instead of starting their own."""
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    if world_size == 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))  # nccl's objects travel on this GPU
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    if dist.get_world_size() != world_size:
+        raise RuntimeError(f"WORLD_SIZE={world_size}, but the process group has {dist.get_world_size()} processes")
+    return dist.get_rank(), world_size
 
 
 def precompute_reference(cfg: DictConfig) -> str:
-    """Fill the reference cache for one iteration (the loop calls this before a launched training)."""
+    """Fill the reference cache for one iteration (`--reference-only`; under a launcher every
+    process computes its share)."""
     init_dir = check_checkpoint(cfg.init_checkpoint, "init_checkpoint")
     precision = resolve_precision(cfg.train.precision)
     tokenizer, pairs, _, _ = _tokenized_pairs(cfg, init_dir)
@@ -219,20 +249,22 @@ def train_iteration(cfg: DictConfig, callbacks: list | None = None) -> Path:
 
     tokenizer, pairs, trunc, file_has_y_ref = _tokenized_pairs(cfg, init_dir)
     run = init_wandb(cfg) if is_main_process() else None
-    # TrainingArguments first: under DeepSpeed ZeRO-3 it switches on zero.Init, so the policy loaded
-    # next is sharded as it is built instead of materialised whole on every rank.
-    args = training_arguments(cfg, partial_dir, precision, ["wandb"] if run is not None else [])
-    if is_deepspeed_zero3_enabled():
-        # a sharded model cannot run the reference pass outside the engine: it must be cached already
-        # (the loop precomputes it on one GPU with `python -m selm.train --config F --reference-only`)
-        (ref_logps, cache_key), cache_hit, ref_seconds = _cached_reference_only(cfg, init_dir, pairs, precision), True, 0.0
+    # The reference pass first, on every process of the launch (each its share of the batches), with
+    # the whole policy as loaded: a ZeRO-3-sharded model could not run it outside the engine.
+    model = None
+    if not reference_cached(cfg, init_dir, pairs, precision):
         model = AutoModelForCausalLM.from_pretrained(init_dir, dtype=torch.float32)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(init_dir, dtype=torch.float32)
-        t0 = time.perf_counter()
-        ref_logps, cache_key, cache_hit = reference_logps(cfg, init_dir, pairs, precision, tokenizer, policy=model)
-        ref_seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ref_logps, cache_key, cache_hit = reference_logps(cfg, init_dir, pairs, precision, tokenizer, policy=model)
+    ref_seconds = time.perf_counter() - t0
     log.info("reference log-probs %s (key %s, %.1f s)", "loaded" if cache_hit else "computed", cache_key, ref_seconds)
+    # TrainingArguments before the policy for training: under DeepSpeed ZeRO-3 they switch on
+    # zero.Init, so that policy is sharded as it is built instead of materialised whole on every rank.
+    args = training_arguments(cfg, partial_dir, precision, ["wandb"] if run is not None else [])
+    if is_deepspeed_zero3_enabled() or model is None:
+        model = None  # the reference pass's whole copy goes before the sharded one is built
+        gc.collect()
+        model = AutoModelForCausalLM.from_pretrained(init_dir, dtype=torch.float32)
 
     trainer = SELMTrainer(
         model=model,
