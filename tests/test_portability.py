@@ -78,3 +78,14 @@ def test_a_fresh_sft_base_has_the_recorded_bytes(tmp_path):
             f"{name} differs from the one recorded on {record['machine']['cpu_model']}")
     headroom = json.loads((tmp_path / "models/tiny-sft/headroom.json").read_text())
     assert headroom["greedy"]["mean"] == record["greedy_r*"]["tiny-sft"]
+
+
+def test_the_committed_report_read_the_committed_between_base_spread():
+    """bases.json is the controls pipeline's output, not a DVC dep of the toy analyze: the claims
+    committed beside it must have been computed from exactly this file."""
+    from selm.provenance import file_sha256
+
+    claims = json.loads((ROOT / "results" / "toy" / "analysis" / "claims.json").read_text())
+    bases = ROOT / "results" / "toy" / "controls" / "bases.json"
+    assert claims["between_bases"]["status"] == "measured"
+    assert claims["between_bases"]["sha256"] == file_sha256(bases)
