@@ -23,6 +23,22 @@ def tiny_model(tmp_path_factory):
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny", size="113k", seed=0)
 
 
+def vary_weights(model):
+    """A copy of `model` with every non-norm weight drawn at std 0.3 (seed 0): freshly initialised (std
+    0.02) a tiny model answers every prompt with the same token, which would hide a padding or ordering bug."""
+    import copy
+
+    import torch
+
+    model = copy.deepcopy(model)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" not in name:
+                param.normal_(0.0, 0.3)
+    return model
+
+
 def make_pairs(n: int, seed: int = 0, with_response: bool = True) -> list[dict]:
     """Reverse-a-string pairs: chosen is right, rejected copies the input, y_ref is half right."""
     rng = random.Random(seed)

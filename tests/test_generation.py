@@ -30,16 +30,10 @@ def model_and_tokenizer(tiny_model):
 def varied(model_and_tokenizer):
     """The tiny model with weights drawn at std 0.3: freshly initialised (std 0.02) it answers every
     prompt with the same token, which would hide a padding or ordering bug."""
-    import copy
+    from conftest import vary_weights
 
     model, tokenizer = model_and_tokenizer
-    model = copy.deepcopy(model)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "norm" not in name:
-                param.normal_(0.0, 0.3)
-    return model, tokenizer
+    return vary_weights(model), tokenizer
 
 
 def test_greedy_is_deterministic_and_batch_size_invariant(varied):

@@ -1,13 +1,13 @@
 """Data-parallel generation (generation.data_parallel): engines in worker processes over shards of
 the prompts, answers in prompt order, greedy answers equal to one engine's."""
 
-import copy
 import os
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from conftest import vary_weights
 from selm.generation import DataParallelBackend, HFBackend, backend_from_config, shard_prompts, worker_devices
 
 # Mixed lengths (some equal), more prompts than one batch, so the shards pad differently from each other.
@@ -42,12 +42,7 @@ def test_each_worker_gets_its_own_gpus(monkeypatch):
 def varied_dir(tiny_model, tmp_path_factory):
     """The tiny model with weights at std 0.3 (freshly initialised it answers everything alike), saved."""
     model, tokenizer = AutoModelForCausalLM.from_pretrained(tiny_model), AutoTokenizer.from_pretrained(tiny_model)
-    model = copy.deepcopy(model)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "norm" not in name:
-                param.normal_(0.0, 0.3)
+    model = vary_weights(model)
     out = tmp_path_factory.mktemp("varied")
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
