@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     main_runs = layout.RUNS / heat.experiment
     if any(json.loads((run.path / layout.SUMMARY).read_text()).get(layout.iteration_name(1), {}).get("mean_reward")
            is not None for run in layout.experiment_runs(main_runs, having=layout.SUMMARY)):
-        toy_table.main(["--runs", str(main_runs), "--models", "models", "--out", str(tables)])
+        toy_table.main(["--runs", str(main_runs), "--models", "models", "--out", str(tables), "--bases", *spec.bases])
     eval_tables.main(["--evals", str(layout.EVALS), "--bases", *spec.bases, "--experiment", heat.experiment, "--out", str(tables)])
     load = lambda name: json.loads((analysis / name).read_text())  # noqa: E731
     comparison = load(COMPARISON_FILE)["rows"]
