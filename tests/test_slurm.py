@@ -164,18 +164,23 @@ def files(root: Path, runs: str = "runs/e") -> dict[str, object]:
     return found
 
 
-@pytest.fixture(scope="module")
-def local(mini, tmp_path_factory):
-    """The mini experiment through the local pool: every file of its runs."""
+def run_in(cwd, spec, params):
+    """Experiment `e` of `spec` through the local pool, run from `cwd`; returns `cwd`."""
     from selm.experiments import run_experiment
 
-    cwd = tmp_path_factory.mktemp("local")
     old = os.getcwd()
     os.chdir(cwd)
     try:
-        run_experiment("e", mini / "local.yaml", mini / "params.yaml")
+        run_experiment("e", spec, params)
     finally:
         os.chdir(old)
+    return cwd
+
+
+@pytest.fixture(scope="module")
+def local(mini, tmp_path_factory):
+    """The mini experiment through the local pool: every file of its runs."""
+    cwd = run_in(tmp_path_factory.mktemp("local"), mini / "local.yaml", mini / "params.yaml")
     found = files(cwd)
     assert len([p for p in found if p.endswith("model.safetensors")]) == 4  # 2 runs x 2 iterations
     return found
@@ -228,21 +233,12 @@ GATE = f"{sys.executable} {ROOT / 'tests' / 'slurm_gate.py'}"  # holds iteration
 def gated(mini, tmp_path_factory):
     """One run (alpha 0.5) whose training goes through tests/slurm_gate.py, and its files made by the
     local pool with the gate never closed."""
-    from selm.experiments import run_experiment
-
     spec = yaml.safe_load((mini / "local.yaml").read_text())
     spec["experiments"]["e"]["alphas"] = [0.5]
     spec["experiments"]["e"]["cells"]["c"]["train.launcher"] = GATE
     (mini / "gated_local.yaml").write_text(yaml.safe_dump(spec))
     (mini / "gated_slurm.yaml").write_text(yaml.safe_dump({**spec, "executor": "slurm"}))
-    cwd = tmp_path_factory.mktemp("gated_local")
-    old = os.getcwd()
-    os.chdir(cwd)
-    try:
-        run_experiment("e", mini / "gated_local.yaml", mini / "params.yaml")
-    finally:
-        os.chdir(old)
-    return files(cwd)
+    return files(run_in(tmp_path_factory.mktemp("gated_local"), mini / "gated_local.yaml", mini / "params.yaml"))
 
 
 @pytest.mark.slow

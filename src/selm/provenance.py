@@ -54,13 +54,12 @@ VECTOR_PREFIXES = ("avx", "amx", "fma")  # the extensions torch's CPU kernels di
 
 def cpu_info(text: str) -> dict:
     """CPU model and vector extensions from the text of /proc/cpuinfo (its first processor)."""
-    fields = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition(":")
-        if sep and key.strip() in ("model name", "flags") and key.strip() not in fields:
-            fields[key.strip()] = value.strip()
-    return {"cpu_model": fields.get("model name", platform.processor() or "unknown"),
-            "vector_extensions": sorted({f for f in fields.get("flags", "").split() if f.startswith(VECTOR_PREFIXES)})}
+    from selm.determinism import cpu_flags
+
+    model = next((line.partition(":")[2].strip() for line in text.splitlines()
+                  if line.partition(":")[0].strip() == "model name"), None)
+    return {"cpu_model": model or platform.processor() or "unknown",
+            "vector_extensions": sorted(f for f in cpu_flags(text) if f.startswith(VECTOR_PREFIXES))}
 
 
 def machine() -> dict:
