@@ -258,7 +258,9 @@ def test_a_job_preempted_then_requeued_in_iteration_2_resumes_and_ends_identical
     run = tmp_path / "runs" / "e" / "c" / "alpha0.5" / "seed1"
     try:
         jobs = tmp_path / "runs" / ".slurm"
-        job_id = wait_for("the run's job", lambda: next((p.name for p in jobs.glob("[0-9]*")), None))
+        # the job's folder is named by its id; submitit's pickles beside it have hex names that may start with a digit
+        job_id = wait_for("the run's job", lambda: next((p.name for p in jobs.iterdir() if p.is_dir() and p.name.isdigit()), None)
+                          if jobs.is_dir() else None)
         iteration1 = None
         for restarts, interrupt in enumerate([["scancel", "--signal=USR2", job_id], ["scontrol", "requeue", job_id]]):
             waiting = wait_for("iteration 2 at the gate", lambda: list(gate.glob("waiting.*")) or stage.poll() is not None)
