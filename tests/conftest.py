@@ -89,3 +89,12 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Facts a passing test recorded for the log (record_property "portable_bytes": on which CPU the
+    recorded bytes were reproduced), printed at the end of the run, also from xdist workers."""
+    for report in terminalreporter.stats.get("passed", []):
+        for name, value in getattr(report, "user_properties", []):
+            if name == "portable_bytes":
+                terminalreporter.write_line(f"portable bytes: {value}")

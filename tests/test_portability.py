@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from selm import determinism, layout
+from selm import determinism, layout, provenance
 from selm.report import checksums
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,7 +57,7 @@ def _md5(path: Path) -> str:
 
 
 @pytest.mark.slow
-def test_a_fresh_sft_base_has_the_recorded_bytes(tmp_path):
+def test_a_fresh_sft_base_has_the_recorded_bytes(tmp_path, record_property):
     """The toy pipeline's world and `sft` stage for tiny-sft, in a fresh folder, in the default
     (portable) mode: its initial and trained weights and its greedy r* equal the recorded ones, which
     were made on the CPU the record names (any x86-64 CPU with AVX2 and FMA must give them)."""
@@ -72,12 +72,16 @@ def test_a_fresh_sft_base_has_the_recorded_bytes(tmp_path):
     for done in (run("selm.world.build", "--out", "data/world", "--seed", "0"),
                  run("selm.cli.stage", "sft", "tiny-sft")):
         assert done.returncode == 0, done.stderr[-3000:]
+    here = provenance.machine()
     for folder in ("models/tiny-sft.init", "models/tiny-sft"):
         name = f"{folder}/model.safetensors"
         assert _md5(tmp_path / name) == record["md5"][name], (
-            f"{name} differs from the one recorded on {record['machine']['cpu_model']}")
+            f"{name} made on {here['cpu_model']} differs from the one recorded on {record['machine']['cpu_model']}")
     headroom = json.loads((tmp_path / "models/tiny-sft/headroom.json").read_text())
     assert headroom["greedy"]["mean"] == record["greedy_r*"]["tiny-sft"]
+    # said at the end of the run (conftest.py), so that a CI log shows on which CPU the bytes held
+    record_property("portable_bytes", f"tiny-sft made on {here['cpu_model']} ({' '.join(here['vector_extensions'])}) "
+                                      f"equals the record made on {record['machine']['cpu_model']}")
 
 
 def test_the_committed_report_read_the_committed_between_base_spread():
