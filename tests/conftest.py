@@ -3,6 +3,8 @@
 import json
 import os
 import random
+import sys
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -21,6 +23,28 @@ from selm.tiny import build_tiny_model  # noqa: E402
 def tiny_model(tmp_path_factory):
     """A randomly initialised tiny Llama + char tokenizer, built once per test session."""
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny", size="113k", seed=0)
+
+
+def venv_env(**extra) -> dict:
+    """This environment plus `extra`, with the running interpreter's bin folder first on PATH: where a
+    stage command's `python`, `accelerate` and `dvc` are found, as under make (which puts .venv/bin first)."""
+    env = {**os.environ, **extra}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    return env
+
+
+def run_experiment_in(cwd: Path, spec: Path, params: Path, **kwargs) -> Path:
+    """selm.experiments.run_experiment of experiment `e` from `cwd` (a stage runs from the repository
+    root, so its runs land under cwd); returns cwd."""
+    from selm.experiments import run_experiment
+
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        run_experiment("e", spec, params, **kwargs)
+    finally:
+        os.chdir(old)
+    return cwd
 
 
 def vary_weights(model):

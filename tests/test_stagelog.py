@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import venv_env
 
 from selm.experiments import Run, output_state, work_done
 from selm.stagelog import append_record, read_log
@@ -17,8 +18,7 @@ from selm.bench.stages import format_table, stage_rows
 
 
 def _env(tmp_path, **extra):
-    env = dict(os.environ, SELM_STAGE_LOG=str(tmp_path / "times.jsonl"), **extra)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env = venv_env(SELM_STAGE_LOG=str(tmp_path / "times.jsonl"), **extra)
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[1] / "src"), env.get("PYTHONPATH", "")])
     return env
 
